@@ -1,1 +1,28 @@
-pub fn placeholder() {}
+//! # hubbub-core
+//!
+//! The chat hub as a pure, deterministic state machine: no IO, no clock, no
+//! randomness, no threads. Drivers (the `hubbub` server, the `hubbub-sim`
+//! simulator, the fuzzers) feed it [`Input`]s stamped with a [`Timestamp`] and
+//! carry out the [`Output`]s it produces. See [`Hub`] for the driving contract.
+//!
+//! ## Layout
+//! - [`hub`]: the state machine: membership, presence, broadcast, heartbeat, eviction.
+//! - [`codec`]: per-connection wire formats (relay, seed JSON): decode limits, encode once.
+//! - [`route`]: handshake validation: path + query → [`Route`] or an HTTP error.
+//! - [`close`]: why connections end and the close codes for it.
+//! - [`config`], [`time`]: limits and time as plain values.
+#![forbid(unsafe_code)]
+
+pub mod close;
+pub mod codec;
+pub mod config;
+pub mod hub;
+pub mod route;
+pub mod time;
+
+pub use close::{CloseCode, CloseReason};
+pub use codec::{encode_seed, ClientMessage, Codec, Frame, MessageKind, SeedMessage, SeedType};
+pub use config::Config;
+pub use hub::{ConfigError, ConnId, Hub, Input, Output, RoomId, Stats};
+pub use route::{route, HandshakeError, Name, Route};
+pub use time::Timestamp;

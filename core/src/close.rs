@@ -1,0 +1,123 @@
+//! Why the hub ends a connection, and the WebSocket close code that says so.
+
+use std::fmt;
+
+/// A WebSocket close code (RFC 6455 §7.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CloseCode(pub u16);
+
+impl CloseCode {
+    pub const NORMAL: Self = Self(1000);
+    pub const GOING_AWAY: Self = Self(1001);
+    pub const PROTOCOL_ERROR: Self = Self(1002);
+    pub const UNSUPPORTED_DATA: Self = Self(1003);
+    pub const INVALID_PAYLOAD: Self = Self(1007);
+    pub const POLICY_VIOLATION: Self = Self(1008);
+    pub const MESSAGE_TOO_BIG: Self = Self(1009);
+    pub const INTERNAL_ERROR: Self = Self(1011);
+    pub const TRY_AGAIN_LATER: Self = Self(1013);
+}
+
+impl fmt::Display for CloseCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Every way a connection can end. One variant per cause, so drivers, tests
+/// and metrics can match on it; [`CloseReason::code`] gives the wire code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CloseReason {
+    /// The peer closed, or its socket ended (EOF, reset, read error).
+    PeerClosed,
+    /// A message longer than `Config::max_message_bytes`.
+    MessageTooBig,
+    /// A text message that is not UTF-8.
+    InvalidUtf8,
+    /// A binary message on a connection whose protocol is JSON text.
+    BinaryNotAccepted,
+    /// A frame the WebSocket layer rejected (bad opcode, reserved bits, …).
+    ProtocolError,
+    /// No pong within `Config::pong_timeout`.
+    HeartbeatTimeout,
+    /// The connection's outbound queue was full: it reads slower than the room talks.
+    SlowConsumer,
+    /// A write stalled past the transport's write deadline.
+    WriteTimeout,
+    /// The server is shutting down.
+    ServerShutdown,
+    /// More connections than `Config::max_connections`.
+    ServerFull,
+}
+
+impl CloseReason {
+    /// All reasons, for metrics tables.
+    pub const ALL: [Self; 10] = [
+        Self::PeerClosed,
+        Self::MessageTooBig,
+        Self::InvalidUtf8,
+        Self::BinaryNotAccepted,
+        Self::ProtocolError,
+        Self::HeartbeatTimeout,
+        Self::SlowConsumer,
+        Self::WriteTimeout,
+        Self::ServerShutdown,
+        Self::ServerFull,
+    ];
+
+    #[must_use]
+    pub const fn code(self) -> CloseCode {
+        match self {
+            Self::PeerClosed => CloseCode::NORMAL,
+            Self::MessageTooBig => CloseCode::MESSAGE_TOO_BIG,
+            Self::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            Self::BinaryNotAccepted => CloseCode::UNSUPPORTED_DATA,
+            Self::ProtocolError => CloseCode::PROTOCOL_ERROR,
+            Self::HeartbeatTimeout | Self::SlowConsumer | Self::WriteTimeout => {
+                CloseCode::POLICY_VIOLATION
+            }
+            Self::ServerShutdown => CloseCode::GOING_AWAY,
+            Self::ServerFull => CloseCode::TRY_AGAIN_LATER,
+        }
+    }
+
+    /// The reason text sent in the close frame (short, ASCII, ≤ 123 bytes).
+    #[must_use]
+    pub const fn text(self) -> &'static str {
+        match self {
+            Self::PeerClosed => "",
+            Self::MessageTooBig => "message too big",
+            Self::InvalidUtf8 => "invalid utf-8 in text message",
+            Self::BinaryNotAccepted => "binary messages are not accepted on this connection",
+            Self::ProtocolError => "websocket protocol error",
+            Self::HeartbeatTimeout => "heartbeat timeout: no pong",
+            Self::SlowConsumer => "slow consumer: send queue full",
+            Self::WriteTimeout => "write timeout",
+            Self::ServerShutdown => "server shutting down",
+            Self::ServerFull => "server full",
+        }
+    }
+
+    /// A stable snake_case name for logs and metric labels.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::PeerClosed => "peer_closed",
+            Self::MessageTooBig => "message_too_big",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::BinaryNotAccepted => "binary_not_accepted",
+            Self::ProtocolError => "protocol_error",
+            Self::HeartbeatTimeout => "heartbeat_timeout",
+            Self::SlowConsumer => "slow_consumer",
+            Self::WriteTimeout => "write_timeout",
+            Self::ServerShutdown => "server_shutdown",
+            Self::ServerFull => "server_full",
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
