@@ -258,7 +258,7 @@ impl Hub {
             let Some(c) = self.conns.get_mut(&conn) else {
                 continue;
             };
-            let deadline = c.last_pong.add(self.config.pong_timeout);
+            let deadline = c.last_pong.saturating_add(self.config.pong_timeout);
             if now >= deadline {
                 self.end(conn, CloseReason::HeartbeatTimeout);
                 continue;
@@ -267,7 +267,7 @@ impl Hub {
                 self.outputs.push_back(Output::Ping { conn });
                 self.stats.pings += 1;
                 while c.next_ping <= now {
-                    c.next_ping = c.next_ping.add(self.config.ping_interval);
+                    c.next_ping = c.next_ping.saturating_add(self.config.ping_interval);
                 }
             }
             c.timer = c.next_ping.min(deadline);
@@ -348,8 +348,8 @@ impl Hub {
             return;
         }
         self.stats.opened += 1;
-        let next_ping = now.add(self.config.ping_interval);
-        let timer = next_ping.min(now.add(self.config.pong_timeout));
+        let next_ping = now.saturating_add(self.config.ping_interval);
+        let timer = next_ping.min(now.saturating_add(self.config.pong_timeout));
         let (codec, username, room) = match route {
             Route::Relay => (Codec::Relay, None, None),
             Route::Room { room, username } => (Codec::SeedJson, Some(username), Some(room)),
@@ -370,11 +370,11 @@ impl Hub {
             None => {
                 self.relay.insert(conn);
             }
-            Some(room) => self.join(conn, room),
+            Some(room) => self.join(conn, &room),
         }
     }
 
-    fn join(&mut self, conn: ConnId, room_name: Name) {
+    fn join(&mut self, conn: ConnId, room_name: &Name) {
         let join_seq = self.next_join_seq;
         self.next_join_seq += 1;
         let Some(c) = self.conns.get_mut(&conn) else {
@@ -405,8 +405,8 @@ impl Hub {
             room_name.as_str(),
             user,
         );
-        self.broadcast_presence(&room_name);
-        self.broadcast_room(&room_name, &joined);
+        self.broadcast_presence(room_name);
+        self.broadcast_room(room_name, &joined);
     }
 
     fn message(&mut self, conn: ConnId, frame: Frame) {

@@ -23,7 +23,7 @@ impl Timestamp {
 
     /// `self + d`, saturating (a deadline past the end of time never fires).
     #[must_use]
-    pub fn add(self, d: Duration) -> Self {
+    pub fn saturating_add(self, d: Duration) -> Self {
         let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Self(self.0.saturating_add(ms))
     }
