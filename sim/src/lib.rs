@@ -2,5 +2,6 @@
 //! `hubbub-core` hub, plus a load generator for real servers.
 #![forbid(unsafe_code)]
 
+pub mod fuzz_targets;
 pub mod load;
 pub mod soak;
