@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of hubbub against the seed Go servers.
+
+    scripts/bench.py [--reps 3] [--only T1,T5] [--out bench-results.json]
+
+Builds hubbub and the load generator (release), builds the seed peers with
+../shared/peers/build.sh if /tmp/peers is missing, then for every target of
+issue 4 runs each server in turn (alternating, a fresh process per run, so
+RSS and CPU figures are the run's own), `--reps` times, with the same
+`hubbub-sim load` invocation. Prints a Markdown table of medians and ratios
+and writes every raw JSON line to --out.
+
+Loopback only; every run is bounded by the load generator's own limits.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEERS = os.environ.get("PEERS_OUT", "/tmp/peers")
+HUBBUB = os.path.join(ROOT, "target/release/hubbub")
+LOAD = os.path.join(ROOT, "target/release/hubbub-sim")
+
+# name -> (command builder, protocols it speaks)
+SERVERS = {
+    "hubbub": (lambda port: ([HUBBUB, "--listen", f"127.0.0.1:{port}"], {"RUST_LOG": "warn"}), {"room", "relay"}),
+    "seed001": (lambda port: ([f"{PEERS}/seed001"], {"PORT": str(port), "GIN_MODE": "release"}), {"room"}),
+    "seed000": (lambda port: ([f"{PEERS}/seed000"], {"PORT": str(port)}), {"relay"}),
+}
+
+# id, title, load args, metric (json path), better ("high"/"low"), target text
+TARGETS = [
+    ("T1", "fanout 1 room × 1,000 clients, 10 senders × 100 msg/s",
+     ["--scenario", "fanout", "--clients", "1000", "--rooms", "1", "--senders", "10", "--rate", "100", "--duration", "5"],
+     "deliveries_per_server_cpu_s", "high", "deliveries per server CPU-s ≥ 3× the better peer; none evicted, none lost"),
+    ("T2", "fanout 1 room × 1,000 clients, 10 senders × 10 msg/s",
+     ["--scenario", "fanout", "--clients", "1000", "--rooms", "1", "--senders", "10", "--rate", "10", "--duration", "5"],
+     "latency.p99", "low", "p99 latency ≤ ½ of the better peer"),
+    ("T3", "200 clients, 4 senders flat out",
+     ["--scenario", "fanout", "--clients", "200", "--rooms", "1", "--senders", "4", "--rate", "0", "--duration", "5"],
+     "deliveries_per_s", "high", "deliveries/s ≥ the better peer, 0 evicted"),
+    ("T4", "rooms: 100 rooms × 20 clients, 2 msg/s each",
+     ["--scenario", "rooms", "--clients", "2000", "--rooms", "100", "--rate", "2", "--duration", "5"],
+     "latency.p99", "low", "p99 ≤ 5 ms"),
+    ("T5", "idle: 19,000 connections",
+     ["--scenario", "idle", "--clients", "19000", "--procs", "2", "--duration", "3"],
+     "server_rss_per_conn_bytes", "low", "≤ 4 KiB server RSS per connection"),
+    ("T6", "connect: handshakes/s",
+     ["--scenario", "connect", "--duration", "5"],
+     "handshakes_per_s", "high", "≥ 1.5× the better peer"),
+    ("T7", "join burst: 1,000 clients into one room",
+     ["--scenario", "join-burst", "--clients", "1000", "--duration", "20"],
+     "join_kept", "high", "all 1,000 kept, every online_users complete"),
+]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, proc, timeout=10.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def dig(obj, path):
+    for key in path.split("."):
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def run_one(server, protocol, args):
+    build, _ = SERVERS[server]
+    port = free_port()
+    cmd, env = build(port)
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc)
+        load = [LOAD, "load", "--url", f"ws://127.0.0.1:{port}", "--protocol", protocol,
+                "--server-pid", str(proc.pid), "--json-only", *args]
+        out = subprocess.run(load, capture_output=True, text=True, timeout=300)
+        lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+        if not lines:
+            return {"error": (out.stderr or out.stdout)[-400:]}
+        return json.loads(lines[-1])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def fmt(v):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--out", default=os.path.join(ROOT, "target/bench-results.json"))
+    ap.add_argument("--no-build", action="store_true")
+    opts = ap.parse_args()
+    if not opts.no_build:
+        subprocess.run(["cargo", "build", "--release", "-p", "hubbub", "-p", "hubbub-sim"], cwd=ROOT, check=True)
+    if not (os.path.exists(f"{PEERS}/seed000") and os.path.exists(f"{PEERS}/seed001")):
+        subprocess.run(["bash", os.path.join(ROOT, "../shared/peers/build.sh")], check=True)
+    only = {t for t in opts.only.split(",") if t}
+    raw = []
+    rows = []
+    for tid, title, args, metric, better, goal in TARGETS:
+        if only and tid not in only:
+            continue
+        combos = [(s, p) for s in SERVERS for p in ("room", "relay") if p in SERVERS[s][1]]
+        results = {c: [] for c in combos}
+        for rep in range(opts.reps):
+            for combo in combos:  # alternate servers within each repetition
+                r = run_one(combo[0], combo[1], args)
+                raw.append({"target": tid, "server": combo[0], "protocol": combo[1], "rep": rep, "result": r})
+                results[combo].append(r)
+                print(f"{tid} rep {rep} {combo[0]}/{combo[1]}: {metric}={fmt(dig(r, metric))}"
+                      f" closed={fmt(r.get('server_closed'))} lost_live={fmt(r.get('lost_live'))}"
+                      + (f" error={r['error']!r}" if "error" in r else ""), file=sys.stderr, flush=True)
+        med = {}
+        for combo, rs in results.items():
+            vals = [dig(r, metric) for r in rs if dig(r, metric) is not None]
+            closed = [r.get("server_closed") or 0 for r in rs if "error" not in r]
+            lost = [r.get("lost_live") or 0 for r in rs if "error" not in r]
+            complete = [r.get("join_online_users_complete") for r in rs if r.get("join_online_users_complete") is not None]
+            med[combo] = (statistics.median(vals) if vals else None,
+                          max(closed) if closed else None, max(lost) if lost else None,
+                          all(complete) if complete else None)
+        peers = [v[0] for c, v in med.items() if c[0] != "hubbub" and v[0] is not None]
+        best_peer = (max(peers) if better == "high" else min(peers)) if peers else None
+        for combo, (value, closed, lost, complete) in med.items():
+            ratio = None
+            if combo[0] == "hubbub" and best_peer and value:
+                ratio = value / best_peer if better == "high" else best_peer / value
+            rows.append((tid, title, f"{combo[0]} ({combo[1]})", metric, value, ratio, closed, lost, complete, goal))
+    os.makedirs(os.path.dirname(opts.out), exist_ok=True)
+    with open(opts.out, "w") as f:
+        json.dump(raw, f, indent=1)
+    print(f"\nmedians of {opts.reps} runs; ratio = how many times better hubbub is than the better seed peer\n")
+    print("| target | server | metric | median | × better peer | max closed by server | max lost (live) | goal |")
+    print("|---|---|---|---|---|---|---|---|")
+    for tid, title, server, metric, value, ratio, closed, lost, complete, goal in rows:
+        extra = "" if complete is None else (" (online_users complete)" if complete else " (online_users INCOMPLETE)")
+        print(f"| {tid} {title} | {server} | {metric} | {fmt(value)}{extra} | "
+              f"{'' if ratio is None else f'{ratio:.2f}×'} | {fmt(closed)} | {fmt(lost)} | {goal} |")
+    print(f"\nraw results: {opts.out}")
+
+
+if __name__ == "__main__":
+    main()
