@@ -21,8 +21,16 @@ pub fn decode(data: &[u8]) {
     let Some((&selector, payload)) = data.split_first() else {
         return;
     };
-    let codec = if selector & 1 == 0 { Codec::Relay } else { Codec::SeedJson };
-    let kind = if selector & 2 == 0 { MessageKind::Text } else { MessageKind::Binary };
+    let codec = if selector & 1 == 0 {
+        Codec::Relay
+    } else {
+        Codec::SeedJson
+    };
+    let kind = if selector & 2 == 0 {
+        MessageKind::Text
+    } else {
+        MessageKind::Binary
+    };
     let max = usize::from(selector >> 2) * 4; // 0..=252: exercises the limit edges
     let payload = Bytes::copy_from_slice(payload);
     let result = codec.decode(kind, payload.clone(), max);
@@ -61,7 +69,10 @@ pub fn handshake(data: &[u8]) {
     };
     match route(path, query) {
         Ok(route) => {
-            assert!(is_websocket_path(path), "{path:?} routed but is not a ws path");
+            assert!(
+                is_websocket_path(path),
+                "{path:?} routed but is not a ws path"
+            );
             if let Route::Room { room, username } = route {
                 for name in [room.as_str(), username.as_str()] {
                     assert!(!name.is_empty() && name.len() <= MAX_NAME_BYTES);
@@ -109,7 +120,9 @@ pub fn hub_ops(data: &[u8]) {
     let users = ["ann", "bob", "cat", "ann"];
 
     for _ in 0..256 {
-        let Ok(op) = u.int_in_range(0u8..=8) else { break };
+        let Ok(op) = u.int_in_range(0u8..=8) else {
+            break;
+        };
         let pick_conn = |u: &mut Unstructured<'_>| -> ConnId {
             ConnId(u.int_in_range(1..=next_conn.max(1)).unwrap_or(1))
         };
@@ -135,13 +148,26 @@ pub fn hub_ops(data: &[u8]) {
             2 | 3 => {
                 let conn = pick_conn(&mut u);
                 let len = u.int_in_range(0..=20).unwrap_or(0);
-                let bytes: Vec<u8> = (0..len).map(|_| u.arbitrary::<u8>().unwrap_or(b'x')).collect();
-                let frame = if op == 2 { Frame::text(bytes) } else { Frame::binary(bytes) };
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| u.arbitrary::<u8>().unwrap_or(b'x'))
+                    .collect();
+                let frame = if op == 2 {
+                    Frame::text(bytes)
+                } else {
+                    Frame::binary(bytes)
+                };
                 Input::Message { conn, frame }
             }
-            4 => Input::Pong { conn: pick_conn(&mut u) },
-            5 => Input::QueueFull { conn: pick_conn(&mut u) },
-            6 => Input::Disconnect { conn: pick_conn(&mut u), reason: CloseReason::PeerClosed },
+            4 => Input::Pong {
+                conn: pick_conn(&mut u),
+            },
+            5 => Input::QueueFull {
+                conn: pick_conn(&mut u),
+            },
+            6 => Input::Disconnect {
+                conn: pick_conn(&mut u),
+                reason: CloseReason::PeerClosed,
+            },
             7 => {
                 now += u.int_in_range(0..=15).unwrap_or(1);
                 Input::Pong { conn: ConnId(0) } // only time passes (unknown conn: a no-op)
@@ -149,15 +175,20 @@ pub fn hub_ops(data: &[u8]) {
             _ => Input::Shutdown,
         };
         let chat = match &input {
-            Input::Message { conn, frame } if hub.is_open(*conn) => {
-                Some((*conn, frame.clone()))
-            }
+            Input::Message { conn, frame } if hub.is_open(*conn) => Some((*conn, frame.clone())),
             _ => None,
         };
         hub.handle_input(Timestamp::from_millis(now), input);
         hub.handle_timeout(Timestamp::from_millis(now));
         let outputs: Vec<Output> = std::iter::from_fn(|| hub.poll_output()).collect();
-        check_step(&hub, &routes, &mut seen, &outputs, &members_before, chat.as_ref());
+        check_step(
+            &hub,
+            &routes,
+            &mut seen,
+            &outputs,
+            &members_before,
+            chat.as_ref(),
+        );
     }
 }
 
@@ -217,20 +248,35 @@ fn check_step(
         }
     }
     // Presence: every live member's last list is the room in join order.
-    for members in members_before.keys().map(|r| hub.room_members(r).collect::<Vec<_>>()) {
+    for members in members_before
+        .keys()
+        .map(|r| hub.room_members(r).collect::<Vec<_>>())
+    {
         let names: Vec<&str> = members.iter().map(|c| username(routes, *c)).collect();
         let expected = names.join(",");
         for conn in &members {
             assert!(hub.is_open(*conn));
             let got = seen.get(conn).and_then(|o| o.online_users.as_deref());
-            assert_eq!(got, Some(expected.as_str()), "{conn}'s online_users is stale");
+            assert_eq!(
+                got,
+                Some(expected.as_str()),
+                "{conn}'s online_users is stale"
+            );
         }
     }
     // Joins and departures: each member present hears of each exactly once.
     for (room, before) in members_before {
         let after: Vec<ConnId> = hub.room_members(room).collect();
-        let arrived: Vec<ConnId> = after.iter().filter(|c| !before.contains(c)).copied().collect();
-        let departed: Vec<ConnId> = before.iter().filter(|c| !after.contains(c)).copied().collect();
+        let arrived: Vec<ConnId> = after
+            .iter()
+            .filter(|c| !before.contains(c))
+            .copied()
+            .collect();
+        let departed: Vec<ConnId> = before
+            .iter()
+            .filter(|c| !after.contains(c))
+            .copied()
+            .collect();
         for member in &after {
             let mut want: Vec<String> = arrived
                 .iter()
@@ -241,15 +287,20 @@ fn check_step(
             let mut got = joined.get(member).cloned().unwrap_or_default();
             got.sort();
             assert_eq!(got, want, "{member} in {room}: join notices");
-            let mut want_left: Vec<String> =
-                departed.iter().map(|d| username(routes, *d).to_owned()).collect();
+            let mut want_left: Vec<String> = departed
+                .iter()
+                .map(|d| username(routes, *d).to_owned())
+                .collect();
             want_left.sort();
             let mut got_left = left.get(member).cloned().unwrap_or_default();
             got_left.sort();
             assert_eq!(got_left, want_left, "{member} in {room}: leave notices");
         }
         for gone in &departed {
-            assert!(closed_now.contains(gone), "{gone} left {room} without a close");
+            assert!(
+                closed_now.contains(gone),
+                "{gone} left {room} without a close"
+            );
         }
     }
     // Chat: an accepted message reaches exactly the sender's room.
@@ -263,7 +314,10 @@ fn check_step(
                 let members: BTreeSet<ConnId> = hub.relay_members().collect();
                 assert_eq!(relayed, members, "relay recipients");
             }
-            _ => assert!(chats.is_empty() && relayed.is_empty(), "a refused message was delivered"),
+            _ => assert!(
+                chats.is_empty() && relayed.is_empty(),
+                "a refused message was delivered"
+            ),
         }
     }
 }

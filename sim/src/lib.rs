@@ -1,7 +1,31 @@
 //! hubbub-sim: a deterministic discrete-event world around the real
 //! `hubbub-core` hub, plus a load generator for real servers.
+//!
+//! ## Layout
+//! - [`rng`]: SplitMix64, the only randomness; every run is a function of one seed.
+//! - [`trace`]: FNV-1a trace hash of every hub call and output (determinism check).
+//! - [`network`]: virtual-time event queue, TCP-faithful pipes, the transport's bounded outbox.
+//! - [`client`]: a client's end of a connection: how it behaves, what it observed.
+//! - [`invariants`]: the oracle, an independent model of the chat rules, and every invariant.
+//! - [`world`]: the hub driven exactly as the transport drives it; safety checks after
+//!   every call, the liveness phase.
+//! - [`scenario`]: seed → parameters → clients with behaviours and faults; [`scenario::run`].
+//! - [`soak`]: the `hubbub-sim` command line for long runs.
+//! - [`fuzz_targets`]: bodies of the cargo-fuzz targets, replayed by `cargo test`.
+//! - [`load`]: the load generator against a running server (`hubbub-sim load`).
+//!
+//! **Architecture invariant:** nothing under the simulation reads a clock,
+//! a thread or an unseeded random source; only [`soak`] reads the wall clock
+//! (to pick a seed and to report speed).
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod fuzz_targets;
+pub mod invariants;
 pub mod load;
+pub mod network;
+pub mod rng;
+pub mod scenario;
 pub mod soak;
+pub mod trace;
+pub mod world;

@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 
 fn replay(target: &str, run: fn(&[u8])) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
     let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("corpus {} is committed: {e}", dir.display()))
         .map(|e| e.expect("readable corpus entry").path())
@@ -16,7 +18,11 @@ fn replay(target: &str, run: fn(&[u8])) {
     for path in &entries {
         let data = std::fs::read(path).expect("readable corpus file");
         let outcome = std::panic::catch_unwind(|| run(&data));
-        assert!(outcome.is_ok(), "fuzz target {target} fails on {}", path.display());
+        assert!(
+            outcome.is_ok(),
+            "fuzz target {target} fails on {}",
+            path.display()
+        );
     }
     eprintln!("{target}: replayed {} inputs", entries.len());
 }
