@@ -1,1 +1,87 @@
-fn main() {}
+//! The `hubbub` binary: flags, logging, signals, then [`hubbub::serve`].
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::Parser;
+use hubbub::cli::Cli;
+use hubbub::shutdown::Signals;
+use tokio::net::{TcpListener, TcpSocket};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+/// Pending connections the kernel may hold before we accept them; a burst
+/// of thousands of clients should not see refused connections.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let stderr = std::io::stderr();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_ansi(stderr.is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let config = cli.server_config();
+    if let Err(e) = config.validate() {
+        eprintln!("hubbub: invalid configuration: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("hubbub: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let signals = match Signals::install() {
+            Ok(signals) => signals,
+            Err(e) => {
+                eprintln!("hubbub: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let listener = match bind(&cli.listen).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("hubbub: cannot listen on {}: {e}", cli.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let shutdown = async {
+            let name = signals.recv().await;
+            info!(signal = name, "shutdown requested");
+        };
+        match hubbub::serve(listener, config, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!(error = %e, "server failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Binds `listen` (host:port; the first address it resolves to).
+async fn bind(listen: &str) -> std::io::Result<TcpListener> {
+    let addr: SocketAddr = tokio::net::lookup_host(listen)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}

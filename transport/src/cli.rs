@@ -1,0 +1,191 @@
+//! The command line: flags, their `HUBBUB_*` environment equivalents, and
+//! the duration syntax (`250ms`, `2s`, `1m`).
+//!
+//! Parsing only checks each value on its own; [`Cli::server_config`] builds
+//! the [`ServerConfig`] whose `validate` checks them together.
+
+use std::time::Duration;
+
+use clap::Parser;
+use hubbub_core::Config;
+
+use crate::config::ServerConfig;
+
+/// hubbub: a WebSocket chat server.
+///
+/// Endpoints: `GET /ws` (anonymous relay: every message goes to every relay
+/// connection), `GET /ws/{room}?username=NAME` and `GET /ws?username=NAME`
+/// (JSON chat rooms; the latter joins room `default`), `GET /health`.
+///
+/// Durations are a whole number with a unit: `250ms`, `2s`, `1m`, `1h`.
+/// Logging is configured with `RUST_LOG` (default `info`).
+#[derive(Clone, Debug, Parser)]
+#[command(name = "hubbub", version)]
+pub struct Cli {
+    /// Address (host:port) to listen on.
+    #[arg(long, env = "HUBBUB_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: String,
+
+    /// Send each connection a WebSocket ping this often.
+    #[arg(long, env = "HUBBUB_PING_INTERVAL", default_value = "54s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Close a connection (code 1008) that has not answered a ping for this
+    /// long. Must be longer than --ping-interval.
+    #[arg(long, env = "HUBBUB_PONG_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub pong_timeout: Duration,
+
+    /// Drop a connection whose socket accepts no data for this long.
+    #[arg(long, env = "HUBBUB_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
+    /// Largest message a client may send, in bytes, after reassembling
+    /// fragments; larger ones close the connection with 1009.
+    #[arg(long, env = "HUBBUB_MAX_MESSAGE_BYTES", default_value_t = 512)]
+    pub max_message_bytes: usize,
+
+    /// Messages that may wait to be written to one connection; a client that
+    /// falls further behind is evicted (code 1008).
+    #[arg(long, env = "HUBBUB_SEND_QUEUE", default_value_t = 256)]
+    pub send_queue: usize,
+
+    /// Most simultaneous WebSocket connections; more get HTTP 503.
+    #[arg(long, env = "HUBBUB_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+}
+
+impl Cli {
+    /// The server settings these flags ask for (not yet validated).
+    #[must_use]
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            hub: Config {
+                ping_interval: self.ping_interval,
+                pong_timeout: self.pong_timeout,
+                max_message_bytes: self.max_message_bytes,
+                send_queue: self.send_queue,
+                max_connections: self.max_connections,
+            },
+            write_timeout: self.write_timeout,
+        }
+    }
+}
+
+/// Parses a positive duration: digits followed by `ms`, `s`, `m` or `h`.
+///
+/// # Errors
+/// A message saying what is wrong and what is expected.
+pub fn parse_duration(input: &str) -> Result<Duration, String> {
+    const EXPECTED: &str = "expected a whole number followed by ms, s, m or h (e.g. 250ms, 2s, 1m)";
+    let s = input.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    if digits.is_empty() {
+        return Err(format!("invalid duration {input:?}: {EXPECTED}"));
+    }
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid duration {input:?}: number too large"))?;
+    let ms_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "" => {
+            return Err(format!(
+                "invalid duration {input:?}: missing unit; {EXPECTED}"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "invalid duration {input:?}: unknown unit {unit:?}; {EXPECTED}"
+            ))
+        }
+    };
+    let ms = n
+        .checked_mul(ms_per_unit)
+        .ok_or_else(|| format!("invalid duration {input:?}: too large"))?;
+    if ms == 0 {
+        return Err(format!(
+            "invalid duration {input:?}: must be greater than zero"
+        ));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("54s"), Ok(Duration::from_secs(54)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration(" 10s "), Ok(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn bad_durations_say_why() {
+        for (input, why) in [
+            ("", "expected a whole number"),
+            ("s", "expected a whole number"),
+            ("10", "missing unit"),
+            ("10x", "unknown unit"),
+            ("1.5s", "unknown unit"),
+            ("-1s", "expected a whole number"),
+            ("0s", "greater than zero"),
+            ("0ms", "greater than zero"),
+            ("99999999999999999999s", "too large"),
+            ("18446744073709551615h", "too large"),
+            ("10 s", "unknown unit"),
+        ] {
+            let err = parse_duration(input).expect_err(input);
+            assert!(err.contains(why), "{input:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_issue() {
+        let cli = Cli::try_parse_from(["hubbub"]).expect("defaults parse");
+        assert_eq!(cli.listen, "0.0.0.0:8080");
+        let config = cli.server_config();
+        assert_eq!(config, ServerConfig::default());
+        assert_eq!(config.hub, Config::default());
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn flags_override_and_validate() {
+        let cli = Cli::try_parse_from([
+            "hubbub",
+            "--listen",
+            "127.0.0.1:0",
+            "--ping-interval",
+            "100ms",
+            "--pong-timeout",
+            "300ms",
+            "--write-timeout",
+            "1s",
+            "--max-message-bytes",
+            "64",
+            "--send-queue",
+            "4",
+            "--max-connections",
+            "3",
+        ])
+        .expect("parses");
+        let config = cli.server_config();
+        assert_eq!(config.hub.ping_interval, Duration::from_millis(100));
+        assert_eq!(config.hub.send_queue, 4);
+        assert!(config.validate().is_ok());
+
+        let bad = Cli::try_parse_from(["hubbub", "--ping-interval", "1m", "--pong-timeout", "30s"])
+            .expect("parses");
+        assert!(bad.server_config().validate().is_err());
+        assert!(Cli::try_parse_from(["hubbub", "--write-timeout", "0s"]).is_err());
+        assert!(Cli::try_parse_from(["hubbub", "--send-queue", "-1"]).is_err());
+    }
+}

@@ -1,0 +1,79 @@
+//! Server settings: the hub's limits plus what only the transport needs.
+//!
+//! Kept apart from the command line ([`crate::cli`]) so tests and embedders
+//! build a [`ServerConfig`] directly.
+
+use std::fmt;
+use std::time::Duration;
+
+use hubbub_core::{Config, ConfigError};
+
+/// Events from connections to the hub task that may wait in its channel.
+/// Bounded so a flooding reader is slowed down instead of buffered.
+pub(crate) const HUB_CHANNEL_CAPACITY: usize = 4096;
+
+/// After the server's close frame is written, how long the reader keeps
+/// reading for the client's close reply (or draining what the client still
+/// sends) before the socket is dropped. Draining avoids a TCP reset that
+/// could destroy the close frame before the client reads it.
+pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// How long the HTTP layer waits for a request's headers.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything [`crate::serve`] needs to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// The hub's limits: heartbeat, message size, queue size, connection cap.
+    pub hub: Config,
+    /// A batch of writes to one connection that takes longer than this ends
+    /// the connection (`CloseReason::WriteTimeout`).
+    pub write_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            hub: Config::default(),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a [`ServerConfig`] cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerConfigError {
+    Hub(ConfigError),
+    ZeroWriteTimeout,
+}
+
+impl fmt::Display for ServerConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Hub(e) => e.fmt(f),
+            Self::ZeroWriteTimeout => f.write_str("write timeout must be greater than zero"),
+        }
+    }
+}
+
+impl std::error::Error for ServerConfigError {}
+
+impl ServerConfig {
+    /// Checks the settings make sense together.
+    ///
+    /// # Errors
+    /// The first inconsistency found.
+    pub fn validate(&self) -> Result<(), ServerConfigError> {
+        self.hub.validate().map_err(ServerConfigError::Hub)?;
+        if self.write_timeout.is_zero() {
+            return Err(ServerConfigError::ZeroWriteTimeout);
+        }
+        Ok(())
+    }
+
+    /// How long shutdown waits for connections to flush and close.
+    #[must_use]
+    pub fn shutdown_grace(&self) -> Duration {
+        self.write_timeout + Duration::from_secs(1)
+    }
+}

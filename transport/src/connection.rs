@@ -1,0 +1,155 @@
+//! One WebSocket connection's life: upgrade, register with the hub, run a
+//! reader task and a writer, log the open and the close.
+//!
+//! After the upgrade the raw `TcpStream` is taken back from hyper
+//! (`Upgraded::downcast`) and split into owned halves, so reading and
+//! writing never contend for a lock; bytes hyper had already read past the
+//! handshake are read first. If the downcast ever fails (another IO type),
+//! `tokio::io::split` is the fallback.
+//!
+//! The writer runs in this task; the reader in its own. When the writer has
+//! written the close frame, the reader gets a short linger (1 s) to see the
+//! client's close reply or end of stream, then is aborted. Aborting is the
+//! only way `read_frame` is ever cancelled, and nothing reads afterwards.
+
+use std::io::Cursor;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use fastwebsockets::upgrade::UpgradeFut;
+use hubbub_core::{ConnId, Route};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use crate::config::CLOSE_LINGER;
+use crate::hub_task::Event;
+use crate::outbox::Outbox;
+use crate::reader;
+use crate::server::ConnectionSlot;
+use crate::server::Shared;
+use crate::shutdown::TaskToken;
+use crate::writer::{self, WriterEnd};
+
+/// Everything a connection task starts with.
+pub struct Accepted {
+    pub conn: ConnId,
+    pub peer: SocketAddr,
+    pub route: Route,
+    pub upgrade: UpgradeFut,
+    /// Counts the connection against `max_connections` until dropped.
+    pub slot: ConnectionSlot,
+    pub token: TaskToken,
+}
+
+/// Drives one connection from the completed handshake to the closed socket.
+pub async fn run(shared: Arc<Shared>, accepted: Accepted) {
+    let Accepted {
+        conn,
+        peer,
+        route,
+        upgrade,
+        slot,
+        token,
+    } = accepted;
+    let ws = match upgrade.await {
+        Ok(ws) => ws,
+        Err(e) => {
+            debug!(conn = conn.0, %peer, error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let upgraded = ws.into_inner().into_inner();
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let (read, write) = parts.io.into_inner().into_split();
+            let read = Cursor::new(parts.read_buf).chain(read);
+            drive(&shared, conn, peer, route, read, write).await;
+        }
+        Err(upgraded) => {
+            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+            drive(&shared, conn, peer, route, read, write).await;
+        }
+    }
+    drop(slot);
+    drop(token);
+}
+
+async fn drive<R, W>(
+    shared: &Shared,
+    conn: ConnId,
+    peer: SocketAddr,
+    route: Route,
+    read: R,
+    write: W,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
+{
+    let opened = Instant::now();
+    let outbox = Arc::new(Outbox::new(
+        shared.config.hub.send_queue,
+        shared.gauge.clone(),
+    ));
+    let route_text = describe(&route);
+    if shared
+        .hub
+        .send(Event::Open {
+            conn,
+            route,
+            outbox: outbox.clone(),
+        })
+        .await
+        .is_err()
+    {
+        return; // the hub is gone: the server is stopping
+    }
+    info!(conn = conn.0, %peer, route = %route_text, "connection opened");
+    shared.opened.fetch_add(1, Ordering::Relaxed);
+
+    let mut reader = tokio::spawn(reader::run(
+        read,
+        conn,
+        shared.config.hub.max_message_bytes,
+        outbox.clone(),
+        shared.hub.clone(),
+    ));
+    let end = writer::run(
+        write,
+        conn,
+        &outbox,
+        shared.config.write_timeout,
+        &shared.hub,
+    )
+    .await;
+    match end {
+        WriterEnd::Closed(_) => {
+            if tokio::time::timeout(CLOSE_LINGER, &mut reader)
+                .await
+                .is_err()
+            {
+                reader.abort();
+            }
+        }
+        WriterEnd::Failed(_) => reader.abort(),
+    }
+    let reason = end.reason();
+    info!(
+        conn = conn.0,
+        reason = %reason,
+        code = reason.code().0,
+        clean = matches!(end, WriterEnd::Closed(_)),
+        duration_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "connection closed"
+    );
+}
+
+fn describe(route: &Route) -> String {
+    match route {
+        Route::Relay => "relay".to_owned(),
+        Route::Room { room, username } => format!("room={room:?} user={username:?}"),
+    }
+}

@@ -1,0 +1,114 @@
+//! HTTP routing and handshake validation, before any upgrade.
+//!
+//! Every refusal is a JSON body `{"error": "…"}` with a status that says
+//! what to fix, decided in this order: `/health`; unknown path (404); wrong
+//! method (405); the core's route validation (400, naming the field and the
+//! problem); not a WebSocket upgrade (426); shutting down or
+//! `max_connections` reached (503); a malformed upgrade (400). Only then is
+//! the connection upgraded and handed to [`crate::connection`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fastwebsockets::upgrade::{is_upgrade_request, upgrade};
+use http_body_util::Full;
+use hubbub_core::route::is_websocket_path;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, UPGRADE};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::connection::{self, Accepted};
+use crate::server::Shared;
+
+pub type Body = Full<Bytes>;
+
+/// The service function: one request, one response.
+///
+/// # Errors
+/// Never; every failure is a response.
+pub async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    Ok(respond(&shared, peer, &mut req))
+}
+
+fn respond(shared: &Arc<Shared>, peer: SocketAddr, req: &mut Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    if path == "/health" {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return method_not_allowed();
+        }
+        return json(StatusCode::OK, r#"{"status":"ok"}"#.to_owned());
+    }
+    if !is_websocket_path(path) {
+        return error(StatusCode::NOT_FOUND, "not found");
+    }
+    if req.method() != Method::GET {
+        return method_not_allowed();
+    }
+    let route = match hubbub_core::route(path, req.uri().query()) {
+        Ok(route) => route,
+        Err(e) => {
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            return error(status, &e.message());
+        }
+    };
+    if !is_upgrade_request(req) {
+        let mut response = error(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket upgrade required: send Connection: Upgrade and Upgrade: websocket",
+        );
+        response
+            .headers_mut()
+            .insert(UPGRADE, HeaderValue::from_static("websocket"));
+        return response;
+    }
+    if shared.is_stopping() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+    }
+    let Some(slot) = shared.reserve() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server full: too many connections",
+        );
+    };
+    let (response, upgrade) = match upgrade(&mut *req) {
+        Ok(upgrade) => upgrade,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let accepted = Accepted {
+        conn: shared.next_conn(),
+        peer,
+        route,
+        upgrade,
+        slot,
+        token: shared.tracker.token(),
+    };
+    tokio::spawn(connection::run(shared.clone(), accepted));
+    response.map(|_| Body::new(Bytes::new()))
+}
+
+fn json(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(Body::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json(status, serde_json::json!({ "error": message }).to_string())
+}
+
+fn method_not_allowed() -> Response<Body> {
+    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static("GET"));
+    response
+}

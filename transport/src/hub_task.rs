@@ -1,0 +1,300 @@
+//! The one task that owns the [`Hub`].
+//!
+//! Connections send [`Event`]s over a bounded channel; this task feeds them
+//! to the hub, carries out its outputs, and runs its heartbeat timer. It is
+//! the only place real time becomes a [`Timestamp`] (milliseconds since the
+//! server started).
+//!
+//! The broadcast path never waits: a `Send` is pushed into the connection's
+//! [`Outbox`] without awaiting; a full outbox is reported back to the hub as
+//! `Input::QueueFull` once the current outputs are drained, and the hub
+//! decides the eviction. The task awaits only its channel, its timer, and
+//! (briefly, bounded) the scheduler: after a batch it yields while writers
+//! it woke have not started yet, so it cannot outrun healthy clients merely
+//! because their writers are waiting for a CPU.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hubbub_core::{CloseReason, Config, ConnId, Hub, Input, Output, Route, Stats, Timestamp};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::outbox::{Outbox, Push, WriterGauge};
+
+/// Most events handled in one go before the task yields, so the writers it
+/// woke get to run. Also at most half a send queue: a burst the hub handles
+/// in one go must not, by itself, fill a healthy client's queue.
+const MAX_BATCH: usize = 64;
+
+/// Most times the task yields after a batch while writers it woke have not
+/// started yet. A bound, so the hub never depends on them; writers blocked
+/// on slow sockets are not counted at all.
+const MAX_YIELDS: usize = 32;
+
+/// What connections tell the hub task.
+#[derive(Debug)]
+pub enum Event {
+    /// A WebSocket handshake completed; `outbox` is where the hub's frames for it go.
+    Open {
+        conn: ConnId,
+        route: Route,
+        outbox: Arc<Outbox>,
+    },
+    /// Anything else the hub must hear (message, pong, disconnect, shutdown).
+    Input(Input),
+}
+
+/// Converts between the tokio clock and the hub's millisecond timestamps.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    start: Instant,
+}
+
+impl Clock {
+    #[must_use]
+    pub fn new(start: Instant) -> Self {
+        Self { start }
+    }
+
+    /// Milliseconds since the start, rounded down.
+    #[must_use]
+    pub fn timestamp(&self, at: Instant) -> Timestamp {
+        let ms = at.saturating_duration_since(self.start).as_millis();
+        Timestamp::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+    }
+
+    #[must_use]
+    pub fn now(&self) -> Timestamp {
+        self.timestamp(Instant::now())
+    }
+
+    /// The instant of `ts` (far in the future when it does not fit).
+    #[must_use]
+    pub fn instant(&self, ts: Timestamp) -> Instant {
+        self.start
+            .checked_add(Duration::from_millis(ts.as_millis()))
+            .unwrap_or_else(|| far_future(self.start))
+    }
+}
+
+fn far_future(from: Instant) -> Instant {
+    // About 30 years: tokio's timer wheel handles it; the guard on the
+    // select branch keeps it from ever mattering.
+    from + Duration::from_secs(86_400 * 365 * 30)
+}
+
+/// The hub and where its outputs go.
+struct Driver {
+    hub: Hub,
+    clock: Clock,
+    /// Never iterated for output, so hash order cannot leak into behavior.
+    outboxes: HashMap<ConnId, Arc<Outbox>>,
+    /// Connections whose outbox was full while draining (id order).
+    full: BTreeSet<ConnId>,
+}
+
+impl Driver {
+    fn handle(&mut self, event: Event) {
+        let now = self.clock.now();
+        match event {
+            Event::Open {
+                conn,
+                route,
+                outbox,
+            } => {
+                // Registered first, so the hub's first outputs (presence) reach it.
+                self.outboxes.insert(conn, outbox);
+                self.hub.handle_input(now, Input::Open { conn, route });
+            }
+            Event::Input(input) => self.hub.handle_input(now, input),
+        }
+        self.drain(now);
+    }
+
+    /// Runs the heartbeat if it is due by the clock (not by the timer).
+    fn maybe_timeout(&mut self) {
+        let now = self.clock.now();
+        if self.hub.poll_timeout().is_some_and(|at| at <= now) {
+            self.hub.handle_timeout(now);
+            self.drain(now);
+        }
+    }
+
+    /// Performs every pending output; reports full queues, then performs
+    /// what the resulting evictions produce, until nothing is left.
+    fn drain(&mut self, now: Timestamp) {
+        loop {
+            while let Some(output) = self.hub.poll_output() {
+                self.perform(output);
+            }
+            if self.full.is_empty() {
+                return;
+            }
+            for conn in std::mem::take(&mut self.full) {
+                self.hub.handle_input(now, Input::QueueFull { conn });
+            }
+        }
+    }
+
+    fn perform(&mut self, output: Output) {
+        match output {
+            Output::Send {
+                conn,
+                frame,
+                presence,
+            } => {
+                if let Some(outbox) = self.outboxes.get(&conn) {
+                    if outbox.push(frame, presence) == Push::Full {
+                        self.full.insert(conn);
+                    }
+                }
+            }
+            Output::Ping { conn } => {
+                if let Some(outbox) = self.outboxes.get(&conn) {
+                    outbox.ping();
+                }
+            }
+            Output::Close { conn, reason } => {
+                if let Some(outbox) = self.outboxes.remove(&conn) {
+                    outbox.close(reason);
+                }
+            }
+        }
+    }
+}
+
+/// Runs the hub until every sender of `events` is gone; returns its final counters.
+pub async fn run(
+    config: Config,
+    clock: Clock,
+    gauge: Arc<WriterGauge>,
+    mut events: mpsc::Receiver<Event>,
+) -> Stats {
+    let config_send_queue = config.send_queue;
+    let mut driver = Driver {
+        hub: Hub::new(config),
+        clock,
+        outboxes: HashMap::new(),
+        full: BTreeSet::new(),
+    };
+    let sleep = tokio::time::sleep_until(far_future(Instant::now()));
+    tokio::pin!(sleep);
+    let mut armed: Option<Timestamp> = None;
+    let batch = (config_send_queue / 2).clamp(1, MAX_BATCH);
+    loop {
+        let deadline = driver.hub.poll_timeout();
+        if deadline != armed {
+            if let Some(at) = deadline {
+                sleep.as_mut().reset(clock.instant(at));
+            }
+            armed = deadline;
+        }
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                driver.handle(event);
+                // Take whatever else is already waiting before sleeping again.
+                for _ in 1..batch {
+                    match events.try_recv() {
+                        Ok(event) => driver.handle(event),
+                        Err(_) => break,
+                    }
+                }
+            }
+            () = &mut sleep, if deadline.is_some() => {
+                // The timer firing only means "look at the clock".
+                armed = None;
+            }
+        }
+        driver.maybe_timeout();
+        // Let the writers this batch woke start on it before producing more.
+        let mut yields = 0;
+        while gauge.runnable() > 0 && yields < MAX_YIELDS {
+            tokio::task::yield_now().await;
+            yields += 1;
+        }
+    }
+    driver.hub.stats()
+}
+
+impl Drop for Driver {
+    /// No connection can hear from the hub any more (it stopped, or it
+    /// panicked): close the ones it still knew, so none waits forever.
+    fn drop(&mut self) {
+        for (_, outbox) in self.outboxes.drain() {
+            outbox.close(CloseReason::ServerShutdown);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hubbub_core::Frame;
+
+    use crate::outbox::Work;
+
+    #[test]
+    fn clock_round_trips_milliseconds() {
+        let start = Instant::now();
+        let clock = Clock::new(start);
+        let at = start + Duration::from_millis(1234) + Duration::from_micros(999);
+        assert_eq!(clock.timestamp(at), Timestamp::from_millis(1234));
+        assert_eq!(
+            clock.instant(Timestamp::from_millis(1234)),
+            start + Duration::from_millis(1234)
+        );
+        assert_eq!(
+            clock.timestamp(start - Duration::from_millis(5)),
+            Timestamp::ZERO
+        );
+        assert!(clock.instant(Timestamp::from_millis(u64::MAX)) > start);
+    }
+
+    #[tokio::test]
+    async fn full_queue_is_reported_and_evicts() {
+        let config = Config {
+            send_queue: 2,
+            ..Config::default()
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let gauge = Arc::new(WriterGauge::default());
+        let task = tokio::spawn(run(config, Clock::new(Instant::now()), gauge.clone(), rx));
+        let slow = Arc::new(Outbox::new(2, gauge.clone()));
+        let fast = Arc::new(Outbox::new(2, gauge));
+        for (conn, outbox) in [(ConnId(1), &slow), (ConnId(2), &fast)] {
+            tx.send(Event::Open {
+                conn,
+                route: Route::Relay,
+                outbox: outbox.clone(),
+            })
+            .await
+            .expect("hub alive");
+        }
+        let mut work = Work::default();
+        for i in 0..3 {
+            tx.send(Event::Input(Input::Message {
+                conn: ConnId(2),
+                frame: Frame::text(format!("m{i}")),
+            }))
+            .await
+            .expect("hub alive");
+            // The fast connection keeps up.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while fast.queued() == 0 && Instant::now() < deadline {
+                tokio::task::yield_now().await;
+            }
+            assert!(fast.take(&mut work));
+        }
+        drop(tx);
+        let stats = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("hub ends")
+            .expect("hub ran");
+        assert_eq!(stats.closes_for(CloseReason::SlowConsumer), 1);
+        assert!(slow.take(&mut work));
+        assert_eq!(work.close, Some(CloseReason::SlowConsumer));
+    }
+}

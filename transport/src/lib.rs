@@ -1,0 +1,58 @@
+//! # hubbub
+//!
+//! The hubbub chat server: a dumb pipe between sockets, timers and the
+//! [`hubbub_core::Hub`] state machine, which owns every chat rule. hyper
+//! answers HTTP and performs the WebSocket upgrade; fastwebsockets parses
+//! client frames; the server encodes its own frames and writes them in
+//! batches.
+//!
+//! Run it in-process (as the tests do):
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let stop = async { let _ = tokio::signal::ctrl_c().await; };
+//! hubbub::serve(listener, hubbub::ServerConfig::default(), stop).await
+//! # }
+//! ```
+//!
+//! ## Layout
+//! - [`server`]: [`serve`], the accept loop with back-off, HTTP connection tasks, graceful shutdown.
+//! - [`http`]: routes and pre-upgrade validation (JSON errors: 400/404/405/426/503).
+//! - [`connection`]: one WebSocket's life: upgrade, socket split, reader and writer, logs.
+//! - [`reader`]: client frames → hub inputs; fragment reassembly and limits.
+//! - [`writer`]: outbox → vectored writes under a deadline; the close sequence.
+//! - [`outbox`]: the bounded per-connection queue between hub task and writer.
+//! - [`wire`]: server frame encoding and write batches.
+//! - [`hub_task`]: the one task that owns the hub, its clock and its timer.
+//! - [`shutdown`]: task tracking and signals.
+//! - [`config`], [`cli`]: settings and the command line.
+//!
+//! ## Invariants
+//! - Only the hub task touches the [`hubbub_core::Hub`]; it never awaits a
+//!   socket. A slow client fills its own outbox and is evicted by the core.
+//!   The hub does yield (a bounded number of times) while writers it woke
+//!   have not been scheduled yet, so scheduling lag under a burst is not
+//!   mistaken for a slow client; a writer blocked on its socket never
+//!   holds the hub up.
+//! - Every queue is bounded: the hub channel, each outbox (`--send-queue`
+//!   messages plus one batch being written), pending pongs.
+//! - `read_frame` is never raced in a `select!`; a reader is only aborted
+//!   once nothing will read from its socket again.
+//! - Exactly one close frame is written per connection.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod http;
+pub mod hub_task;
+pub mod outbox;
+pub mod reader;
+pub mod server;
+pub mod shutdown;
+pub mod wire;
+pub mod writer;
+
+pub use config::{ServerConfig, ServerConfigError};
+pub use server::serve;

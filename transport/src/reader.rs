@@ -1,0 +1,284 @@
+//! A connection's reader: frames from the socket become hub inputs.
+//!
+//! fastwebsockets parses frames, unmasks them, checks single-frame text for
+//! UTF-8, enforces the per-frame size limit and obliges us to send pongs
+//! and the close echo (handed to the [`Outbox`]). What it does not do, done
+//! here: reassemble fragmented messages with the size limit applied to the
+//! running total (0.10 does not cap reassembled messages), validate UTF-8
+//! across fragments as they arrive (fail fast, not at the end), and reject
+//! continuation frames without a start or a new message inside a fragmented
+//! one.
+//!
+//! `read_frame` is not cancel-safe, so it is never raced in a `select!`:
+//! the reader loops until the client closes, the socket ends, or a frame is
+//! refused. After refusing a frame it keeps draining the socket (discarding)
+//! so that closing our end does not reset the connection before the client
+//! has read our close frame; the connection task bounds that with a linger.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use fastwebsockets::{OpCode, Payload, Role, WebSocketError};
+use hubbub_core::{CloseReason, ConnId, Frame, Input, MessageKind};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::hub_task::Event;
+use crate::outbox::Outbox;
+
+/// Reads until the connection ends, then tells the hub why.
+pub async fn run<R>(
+    mut stream: R,
+    conn: ConnId,
+    max_message_bytes: usize,
+    outbox: Arc<Outbox>,
+    hub: mpsc::Sender<Event>,
+) where
+    R: AsyncRead + Unpin,
+{
+    let Some(reason) = read_messages(&mut stream, conn, max_message_bytes, &outbox, &hub).await
+    else {
+        return; // the hub is gone
+    };
+    let _ = hub
+        .send(Event::Input(Input::Disconnect { conn, reason }))
+        .await;
+    if reason != CloseReason::PeerClosed {
+        drain(&mut stream).await;
+    }
+}
+
+/// A fragmented message being reassembled.
+struct Partial {
+    kind: MessageKind,
+    buf: BytesMut,
+    /// Bytes of `buf` known to be valid UTF-8 (text only).
+    checked: usize,
+}
+
+impl Partial {
+    /// Checks the UTF-8 of text received so far; an incomplete character at
+    /// the end is fine until the final fragment.
+    fn check_utf8(&mut self, fin: bool) -> Result<(), CloseReason> {
+        if self.kind != MessageKind::Text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.buf[self.checked..]) {
+            Ok(_) => {
+                self.checked = self.buf.len();
+                Ok(())
+            }
+            Err(e) if e.error_len().is_none() && !fin => {
+                self.checked += e.valid_up_to();
+                Ok(())
+            }
+            Err(_) => Err(CloseReason::InvalidUtf8),
+        }
+    }
+}
+
+/// The frame loop. Returns why the connection ended, or `None` when the hub
+/// is gone and nobody needs to know.
+async fn read_messages<R>(
+    stream: &mut R,
+    conn: ConnId,
+    max_message_bytes: usize,
+    outbox: &Outbox,
+    hub: &mpsc::Sender<Event>,
+) -> Option<CloseReason>
+where
+    R: AsyncRead + Unpin,
+{
+    // Only the read half is used; our frames go out through the outbox.
+    let (mut ws, _) =
+        fastwebsockets::after_handshake_split(stream, tokio::io::sink(), Role::Server);
+    ws.set_auto_pong(true);
+    ws.set_auto_close(true);
+    // fastwebsockets refuses frames with `len >= max`.
+    ws.set_max_message_size(max_message_bytes.saturating_add(1));
+    let mut obligated = |frame: fastwebsockets::Frame<'_>| {
+        match frame.opcode {
+            OpCode::Pong => outbox.pong(Bytes::copy_from_slice(&frame.payload)),
+            OpCode::Close => outbox.peer_close(Bytes::copy_from_slice(&frame.payload)),
+            _ => {}
+        }
+        std::future::ready(Ok::<(), Infallible>(()))
+    };
+    let mut partial: Option<Partial> = None;
+    loop {
+        let frame = match ws.read_frame(&mut obligated).await {
+            Ok(frame) => frame,
+            Err(e) => {
+                debug!(conn = conn.0, error = %e, "read ended");
+                return Some(reason_for(&e));
+            }
+        };
+        let fin = frame.fin;
+        let message = match frame.opcode {
+            OpCode::Text | OpCode::Binary => {
+                if partial.is_some() {
+                    debug!(conn = conn.0, "new message inside a fragmented one");
+                    return Some(CloseReason::ProtocolError);
+                }
+                let kind = if frame.opcode == OpCode::Text {
+                    MessageKind::Text
+                } else {
+                    MessageKind::Binary
+                };
+                let payload = into_bytes(frame.payload);
+                if fin {
+                    Some(Frame { kind, payload })
+                } else {
+                    let mut p = Partial {
+                        kind,
+                        buf: BytesMut::from(payload),
+                        checked: 0,
+                    };
+                    if let Err(reason) = p.check_utf8(false) {
+                        return Some(reason);
+                    }
+                    partial = Some(p);
+                    None
+                }
+            }
+            OpCode::Continuation => {
+                let Some(p) = partial.as_mut() else {
+                    debug!(conn = conn.0, "continuation without a message");
+                    return Some(CloseReason::ProtocolError);
+                };
+                if p.buf.len().saturating_add(frame.payload.len()) > max_message_bytes {
+                    return Some(CloseReason::MessageTooBig);
+                }
+                p.buf.extend_from_slice(&frame.payload);
+                if let Err(reason) = p.check_utf8(fin) {
+                    return Some(reason);
+                }
+                match partial.take() {
+                    Some(p) if fin => Some(Frame {
+                        kind: p.kind,
+                        payload: p.buf.freeze(),
+                    }),
+                    unfinished => {
+                        partial = unfinished;
+                        None
+                    }
+                }
+            }
+            // The echo was handed to the outbox by `obligated`.
+            OpCode::Close => return Some(CloseReason::PeerClosed),
+            OpCode::Pong => {
+                if hub.send(Event::Input(Input::Pong { conn })).await.is_err() {
+                    return None;
+                }
+                None
+            }
+            // Answered by fastwebsockets (auto_pong); never returned.
+            OpCode::Ping => None,
+        };
+        if let Some(frame) = message {
+            if hub
+                .send(Event::Input(Input::Message { conn, frame }))
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
+    }
+}
+
+fn into_bytes(payload: Payload<'_>) -> Bytes {
+    match payload {
+        Payload::Bytes(b) => b.freeze(),
+        Payload::Owned(v) => Bytes::from(v),
+        other => Bytes::copy_from_slice(&other),
+    }
+}
+
+/// The close reason for a frame fastwebsockets refused.
+fn reason_for(e: &WebSocketError) -> CloseReason {
+    match e {
+        WebSocketError::FrameTooLarge => CloseReason::MessageTooBig,
+        WebSocketError::InvalidUTF8 => CloseReason::InvalidUtf8,
+        WebSocketError::UnexpectedEOF
+        | WebSocketError::IoError(_)
+        | WebSocketError::ConnectionClosed => CloseReason::PeerClosed,
+        _ => CloseReason::ProtocolError,
+    }
+}
+
+/// Reads and discards until the client closes its end (or the task is
+/// aborted after the linger).
+async fn drain<R>(stream: &mut R)
+where
+    R: AsyncRead + Unpin,
+{
+    let mut buf = vec![0u8; 8192];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partial(bytes: &[u8]) -> Partial {
+        Partial {
+            kind: MessageKind::Text,
+            buf: BytesMut::from(bytes),
+            checked: 0,
+        }
+    }
+
+    #[test]
+    fn utf8_split_across_fragments_is_fine() {
+        let e_acute = "é".as_bytes();
+        let mut p = partial(&e_acute[..1]);
+        assert_eq!(p.check_utf8(false), Ok(()));
+        p.buf.extend_from_slice(&e_acute[1..]);
+        assert_eq!(p.check_utf8(true), Ok(()));
+        assert_eq!(p.checked, 2);
+    }
+
+    #[test]
+    fn invalid_utf8_fails_before_the_end() {
+        let mut p = partial(b"ok\xff");
+        assert_eq!(p.check_utf8(false), Err(CloseReason::InvalidUtf8));
+        // An unfinished character in the final fragment is invalid.
+        let mut p = partial(&"é".as_bytes()[..1]);
+        assert_eq!(p.check_utf8(true), Err(CloseReason::InvalidUtf8));
+        // Binary is never checked.
+        let mut p = partial(b"\xff");
+        p.kind = MessageKind::Binary;
+        assert_eq!(p.check_utf8(true), Ok(()));
+    }
+
+    #[test]
+    fn error_mapping() {
+        assert_eq!(
+            reason_for(&WebSocketError::FrameTooLarge),
+            CloseReason::MessageTooBig
+        );
+        assert_eq!(
+            reason_for(&WebSocketError::InvalidUTF8),
+            CloseReason::InvalidUtf8
+        );
+        assert_eq!(
+            reason_for(&WebSocketError::UnexpectedEOF),
+            CloseReason::PeerClosed
+        );
+        assert_eq!(
+            reason_for(&WebSocketError::ReservedBitsNotZero),
+            CloseReason::ProtocolError
+        );
+        assert_eq!(
+            reason_for(&WebSocketError::InvalidCloseCode),
+            CloseReason::ProtocolError
+        );
+    }
+}

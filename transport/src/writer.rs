@@ -1,0 +1,298 @@
+//! A connection's writer: turns what the [`Outbox`] holds into bytes on the socket.
+//!
+//! Each wake-up takes the whole pending batch, encodes it ([`crate::wire`])
+//! and writes it with vectored writes, so many queued messages cost one
+//! syscall. Every batch must be written within the write timeout; a socket
+//! that stalls longer ends the connection (`WriteTimeout`).
+//!
+//! Closing: the hub's close order says why. For a server shutdown or a
+//! client's protocol violation (1001, 1009, 1007, 1003, 1002) what is queued
+//! is flushed first, so the client sees everything sent before the close.
+//! For an evicted slow consumer (1008) and the other heartbeat/write reasons
+//! the queue is dropped: the client cannot take it anyway. When the client
+//! closed, the close frame fastwebsockets obliges us to echo is written
+//! instead of ours; either way exactly one close frame is written. Then the
+//! write half is shut down.
+
+use std::io::{self, IoSlice};
+use std::time::Duration;
+
+use hubbub_core::{CloseReason, ConnId, Input};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::hub_task::Event;
+use crate::outbox::{Outbox, Work};
+use crate::wire::{self, Batch, OpCode};
+
+/// The most slices one `writev` takes on Linux (`IOV_MAX`).
+const MAX_IOVECS: usize = 1024;
+
+/// How the writer ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriterEnd {
+    /// A close frame was written for the hub's close order with this reason.
+    Closed(CloseReason),
+    /// The writer gave up (stall or socket error) and told the hub this reason.
+    Failed(CloseReason),
+}
+
+impl WriterEnd {
+    #[must_use]
+    pub fn reason(self) -> CloseReason {
+        match self {
+            Self::Closed(r) | Self::Failed(r) => r,
+        }
+    }
+}
+
+/// Whether queued messages are still written before the close frame.
+#[must_use]
+pub fn flushes_queue(reason: CloseReason) -> bool {
+    match reason {
+        CloseReason::ServerShutdown
+        | CloseReason::MessageTooBig
+        | CloseReason::InvalidUtf8
+        | CloseReason::BinaryNotAccepted
+        | CloseReason::ProtocolError => true,
+        CloseReason::PeerClosed
+        | CloseReason::HeartbeatTimeout
+        | CloseReason::SlowConsumer
+        | CloseReason::WriteTimeout
+        | CloseReason::ServerFull => false,
+    }
+}
+
+/// Writes until the connection is closed or the socket fails.
+pub async fn run<W>(
+    mut sink: W,
+    conn: ConnId,
+    outbox: &Outbox,
+    write_timeout: Duration,
+    hub: &mpsc::Sender<Event>,
+) -> WriterEnd
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut work = Work::default();
+    let mut batch = Batch::new();
+    let end = loop {
+        if !outbox.take(&mut work) {
+            outbox.wait().await;
+            continue;
+        }
+        batch.clear();
+        let close = encode(&work, &mut batch);
+        let written = tokio::time::timeout(write_timeout, async {
+            write_batch(&mut sink, &batch).await?;
+            if close.is_some() {
+                sink.shutdown().await?;
+            }
+            io::Result::Ok(())
+        })
+        .await;
+        let failure = match written {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some(CloseReason::PeerClosed),
+            Err(_elapsed) => Some(CloseReason::WriteTimeout),
+        };
+        match (failure, close) {
+            (None, None) => {}
+            (None, Some(reason)) => break WriterEnd::Closed(reason),
+            (Some(failure), close) => {
+                if close.is_none() {
+                    // The hub still counts the connection as open.
+                    let _ = hub
+                        .send(Event::Input(Input::Disconnect {
+                            conn,
+                            reason: failure,
+                        }))
+                        .await;
+                }
+                break WriterEnd::Failed(close.unwrap_or(failure));
+            }
+        }
+    };
+    outbox.finish();
+    end
+}
+
+/// Encodes one batch: control frames first (they are small and
+/// time-sensitive), then data frames, then the close frame if ordered.
+/// Returns the close reason when the batch ends the connection.
+fn encode(work: &Work, batch: &mut Batch) -> Option<CloseReason> {
+    for pong in &work.pongs {
+        batch.push_small(OpCode::Pong, pong);
+    }
+    if work.ping {
+        batch.push_small(OpCode::Ping, b"");
+    }
+    let flush = work.close.is_none_or(flushes_queue);
+    if flush {
+        for frame in work.data.iter().flatten() {
+            batch.push(frame.kind.into(), &frame.payload);
+        }
+    }
+    let reason = work.close?;
+    match &work.peer_close {
+        Some(echo) => batch.push_small(OpCode::Close, echo),
+        None => batch.push_small(
+            OpCode::Close,
+            &wire::close_payload(reason.code(), reason.text()),
+        ),
+    }
+    Some(reason)
+}
+
+/// Writes every byte of `batch`, in as few `writev` calls as the socket allows.
+async fn write_batch<W>(sink: &mut W, batch: &Batch) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut slices = batch.slices();
+    let mut rest: &mut [IoSlice<'_>] = &mut slices;
+    while !rest.is_empty() {
+        let n = sink
+            .write_vectored(&rest[..rest.len().min(MAX_IOVECS)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    sink.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use hubbub_core::Frame;
+
+    use super::*;
+
+    fn close_frame_payload(reason: CloseReason) -> Bytes {
+        Bytes::from(wire::close_payload(reason.code(), reason.text()))
+    }
+
+    /// A sink that accepts at most `chunk` bytes per call and records all.
+    struct Trickle {
+        out: Vec<u8>,
+        chunk: usize,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.chunk);
+            self.out.extend_from_slice(&buf[..n]);
+            self.calls += 1;
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut left = self.chunk;
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(left);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
+            self.calls += 1;
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn partial_writes_still_write_everything() {
+        let mut batch = Batch::new();
+        let big = Bytes::from(vec![b'x'; 3000]);
+        for _ in 0..5 {
+            batch.push(OpCode::Binary, &big);
+            batch.push(OpCode::Text, &Bytes::from_static(b"small"));
+        }
+        let mut sink = Trickle {
+            out: Vec::new(),
+            chunk: 777,
+            calls: 0,
+        };
+        write_batch(&mut sink, &batch).await.expect("written");
+        assert_eq!(sink.out.len(), batch.len());
+        let flat: Vec<u8> = batch.slices().iter().flat_map(|s| s.to_vec()).collect();
+        assert_eq!(sink.out, flat);
+    }
+
+    async fn run_to_end(outbox: Arc<Outbox>) -> (Vec<u8>, WriterEnd) {
+        let (tx, _rx) = mpsc::channel(4);
+        let mut sink = Trickle {
+            out: Vec::new(),
+            chunk: usize::MAX,
+            calls: 0,
+        };
+        let end = run(&mut sink, ConnId(1), &outbox, Duration::from_secs(5), &tx).await;
+        (sink.out, end)
+    }
+
+    #[tokio::test]
+    async fn shutdown_flushes_then_closes_once() {
+        let outbox = Arc::new(Outbox::new(8, Arc::default()));
+        outbox.push(Frame::text("a"), None);
+        outbox.push(Frame::binary(&b"b"[..]), None);
+        outbox.close(CloseReason::ServerShutdown);
+        let (out, end) = run_to_end(outbox).await;
+        assert_eq!(end, WriterEnd::Closed(CloseReason::ServerShutdown));
+        let mut want = vec![0x81, 1, b'a', 0x82, 1, b'b', 0x88];
+        let close = close_frame_payload(CloseReason::ServerShutdown);
+        want.push(u8::try_from(close.len()).expect("short"));
+        want.extend_from_slice(&close);
+        assert_eq!(out, want);
+    }
+
+    #[tokio::test]
+    async fn slow_consumer_skips_the_queue() {
+        let outbox = Arc::new(Outbox::new(8, Arc::default()));
+        outbox.push(Frame::text("a"), None);
+        outbox.close(CloseReason::SlowConsumer);
+        let (out, _) = run_to_end(outbox).await;
+        assert_eq!(out[0], 0x88);
+        assert_eq!(&out[2..4], &1008u16.to_be_bytes());
+    }
+
+    #[tokio::test]
+    async fn peer_close_echo_replaces_our_close() {
+        let outbox = Arc::new(Outbox::new(8, Arc::default()));
+        outbox.push(Frame::text("a"), None);
+        outbox.peer_close(Bytes::from_static(&[0x03, 0xe8, b'o', b'k']));
+        outbox.close(CloseReason::PeerClosed);
+        let (out, end) = run_to_end(outbox).await;
+        assert_eq!(end, WriterEnd::Closed(CloseReason::PeerClosed));
+        assert_eq!(out, [0x88, 4, 0x03, 0xe8, b'o', b'k']);
+    }
+}

@@ -1,0 +1,336 @@
+//! The real `hubbub` binary: flags, bad values, and graceful shutdown on SIGTERM.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hubbub");
+
+/// A running server process; killed if the test fails half-way.
+struct Process {
+    child: Child,
+    addr: SocketAddr,
+    log: mpsc::Receiver<String>,
+    /// Log lines read so far.
+    seen: Vec<String>,
+}
+
+impl Process {
+    fn start(args: &[&str]) -> Self {
+        Self::spawn(Command::new(BIN), args)
+    }
+
+    /// Starts the server with at most `fds` open file descriptors.
+    fn start_with_fd_limit(fds: u32, args: &[&str]) -> Self {
+        let mut command = Command::new("sh");
+        command.args(["-c", &format!("ulimit -n {fds} && exec \"$0\" \"$@\""), BIN]);
+        Self::spawn(command, args)
+    }
+
+    fn spawn(mut command: Command, args: &[&str]) -> Self {
+        let mut child = command
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start hubbub");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut process = Self {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            log,
+            seen: Vec::new(),
+        };
+        let line = process.wait_for_log("listening");
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .unwrap_or_else(|| panic!("no addr in {line}"));
+        process.addr = addr.parse().unwrap();
+        process
+    }
+
+    fn wait_for_log(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!("no log line with {needle:?}: {e}\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// Every log line, once the process has exited.
+    fn full_log(&mut self) -> Vec<String> {
+        while let Ok(line) = self.log.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        self.seen.clone()
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_every_client_with_1001_and_exits_0() {
+    let mut process = Process::start(&["--write-timeout", "2s"]);
+    let server_url = |path: &str| format!("ws://{}{}", process.addr, path);
+    let mut clients = Vec::new();
+    for path in [
+        "/ws",
+        "/ws/r?username=a",
+        "/ws/r?username=b",
+        "/ws?username=c",
+    ] {
+        let (ws, _) = within(
+            STEP,
+            "connect",
+            tokio_tungstenite::connect_async(server_url(path)),
+        )
+        .await
+        .unwrap();
+        clients.push(ws);
+    }
+    let mut raw = RawWs::connect(process.addr, "/ws/r?username=raw").await;
+    // Everyone is registered once the last joiner sees its own join.
+    for ws in &mut clients[1..3] {
+        seed_until(ws, |m| m.content.starts_with("raw")).await;
+    }
+
+    let started = Instant::now();
+    process.signal("TERM");
+    for ws in &mut clients {
+        assert_eq!(
+            close_of(ws).await,
+            (1001, "server shutting down".to_owned())
+        );
+        assert!(within(STEP, "stream ends", ws.next()).await.is_none());
+    }
+    // A client that never answers the close does not hold shutdown up for long.
+    assert_eq!(raw.read_until_close().await.0.close_code(), 1001);
+    let (code, log) = tokio::task::spawn_blocking(move || {
+        let code = process.wait(Duration::from_secs(10));
+        (code, process.full_log())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // One line per open (id, peer, route) and per close (id, reason, code, duration).
+    let has = |words: &[&str]| log.iter().any(|l| words.iter().all(|w| l.contains(w)));
+    assert!(
+        has(&[
+            "connection opened",
+            "conn=1 ",
+            "peer=127.0.0.1:",
+            "route=relay"
+        ]),
+        "{log:#?}"
+    );
+    assert!(
+        has(&["connection opened", "route=room=\"r\" user=\"raw\""]),
+        "{log:#?}"
+    );
+    let closes = log
+        .iter()
+        .filter(|l| l.contains("connection closed"))
+        .count();
+    assert_eq!(closes, 5, "{log:#?}");
+    assert!(has(&[
+        "connection closed",
+        "reason=server_shutdown",
+        "code=1001",
+        "duration_ms="
+    ]));
+    assert!(
+        has(&["shutdown complete", "closed_for_shutdown=5"]),
+        "{log:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_file_descriptors_does_not_stop_the_server() {
+    // Room for the runtime and a few dozen sockets.
+    let mut process = Process::start_with_fd_limit(40, &[]);
+    let url = format!("ws://{}/ws/r?username=early", process.addr);
+    let (mut early, _) = within(STEP, "connect", tokio_tungstenite::connect_async(url))
+        .await
+        .unwrap();
+    seed_until(&mut early, |m| m.content == "early joined the room").await;
+
+    // Far more idle connections than descriptors: the kernel queues them,
+    // the server accepts until EMFILE, then backs off.
+    let mut hogs = Vec::new();
+    for _ in 0..80 {
+        hogs.push(tokio::net::TcpStream::connect(process.addr).await.unwrap());
+    }
+    let mut process = tokio::task::spawn_blocking(move || {
+        process.wait_for_log("accept failed");
+        process
+    })
+    .await
+    .unwrap();
+
+    // The existing client keeps chatting.
+    send_text(&mut early, "still chatting").await;
+    let m = seed_until(&mut early, |m| m.kind == hubbub_core::SeedType::Chat).await;
+    assert_eq!(m.content, "still chatting");
+
+    // When the pressure ends, new clients are served again.
+    drop(hogs);
+    let addr = process.addr;
+    within(Duration::from_secs(20), "health answers again", async {
+        loop {
+            let attempt = tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio::spawn(get(addr, "/health", &[])),
+            );
+            if let Ok(Ok(r)) = attempt.await {
+                if r.status == 200 {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    process.signal("TERM");
+    assert_eq!(close_of(&mut early).await.0, 1001);
+    let code = tokio::task::spawn_blocking(move || process.wait(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_on_an_idle_server_exits_0_at_once() {
+    let mut process = Process::start(&[]);
+    assert_eq!(get(process.addr, "/health", &[]).await.status, 200);
+    let started = Instant::now();
+    process.signal("INT");
+    let code = tokio::task::spawn_blocking(move || process.wait(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+fn run(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run hubbub");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[test]
+fn help_documents_every_flag_and_its_environment_variable() {
+    let (code, help) = run(&["--help"]);
+    assert_eq!(code, Some(0));
+    for (flag, env, default) in [
+        ("--listen", "HUBBUB_LISTEN", "0.0.0.0:8080"),
+        ("--ping-interval", "HUBBUB_PING_INTERVAL", "54s"),
+        ("--pong-timeout", "HUBBUB_PONG_TIMEOUT", "60s"),
+        ("--write-timeout", "HUBBUB_WRITE_TIMEOUT", "10s"),
+        ("--max-message-bytes", "HUBBUB_MAX_MESSAGE_BYTES", "512"),
+        ("--send-queue", "HUBBUB_SEND_QUEUE", "256"),
+        ("--max-connections", "HUBBUB_MAX_CONNECTIONS", "100000"),
+    ] {
+        assert!(help.contains(flag), "{flag} missing:\n{help}");
+        assert!(help.contains(env), "{env} missing:\n{help}");
+        assert!(
+            help.contains(&format!("[default: {default}]")),
+            "{flag} default:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn bad_values_fail_at_start_with_a_clear_message() {
+    for (args, says) in [
+        (&["--ping-interval", "10"][..], "missing unit"),
+        (&["--pong-timeout", "soon"], "expected a whole number"),
+        (&["--write-timeout", "0s"], "greater than zero"),
+        (&["--send-queue", "lots"], "--send-queue"),
+        (&["--max-connections", "0"], "must be at least 1"),
+        (
+            &["--ping-interval", "1m", "--pong-timeout", "30s"],
+            "ping interval must be shorter than pong timeout",
+        ),
+        (&["--listen", "nowhere"], "cannot listen on nowhere"),
+    ] {
+        let (code, text) = run(args);
+        assert!(code.is_some_and(|c| c != 0), "{args:?} exited {code:?}");
+        assert!(text.contains(says), "{args:?}: {text}");
+    }
+    // The environment works like the flags.
+    let out = Command::new(BIN)
+        .env("HUBBUB_PING_INTERVAL", "2x")
+        .output()
+        .expect("run hubbub");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown unit"));
+}
