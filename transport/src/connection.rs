@@ -7,12 +7,13 @@
 //! handshake are read first. If the downcast ever fails (another IO type),
 //! `tokio::io::split` is the fallback.
 //!
-//! The writer runs in this task; the reader in its own. When the writer has
-//! written the close frame, the reader gets a short linger (1 s) to see the
-//! client's close reply or end of stream, then is aborted. Aborting is the
+//! The reader and the writer each run in a task of their own, and the task
+//! that did the upgrade ends (its state would otherwise be most of an idle
+//! connection's memory). When the writer has written the close frame, the
+//! reader gets a short linger (1 s) to see the client's close reply or end
+//! of stream, then is aborted. Aborting is the
 //! only way `read_frame` is ever cancelled, and nothing reads afterwards.
 
-use std::io::Cursor;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,11 +21,13 @@ use std::sync::Arc;
 use fastwebsockets::upgrade::UpgradeFut;
 use hubbub_core::{ConnId, Route};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+use crate::bounded::{Source, WaitReadable};
 use crate::config::CLOSE_LINGER;
 use crate::hub_task::Event;
 use crate::outbox::Outbox;
@@ -45,7 +48,10 @@ pub struct Accepted {
     pub token: TaskToken,
 }
 
-/// Drives one connection from the completed handshake to the closed socket.
+/// Takes one connection from the completed handshake to its two tasks.
+///
+/// This task ends once the reader and writer tasks run: an idle connection
+/// then costs only their (small) states, not this one's as well.
 pub async fn run(shared: Arc<Shared>, accepted: Accepted) {
     let Accepted {
         conn,
@@ -63,60 +69,85 @@ pub async fn run(shared: Arc<Shared>, accepted: Accepted) {
         }
     };
     let upgraded = ws.into_inner().into_inner();
+    let guards = Guards {
+        _slot: slot,
+        _token: token,
+    };
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let (read, write) = parts.io.into_inner().into_split();
-            let read = Cursor::new(parts.read_buf).chain(read);
-            drive(&shared, conn, peer, route, read, write).await;
+            let read = Source::new(&parts.read_buf, read);
+            // `read_buf` is a slice of hyper's 8 KiB read buffer: let it go
+            // now, not when the connection ends.
+            drop(parts.read_buf);
+            start(shared, conn, peer, route, read, write, guards).await;
         }
         Err(upgraded) => {
             let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-            drive(&shared, conn, peer, route, read, write).await;
+            start(shared, conn, peer, route, read, write, guards).await;
         }
     }
-    drop(slot);
-    drop(token);
 }
 
-async fn drive<R, W>(
-    shared: &Shared,
+/// What a connection holds until its writer is done: its place under
+/// `--max-connections` and the shutdown tracker's count.
+struct Guards {
+    _slot: ConnectionSlot,
+    _token: TaskToken,
+}
+
+/// Registers the connection with the hub and spawns its reader and writer.
+async fn start<R, W>(
+    shared: Arc<Shared>,
     conn: ConnId,
     peer: SocketAddr,
     route: Route,
     read: R,
     write: W,
+    guards: Guards,
 ) where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + WaitReadable + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
 {
-    let opened = Instant::now();
     let outbox = Arc::new(Outbox::new(
         shared.config.hub.send_queue,
         shared.gauge.clone(),
     ));
-    let route_text = describe(&route);
-    if shared
-        .hub
-        .send(Event::Open {
-            conn,
-            route,
-            outbox: outbox.clone(),
-        })
-        .await
-        .is_err()
-    {
+    info!(conn = conn.0, %peer, route = %describe(&route), "connection opened");
+    let open = Event::Open {
+        conn,
+        route,
+        outbox: outbox.clone(),
+    };
+    if shared.hub.send(open).await.is_err() {
         return; // the hub is gone: the server is stopping
     }
-    info!(conn = conn.0, %peer, route = %route_text, "connection opened");
     shared.opened.fetch_add(1, Ordering::Relaxed);
-
-    let mut reader = tokio::spawn(reader::run(
+    let reader = tokio::spawn(reader::run(
         read,
         conn,
         shared.config.hub.max_message_bytes,
         outbox.clone(),
         shared.hub.clone(),
     ));
+    tokio::spawn(write_until_closed(
+        shared, conn, outbox, write, reader, guards,
+    ));
+}
+
+/// The writer task: writes until the connection closes, gives the reader a
+/// short linger to see the client's close reply, logs the close.
+async fn write_until_closed<W>(
+    shared: Arc<Shared>,
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+    write: W,
+    mut reader: JoinHandle<()>,
+    guards: Guards,
+) where
+    W: AsyncWrite + Unpin,
+{
+    let opened = Instant::now();
     let end = writer::run(
         write,
         conn,
@@ -145,6 +176,7 @@ async fn drive<R, W>(
         duration_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
         "connection closed"
     );
+    drop(guards);
 }
 
 fn describe(route: &Route) -> String {

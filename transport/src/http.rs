@@ -1,11 +1,12 @@
 //! HTTP routing and handshake validation, before any upgrade.
 //!
 //! Every refusal is a JSON body `{"error": "…"}` with a status that says
-//! what to fix, decided in this order: `/health`; unknown path (404); wrong
-//! method (405); the core's route validation (400, naming the field and the
-//! problem); not a WebSocket upgrade (426); shutting down or
-//! `max_connections` reached (503); a malformed upgrade (400). Only then is
-//! the connection upgraded and handed to [`crate::connection`].
+//! what to fix, decided in this order: `/health` and `/metrics`; unknown
+//! path (404); wrong method (405); the core's route validation (400, naming
+//! the field and the problem); not a WebSocket upgrade (426); shutting down
+//! or `max_connections` reached (503); a malformed upgrade (400). Only then
+//! is the connection upgraded and handed to [`crate::connection`]. Every
+//! refusal is counted in `hubbub_http_rejections_total`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -33,7 +34,9 @@ pub async fn handle(
     peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    Ok(respond(&shared, peer, &mut req))
+    let response = respond(&shared, peer, &mut req);
+    shared.metrics.count_response(response.status());
+    Ok(response)
 }
 
 fn respond(shared: &Arc<Shared>, peer: SocketAddr, req: &mut Request<Incoming>) -> Response<Body> {
@@ -43,6 +46,12 @@ fn respond(shared: &Arc<Shared>, peer: SocketAddr, req: &mut Request<Incoming>) 
             return method_not_allowed();
         }
         return json(StatusCode::OK, r#"{"status":"ok"}"#.to_owned());
+    }
+    if path == "/metrics" {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return method_not_allowed();
+        }
+        return metrics(shared);
     }
     if !is_websocket_path(path) {
         return error(StatusCode::NOT_FOUND, "not found");
@@ -98,6 +107,17 @@ fn json(status: StatusCode, body: String) -> Response<Body> {
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// `GET /metrics`: Prometheus text, version 0.0.4 (see [`crate::metrics`]).
+fn metrics(shared: &Shared) -> Response<Body> {
+    let text = shared.metrics.render(&shared.gauge.metrics);
+    let mut response = Response::new(Body::new(Bytes::from(text)));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
     response
 }
 

@@ -12,6 +12,11 @@
 //! (briefly, bounded) the scheduler: after a batch it yields while writers
 //! it woke have not started yet, so it cannot outrun healthy clients merely
 //! because their writers are waiting for a CPU.
+//!
+//! For `/metrics` the task publishes the hub's counters after a batch: when
+//! its channel is empty (it is about to sleep) or at most every
+//! [`PUBLISH_INTERVAL`] while busy (see [`Metrics::publish_hub`] for why a
+//! published snapshot rather than scrapes asking the task).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -21,6 +26,7 @@ use hubbub_core::{CloseReason, Config, ConnId, Hub, Input, Output, Route, Stats,
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Push, WriterGauge};
 
 /// Most events handled in one go before the task yields, so the writers it
@@ -32,6 +38,10 @@ const MAX_BATCH: usize = 64;
 /// started yet. A bound, so the hub never depends on them; writers blocked
 /// on slow sockets are not counted at all.
 const MAX_YIELDS: usize = 32;
+
+/// While events keep coming, how often the hub's counters are published for
+/// `/metrics` at most; an idle hub has published its latest ones.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What connections tell the hub task.
 #[derive(Debug)]
@@ -165,11 +175,31 @@ impl Driver {
     }
 }
 
-/// Runs the hub until every sender of `events` is gone; returns its final counters.
+/// Publishes the hub's counters into [`Metrics`], throttled.
+struct Publisher {
+    metrics: Arc<Metrics>,
+    last: Instant,
+}
+
+impl Publisher {
+    /// After a batch: publishes when the hub is about to sleep (`idle`), or
+    /// when the last publish is [`PUBLISH_INTERVAL`] old.
+    fn after_batch(&mut self, hub: &Hub, idle: bool) {
+        let now = Instant::now();
+        if idle || now.duration_since(self.last) >= PUBLISH_INTERVAL {
+            self.metrics.publish_hub(hub.stats());
+            self.last = now;
+        }
+    }
+}
+
+/// Runs the hub until every sender of `events` is gone; returns its final
+/// counters. Publishes them into `metrics` as it goes.
 pub async fn run(
     config: Config,
     clock: Clock,
     gauge: Arc<WriterGauge>,
+    metrics: Arc<Metrics>,
     mut events: mpsc::Receiver<Event>,
 ) -> Stats {
     let config_send_queue = config.send_queue;
@@ -183,6 +213,10 @@ pub async fn run(
     tokio::pin!(sleep);
     let mut armed: Option<Timestamp> = None;
     let batch = (config_send_queue / 2).clamp(1, MAX_BATCH);
+    let mut publisher = Publisher {
+        metrics,
+        last: Instant::now(),
+    };
     loop {
         let deadline = driver.hub.poll_timeout();
         if deadline != armed {
@@ -209,6 +243,7 @@ pub async fn run(
             }
         }
         driver.maybe_timeout();
+        publisher.after_batch(&driver.hub, events.is_empty());
         // Let the writers this batch woke start on it before producing more.
         let mut yields = 0;
         while gauge.runnable() > 0 && yields < MAX_YIELDS {
@@ -216,7 +251,9 @@ pub async fn run(
             yields += 1;
         }
     }
-    driver.hub.stats()
+    let stats = driver.hub.stats();
+    publisher.metrics.publish_hub(stats.clone());
+    stats
 }
 
 impl Drop for Driver {
@@ -254,6 +291,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_idle_hub_has_published_its_counters() {
+        let (tx, rx) = mpsc::channel(16);
+        let gauge = Arc::new(WriterGauge::default());
+        let metrics = Arc::new(Metrics::new());
+        let task = tokio::spawn(run(
+            Config::default(),
+            Clock::new(Instant::now()),
+            gauge.clone(),
+            metrics.clone(),
+            rx,
+        ));
+        let outbox = Arc::new(Outbox::new(8, gauge.clone()));
+        tx.send(Event::Open {
+            conn: ConnId(1),
+            route: Route::Relay,
+            outbox: outbox.clone(),
+        })
+        .await
+        .expect("hub alive");
+        tx.send(Event::Input(Input::Message {
+            conn: ConnId(1),
+            frame: Frame::text("hi"),
+        }))
+        .await
+        .expect("hub alive");
+        // The hub keeps running; once it has nothing to do, the figures are out.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while metrics.hub().messages_in < 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let stats = metrics.hub();
+        assert_eq!((stats.connections, stats.opened), (1, 1));
+        assert_eq!((stats.messages_in, stats.sends), (1, 1));
+        // The echo found an empty queue.
+        let depth = gauge.metrics.queue_depth.snapshot();
+        assert_eq!((depth.count, depth.buckets[0]), (1, 1));
+        drop(tx);
+        let last = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("hub ends")
+            .expect("hub ran");
+        assert_eq!(metrics.hub(), last);
+    }
+
+    #[tokio::test]
     async fn full_queue_is_reported_and_evicts() {
         let config = Config {
             send_queue: 2,
@@ -261,7 +343,14 @@ mod tests {
         };
         let (tx, rx) = mpsc::channel(16);
         let gauge = Arc::new(WriterGauge::default());
-        let task = tokio::spawn(run(config, Clock::new(Instant::now()), gauge.clone(), rx));
+        let metrics = Arc::new(Metrics::new());
+        let task = tokio::spawn(run(
+            config,
+            Clock::new(Instant::now()),
+            gauge.clone(),
+            metrics.clone(),
+            rx,
+        ));
         let slow = Arc::new(Outbox::new(2, gauge.clone()));
         let fast = Arc::new(Outbox::new(2, gauge));
         for (conn, outbox) in [(ConnId(1), &slow), (ConnId(2), &fast)] {
@@ -294,6 +383,7 @@ mod tests {
             .expect("hub ends")
             .expect("hub ran");
         assert_eq!(stats.closes_for(CloseReason::SlowConsumer), 1);
+        assert_eq!(metrics.hub(), stats);
         assert!(slow.take(&mut work));
         assert_eq!(work.close, Some(CloseReason::SlowConsumer));
     }

@@ -18,7 +18,8 @@
 //!
 //! ## Layout
 //! - [`server`]: [`serve`], the accept loop with back-off, HTTP connection tasks, graceful shutdown.
-//! - [`http`]: routes and pre-upgrade validation (JSON errors: 400/404/405/426/503).
+//! - [`http`]: routes (`/health`, `/metrics`, `/ws…`) and pre-upgrade validation (JSON errors: 400/404/405/426/503).
+//! - [`metrics`]: `GET /metrics` in the Prometheus text format: the hub's published counters, outbox and writer atomics.
 //! - [`connection`]: one WebSocket's life: upgrade, socket split, reader and writer, logs.
 //! - [`reader`]: client frames → hub inputs; fragment reassembly and limits.
 //! - [`writer`]: outbox → vectored writes under a deadline; the close sequence.
@@ -40,13 +41,18 @@
 //! - `read_frame` is never raced in a `select!`; a reader is only aborted
 //!   once nothing will read from its socket again.
 //! - Exactly one close frame is written per connection.
+//! - Metrics cost the message path one relaxed `fetch_add` per push (and
+//!   per batch written); the hub's counters reach `/metrics` as a snapshot
+//!   the hub task publishes, so a scrape never goes through the hub task.
 #![forbid(unsafe_code)]
 
+pub mod bounded;
 pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod http;
 pub mod hub_task;
+pub mod metrics;
 pub mod outbox;
 pub mod reader;
 pub mod server;

@@ -36,29 +36,36 @@ use bytes::Bytes;
 use hubbub_core::{CloseReason, Frame, RoomId};
 use tokio::sync::Notify;
 
+use crate::metrics::OutboxMetrics;
+
 /// Pongs owed to the client and not yet written. RFC 6455 §5.5.3 allows
 /// answering only the latest ping; keeping a few answers every ping of a
 /// well-behaved client while a ping flood stays bounded.
 const MAX_PENDING_PONGS: usize = 16;
 
-/// Counts writers that have been woken for work and not yet started on it.
-/// Shared by every outbox of a server and read by the hub task.
+/// Shared by every outbox of a server: counts writers that have been woken
+/// for work and not yet started on it (read by the hub task), and carries
+/// the counters outboxes and writers keep for `/metrics`.
 #[derive(Debug, Default)]
-pub struct WriterGauge(AtomicUsize);
+pub struct WriterGauge {
+    runnable: AtomicUsize,
+    /// Queue depth at each push, presence snapshots conflated, bytes written.
+    pub metrics: OutboxMetrics,
+}
 
 impl WriterGauge {
     /// Writers woken but not yet running.
     #[must_use]
     pub fn runnable(&self) -> usize {
-        self.0.load(Ordering::Acquire)
+        self.runnable.load(Ordering::Acquire)
     }
 
     fn up(&self) {
-        self.0.fetch_add(1, Ordering::AcqRel);
+        self.runnable.fetch_add(1, Ordering::AcqRel);
     }
 
     fn down(&self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.runnable.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -205,12 +212,16 @@ impl Outbox {
 
     /// Queues a data frame (hub task). Never waits. With `presence`, the
     /// frame is that room's presence snapshot and replaces an unsent older one.
+    /// Unless the connection is closing, records how many data messages were
+    /// already waiting (`hubbub_queue_depth`; one relaxed `fetch_add`).
     pub fn push(&self, frame: Frame, presence: Option<RoomId>) -> Push {
         let mut guard = self.lock();
         let s = &mut *guard;
         if s.finished || s.close.is_some() {
             return Push::Dropped;
         }
+        let metrics = &self.gauge.metrics;
+        metrics.queue_depth.observe(s.live);
         if let Some(room) = presence {
             if let Some(pos) = s.presence.iter().position(|(r, _)| *r == room) {
                 let old = s.presence.swap_remove(pos).1;
@@ -218,6 +229,7 @@ impl Outbox {
                     if slot.take().is_some() {
                         s.live -= 1;
                         s.superseded += 1;
+                        metrics.count_conflated();
                     }
                 }
             }
@@ -334,6 +346,11 @@ impl Outbox {
         s.close = None;
     }
 
+    /// Counts `bytes` written to the socket (writer task; `hubbub_bytes_out_total`).
+    pub fn wrote(&self, bytes: usize) {
+        self.gauge.metrics.count_bytes_out(bytes);
+    }
+
     /// Data messages waiting (for tests and metrics).
     #[must_use]
     pub fn queued(&self) -> usize {
@@ -427,6 +444,31 @@ mod tests {
         let mut w = Work::default();
         assert!(ob.take(&mut w));
         assert_eq!(texts(&w), ["a joined", "q1", "p1:abc"]);
+    }
+
+    #[test]
+    fn pushes_record_the_depth_they_found_and_conflations() {
+        let gauge = Arc::new(WriterGauge::default());
+        let ob = Outbox::new(2, gauge.clone());
+        let room = RoomId(1);
+        ob.push(Frame::text("a"), None); // found 0 waiting
+        ob.push(Frame::text("p1"), Some(room)); // 1
+        ob.push(Frame::text("x"), None); // 2: full, still observed
+        ob.push(Frame::text("p2"), Some(room)); // 2: replaces p1
+        let mut w = Work::default();
+        assert!(ob.take(&mut w));
+        ob.push(Frame::text("b"), None); // 0
+        ob.close(CloseReason::ServerShutdown);
+        ob.push(Frame::text("late"), None); // dropped: not observed
+        let m = &gauge.metrics;
+        let depth = m.queue_depth.snapshot();
+        assert_eq!(depth.count, 5);
+        assert_eq!(depth.sum, 1 + 2 + 2);
+        assert_eq!(&depth.buckets[..3], &[2, 3, 5]);
+        assert_eq!(m.presence_conflated(), 1);
+        ob.wrote(10);
+        ob.wrote(5);
+        assert_eq!(m.bytes_out(), 15);
     }
 
     #[test]

@@ -25,26 +25,26 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use crate::bounded::{FrameBounded, WaitReadable};
 use crate::hub_task::Event;
 use crate::outbox::Outbox;
 
 /// Reads until the connection ends, then tells the hub why.
 pub async fn run<R>(
-    mut stream: R,
+    stream: R,
     conn: ConnId,
     max_message_bytes: usize,
     outbox: Arc<Outbox>,
     hub: mpsc::Sender<Event>,
 ) where
-    R: AsyncRead + Unpin,
+    R: AsyncRead + WaitReadable + Unpin,
 {
+    let mut stream = FrameBounded::new(stream);
     let Some(reason) = read_messages(&mut stream, conn, max_message_bytes, &outbox, &hub).await
     else {
         return; // the hub is gone
     };
-    let _ = hub
-        .send(Event::Input(Input::Disconnect { conn, reason }))
-        .await;
+    let _ = send_to_hub(&hub, Event::Input(Input::Disconnect { conn, reason })).await;
     if reason != CloseReason::PeerClosed {
         drain(&mut stream).await;
     }
@@ -82,22 +82,15 @@ impl Partial {
 /// The frame loop. Returns why the connection ended, or `None` when the hub
 /// is gone and nobody needs to know.
 async fn read_messages<R>(
-    stream: &mut R,
+    stream: &mut FrameBounded<R>,
     conn: ConnId,
     max_message_bytes: usize,
     outbox: &Outbox,
     hub: &mpsc::Sender<Event>,
 ) -> Option<CloseReason>
 where
-    R: AsyncRead + Unpin,
+    R: AsyncRead + WaitReadable + Unpin,
 {
-    // Only the read half is used; our frames go out through the outbox.
-    let (mut ws, _) =
-        fastwebsockets::after_handshake_split(stream, tokio::io::sink(), Role::Server);
-    ws.set_auto_pong(true);
-    ws.set_auto_close(true);
-    // fastwebsockets refuses frames with `len >= max`.
-    ws.set_max_message_size(max_message_bytes.saturating_add(1));
     let mut obligated = |frame: fastwebsockets::Frame<'_>| {
         match frame.opcode {
             OpCode::Pong => outbox.pong(Bytes::copy_from_slice(&frame.payload)),
@@ -108,6 +101,20 @@ where
     };
     let mut partial: Option<Partial> = None;
     loop {
+        // Idle: wait for the next frame holding no read buffer.
+        if stream.get_mut().wait_readable().await.is_err() {
+            return Some(CloseReason::PeerClosed);
+        }
+        // A WebSocketRead per frame: `FrameBounded` hands it exactly one
+        // frame, so dropping it afterwards loses nothing and frees its
+        // 8 KiB buffer. Only the read half is used; our frames go out
+        // through the outbox.
+        let (mut ws, _) =
+            fastwebsockets::after_handshake_split(&mut *stream, tokio::io::sink(), Role::Server);
+        ws.set_auto_pong(true);
+        ws.set_auto_close(true);
+        // fastwebsockets refuses frames with `len >= max`.
+        ws.set_max_message_size(max_message_bytes.saturating_add(1));
         let frame = match ws.read_frame(&mut obligated).await {
             Ok(frame) => frame,
             Err(e) => {
@@ -169,7 +176,10 @@ where
             // The echo was handed to the outbox by `obligated`.
             OpCode::Close => return Some(CloseReason::PeerClosed),
             OpCode::Pong => {
-                if hub.send(Event::Input(Input::Pong { conn })).await.is_err() {
+                if send_to_hub(hub, Event::Input(Input::Pong { conn }))
+                    .await
+                    .is_err()
+                {
                     return None;
                 }
                 None
@@ -178,8 +188,7 @@ where
             OpCode::Ping => None,
         };
         if let Some(frame) = message {
-            if hub
-                .send(Event::Input(Input::Message { conn, frame }))
+            if send_to_hub(hub, Event::Input(Input::Message { conn, frame }))
                 .await
                 .is_err()
             {
@@ -188,6 +197,27 @@ where
         }
     }
 }
+
+/// Sends `event` to the hub task, waiting only while its channel is full.
+///
+/// The waiting path is boxed: an inline `Sender::send` future would add a
+/// few hundred bytes to the state of every connection's task, idle or not.
+///
+/// # Errors
+/// The hub task is gone (the server is stopping).
+pub async fn send_to_hub(hub: &mpsc::Sender<Event>, event: Event) -> Result<(), HubGone> {
+    match hub.try_send(event) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(HubGone),
+        Err(mpsc::error::TrySendError::Full(event)) => {
+            Box::pin(hub.send(event)).await.map_err(|_| HubGone)
+        }
+    }
+}
+
+/// The hub task has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HubGone;
 
 fn into_bytes(payload: Payload<'_>) -> Bytes {
     match payload {

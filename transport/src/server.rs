@@ -3,7 +3,8 @@
 //! Accept errors (out of file descriptors or memory) never stop the server:
 //! they are logged at most once a second and the loop backs off (10 ms,
 //! doubling to 1 s, reset by the next success) so existing clients keep
-//! chatting while the pressure lasts.
+//! chatting while the pressure lasts. Each is counted in
+//! `hubbub_accept_errors_total` (see [`crate::metrics`]).
 //!
 //! Shutdown order: stop accepting; tell idle HTTP connections to finish;
 //! send the hub `Input::Shutdown` (it orders every WebSocket closed with
@@ -29,6 +30,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::{ServerConfig, HEADER_READ_TIMEOUT, HUB_CHANNEL_CAPACITY};
 use crate::http;
 use crate::hub_task::{self, Clock, Event};
+use crate::metrics::Metrics;
 use crate::outbox::WriterGauge;
 use crate::shutdown::TaskTracker;
 
@@ -49,8 +51,13 @@ pub struct Shared {
     pub opened: AtomicU64,
     stopping: AtomicBool,
     pub tracker: TaskTracker,
-    /// Writers woken and not yet running (see [`crate::outbox`]).
+    /// Writers woken and not yet running (see [`crate::outbox`]); also
+    /// carries the outboxes' and writers' counters for `/metrics`.
     pub gauge: Arc<WriterGauge>,
+    /// Everything else `/metrics` reports. Shared with the hub task apart
+    /// from `Shared`: the hub task must not hold `Shared`, whose sender
+    /// keeps its channel open.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -103,10 +110,12 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let (hub_tx, hub_rx) = mpsc::channel(HUB_CHANNEL_CAPACITY);
     let gauge = Arc::new(WriterGauge::default());
+    let metrics = Arc::new(Metrics::new());
     let mut hub_task = tokio::spawn(hub_task::run(
         config.hub.clone(),
         Clock::new(Instant::now()),
         gauge.clone(),
+        metrics.clone(),
         hub_rx,
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -121,6 +130,7 @@ pub async fn serve(
         stopping: AtomicBool::new(false),
         tracker: tracker.clone(),
         gauge,
+        metrics,
     });
     info!(%addr, "listening");
 
@@ -208,6 +218,7 @@ async fn accept_loop(
             // The client gave up before we accepted: nothing to do.
             Err(e) if is_connection_error(&e) => debug!(error = %e, "accept: connection error"),
             Err(e) => {
+                shared.metrics.count_accept_error();
                 errors.log(&e, backoff);
                 tokio::select! {
                     () = &mut shutdown => return,

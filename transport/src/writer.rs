@@ -78,6 +78,12 @@ where
     let mut batch = Batch::new();
     let end = loop {
         if !outbox.take(&mut work) {
+            // Going idle: hand the buffers back rather than keep them for
+            // a connection that may stay quiet for hours (idle memory is
+            // the cost of a chat server; a malloc per burst is not).
+            work.data.shrink_to_fit();
+            work.pongs.shrink_to_fit();
+            batch = Batch::new();
             outbox.wait().await;
             continue;
         }
@@ -85,6 +91,7 @@ where
         let close = encode(&work, &mut batch);
         let written = tokio::time::timeout(write_timeout, async {
             write_batch(&mut sink, &batch).await?;
+            outbox.wrote(batch.len());
             if close.is_some() {
                 sink.shutdown().await?;
             }
@@ -102,12 +109,11 @@ where
             (Some(failure), close) => {
                 if close.is_none() {
                     // The hub still counts the connection as open.
-                    let _ = hub
-                        .send(Event::Input(Input::Disconnect {
-                            conn,
-                            reason: failure,
-                        }))
-                        .await;
+                    let disconnect = Event::Input(Input::Disconnect {
+                        conn,
+                        reason: failure,
+                    });
+                    let _ = crate::reader::send_to_hub(hub, disconnect).await;
                 }
                 break WriterEnd::Failed(close.unwrap_or(failure));
             }
