@@ -138,7 +138,9 @@ def main():
     for tid, title, args, metric, better, goal in TARGETS:
         if only and tid not in only:
             continue
-        combos = [(s, p) for s in SERVERS for p in ("room", "relay") if p in SERVERS[s][1]]
+        # The rooms and join-burst scenarios only mean something with rooms.
+        protocols = ("room",) if tid in ("T4", "T7") else ("room", "relay")
+        combos = [(s, p) for s in SERVERS for p in protocols if p in SERVERS[s][1]]
         results = {c: [] for c in combos}
         for rep in range(opts.reps):
             for combo in combos:  # alternate servers within each repetition

@@ -15,7 +15,7 @@ use crate::config::ServerConfig;
 ///
 /// Endpoints: `GET /ws` (anonymous relay: every message goes to every relay
 /// connection), `GET /ws/{room}?username=NAME` and `GET /ws?username=NAME`
-/// (JSON chat rooms; the latter joins room `default`), `GET /health`.
+/// (JSON chat rooms; the latter joins room `default`), `GET /health`, `GET /metrics` (Prometheus).
 ///
 /// Durations are a whole number with a unit: `250ms`, `2s`, `1m`, `1h`.
 /// Logging is configured with `RUST_LOG` (default `info`).
@@ -52,9 +52,35 @@ pub struct Cli {
     /// Most simultaneous WebSocket connections; more get HTTP 503.
     #[arg(long, env = "HUBBUB_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
+
+    /// Runtime worker threads. Default: the machine's cores minus one (at
+    /// least 1), leaving a core for the kernel's network work: on 2 cores,
+    /// one worker delivered more per CPU-second, with half the tail latency,
+    /// than two (BENCHMARKS.md).
+    #[arg(long, env = "HUBBUB_WORKERS", value_parser = parse_workers)]
+    pub workers: Option<usize>,
+}
+
+fn parse_workers(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) if n > 1024 => Err("must be at most 1024".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number of threads")),
+    }
 }
 
 impl Cli {
+    /// Worker threads to run: `--workers`, or the cores minus one (at least 1).
+    #[must_use]
+    pub fn worker_threads(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get().saturating_sub(1))
+                .max(1)
+        })
+    }
+
     /// The server settings these flags ask for (not yet validated).
     #[must_use]
     pub fn server_config(&self) -> ServerConfig {
@@ -115,6 +141,18 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn workers_must_be_a_positive_count() {
+        assert_eq!(parse_workers("1"), Ok(1));
+        assert_eq!(parse_workers(" 8 "), Ok(8));
+        assert!(parse_workers("0").unwrap_err().contains("at least 1"));
+        assert!(parse_workers("two")
+            .unwrap_err()
+            .contains("not a whole number"));
+        assert!(parse_workers("5000").is_err());
+    }
+
     use super::*;
 
     #[test]

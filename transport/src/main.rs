@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.worker_threads())
         .enable_all()
         .build()
     {
