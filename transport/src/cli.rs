@@ -146,7 +146,9 @@ mod tests {
     fn workers_must_be_a_positive_count() {
         assert_eq!(parse_workers("1"), Ok(1));
         assert_eq!(parse_workers(" 8 "), Ok(8));
-        assert!(parse_workers("0").unwrap_err().contains("at least 1"));
+        assert!(parse_workers("0")
+            .expect_err("zero workers")
+            .contains("at least 1"));
         assert!(parse_workers("two")
             .unwrap_err()
             .contains("not a whole number"));
