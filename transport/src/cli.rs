@@ -150,7 +150,7 @@ mod tests {
             .expect_err("zero workers")
             .contains("at least 1"));
         assert!(parse_workers("two")
-            .unwrap_err()
+            .expect_err("not a number")
             .contains("not a whole number"));
         assert!(parse_workers("5000").is_err());
     }
