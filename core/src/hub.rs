@@ -313,10 +313,9 @@ impl Hub {
     /// A room's members in join order (empty if the room does not exist).
     pub fn room_members(&self, room: &str) -> impl Iterator<Item = ConnId> + '_ {
         self.rooms
-            .iter()
-            .find(|(name, _)| name.as_str() == room)
+            .get(room)
             .into_iter()
-            .flat_map(|(_, r)| r.members.values().copied())
+            .flat_map(|r| r.members.values().copied())
     }
 
     /// Relay (`/ws`) connections, in id order.
@@ -327,10 +326,7 @@ impl Hub {
     /// How many chat messages the room has accepted (its next sequence number).
     #[must_use]
     pub fn room_chat_seq(&self, room: &str) -> Option<u64> {
-        self.rooms
-            .iter()
-            .find(|(name, _)| name.as_str() == room)
-            .map(|(_, r)| r.chat_seq)
+        self.rooms.get(room).map(|r| r.chat_seq)
     }
 
     fn open(&mut self, now: Timestamp, conn: ConnId, route: Route) {

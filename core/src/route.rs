@@ -38,6 +38,14 @@ impl Name {
     }
 }
 
+/// A `Name` orders and compares exactly as its text, so maps keyed by
+/// `Name` can be searched with a `&str`.
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Debug for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&*self.0, f)
