@@ -248,6 +248,18 @@ impl ConnModel {
     fn owed(&self) -> usize {
         self.notices.len() + usize::from(self.presence_owed()) + self.relay.len()
     }
+
+    /// What is still owed, for a violation's detail.
+    fn describe_owed(&self) -> String {
+        format!(
+            "{} notice(s) (next {:?}), presence {:?} (read {:?}), {} relay frame(s)",
+            self.notices.len(),
+            self.notices.front(),
+            self.presence.back(),
+            self.presence_seen,
+            self.relay.len()
+        )
+    }
 }
 
 #[derive(Debug)]
@@ -911,12 +923,8 @@ impl Oracle {
         }
         if close_flushes_queue(reason) && m.owed() > 0 {
             let detail = format!(
-                "{conn} read its close ({reason}) while still owed {} notice(s) (next {:?}), presence {:?} (read {:?}), {} relay frame(s)",
-                m.notices.len(),
-                m.notices.front(),
-                m.presence.back(),
-                m.presence_seen,
-                m.relay.len()
+                "{conn} read its close ({reason}) while still owed {}",
+                m.describe_owed()
             );
             return Err(violation(Invariant::CloseDelivery, now, detail));
         }
@@ -993,12 +1001,8 @@ impl Oracle {
         }
         if m.owed() > 0 {
             let detail = format!(
-                "{conn} is still owed {} notice(s) (next {:?}), presence {:?} (read {:?}), {} relay frame(s) with nothing in flight",
-                m.notices.len(),
-                m.notices.front(),
-                m.presence.back(),
-                m.presence_seen,
-                m.relay.len()
+                "{conn} is still owed {} with nothing in flight",
+                m.describe_owed()
             );
             return Err(violation(Invariant::Convergence, now, detail));
         }
