@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::codec::Codec;
+
 /// A WebSocket close code (RFC 6455 §7.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CloseCode(pub u16);
@@ -48,11 +50,19 @@ pub enum CloseReason {
     ServerShutdown,
     /// More connections than `Config::max_connections`.
     ServerFull,
+    /// Centrifugo protocol: a malformed frame, a command before `connect`, a
+    /// second `connect`, an id-less command that is not `send`, a pong with
+    /// no ping outstanding (3501).
+    BadRequest,
+    /// Centrifugo protocol: no `connect` within `Config::connect_timeout` (3502).
+    Stale,
+    /// Centrifugo protocol: `send` with no handler for it (3508).
+    NotAvailable,
 }
 
 impl CloseReason {
     /// All reasons, for metrics tables.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 13] = [
         Self::PeerClosed,
         Self::MessageTooBig,
         Self::InvalidUtf8,
@@ -63,6 +73,9 @@ impl CloseReason {
         Self::WriteTimeout,
         Self::ServerShutdown,
         Self::ServerFull,
+        Self::BadRequest,
+        Self::Stale,
+        Self::NotAvailable,
     ];
 
     #[must_use]
@@ -78,6 +91,37 @@ impl CloseReason {
             }
             Self::ServerShutdown => CloseCode::GOING_AWAY,
             Self::ServerFull => CloseCode::TRY_AGAIN_LATER,
+            Self::BadRequest => CloseCode(3501),
+            Self::Stale => CloseCode(3502),
+            Self::NotAvailable => CloseCode(3508),
+        }
+    }
+
+    /// The close code on a connection speaking `codec`: Centrifugo clients
+    /// get Centrifugo's codes, whose ranges tell the SDKs whether to
+    /// reconnect (3000–3499) or stop (3500–3999).
+    #[must_use]
+    pub const fn code_for(self, codec: Codec) -> CloseCode {
+        match (codec, self) {
+            (Codec::Centrifuge, Self::HeartbeatTimeout) => CloseCode(3012),
+            (Codec::Centrifuge, Self::SlowConsumer) => CloseCode(3008),
+            (Codec::Centrifuge, Self::WriteTimeout) => CloseCode(3009),
+            (Codec::Centrifuge, Self::ServerShutdown) => CloseCode(3001),
+            (Codec::Centrifuge, Self::BinaryNotAccepted) => CloseCode(3501),
+            _ => self.code(),
+        }
+    }
+
+    /// The reason text on a connection speaking `codec`.
+    #[must_use]
+    pub const fn text_for(self, codec: Codec) -> &'static str {
+        match (codec, self) {
+            (Codec::Centrifuge, Self::HeartbeatTimeout) => "no pong",
+            (Codec::Centrifuge, Self::SlowConsumer) => "slow",
+            (Codec::Centrifuge, Self::WriteTimeout) => "write error",
+            (Codec::Centrifuge, Self::ServerShutdown) => "shutdown",
+            (Codec::Centrifuge, Self::BinaryNotAccepted) => "bad request",
+            _ => self.text(),
         }
     }
 
@@ -95,6 +139,9 @@ impl CloseReason {
             Self::WriteTimeout => "write timeout",
             Self::ServerShutdown => "server shutting down",
             Self::ServerFull => "server full",
+            Self::BadRequest => "bad request",
+            Self::Stale => "stale",
+            Self::NotAvailable => "not available",
         }
     }
 
@@ -112,6 +159,9 @@ impl CloseReason {
             Self::WriteTimeout => "write_timeout",
             Self::ServerShutdown => "server_shutdown",
             Self::ServerFull => "server_full",
+            Self::BadRequest => "bad_request",
+            Self::Stale => "stale",
+            Self::NotAvailable => "not_available",
         }
     }
 }

@@ -49,6 +49,10 @@ pub enum Codec {
     Relay,
     /// Text in, seed JSON out (seeds 001 and 002).
     SeedJson,
+    /// The Centrifugo client protocol, JSON (`/connection/websocket`):
+    /// newline-separated command objects in, replies and pushes out; several
+    /// outbound messages may share one frame.
+    Centrifuge,
 }
 
 /// What a client said, once its codec accepted it.
@@ -76,11 +80,15 @@ impl Codec {
             return Err(CloseReason::MessageTooBig);
         }
         match (self, kind) {
-            (Self::SeedJson, MessageKind::Binary) => Err(CloseReason::BinaryNotAccepted),
+            (Self::SeedJson | Self::Centrifuge, MessageKind::Binary) => {
+                Err(CloseReason::BinaryNotAccepted)
+            }
             (_, MessageKind::Text) if std::str::from_utf8(&payload).is_err() => {
                 Err(CloseReason::InvalidUtf8)
             }
-            (Self::SeedJson, MessageKind::Text) => Ok(ClientMessage::Chat(payload)),
+            (Self::SeedJson | Self::Centrifuge, MessageKind::Text) => {
+                Ok(ClientMessage::Chat(payload))
+            }
             (Self::Relay, kind) => Ok(ClientMessage::Relay(Frame { kind, payload })),
         }
     }

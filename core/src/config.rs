@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::channel::{Namespaces, MAX_CHANNEL_BYTES};
+
 /// Hub limits. The defaults are the seed tutorials' constants.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -16,6 +18,25 @@ pub struct Config {
     pub send_queue: usize,
     /// Most open connections; an `Open` beyond it is closed at once with 1013.
     pub max_connections: usize,
+    /// Centrifugo protocol: largest incoming frame, in bytes (1009 beyond).
+    pub max_command_bytes: usize,
+    /// Centrifugo protocol: a connection that has not sent `connect` this
+    /// long after opening is closed with 3502.
+    pub connect_timeout: Duration,
+    /// Centrifugo protocol: most channels one connection may be subscribed
+    /// to (106 beyond).
+    pub channel_limit: usize,
+    /// Longest channel name in bytes (107 beyond).
+    pub max_channel_bytes: usize,
+    /// Channel options: the default namespace's and the named ones.
+    pub namespaces: Namespaces,
+    /// Entropy from the driver, from which client ids and channel epochs
+    /// are derived (the core has no random source of its own). Different
+    /// on every server start, so a restarted server never repeats an epoch;
+    /// fixed in simulations, so they replay.
+    pub entropy: u64,
+    /// The server version reported in the Centrifugo connect reply.
+    pub server_version: String,
 }
 
 impl Default for Config {
@@ -26,6 +47,13 @@ impl Default for Config {
             max_message_bytes: 512,
             send_queue: 256,
             max_connections: 100_000,
+            max_command_bytes: 65_536,
+            connect_timeout: Duration::from_secs(10),
+            channel_limit: 128,
+            max_channel_bytes: MAX_CHANNEL_BYTES,
+            namespaces: Namespaces::default(),
+            entropy: 0,
+            server_version: concat!("hubbub ", env!("CARGO_PKG_VERSION")).to_owned(),
         }
     }
 }

@@ -2,9 +2,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::centrifuge::{self, ClientInfo, Command, ErrorCode, Line};
+use crate::channel::{self, ChannelName, ChannelOptions};
 use crate::close::CloseReason;
 use crate::codec::{encode_seed, ClientMessage, Codec, Frame, SeedType};
 use crate::config::Config;
@@ -20,6 +23,50 @@ impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "c{}", self.0)
     }
+}
+
+/// A connection's client id, as Centrifugo clients and publication infos
+/// show it: a UUID-shaped string derived from the driver's entropy and the
+/// connection id (unique per connection, different on every server start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientId(pub u128);
+
+impl ClientId {
+    /// The id of `conn` under `entropy`: a bijection of the connection id,
+    /// so two connections never share one.
+    #[must_use]
+    pub fn derive(entropy: u64, conn: ConnId) -> Self {
+        let hi = mix64(conn.0 ^ entropy);
+        let lo = mix64(hi ^ entropy.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15);
+        // Version 4, variant 1 bits, so it reads as a random UUID.
+        let v = (u128::from(hi) << 64) | u128::from(lo);
+        let v = (v & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+        Self(v)
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.0;
+        write!(
+            f,
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            (v >> 96) as u32,
+            (v >> 80) as u16,
+            (v >> 64) as u16,
+            (v >> 48) as u16,
+            v & 0xffff_ffff_ffff
+        )
+    }
+}
+
+/// SplitMix64's finaliser: a bijection that scatters bits.
+#[must_use]
+pub const fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// A room, numbered by the hub in creation order (never reused).
@@ -81,8 +128,10 @@ impl fmt::Display for ConfigError {
             Self::PingIntervalNotBelowPongTimeout => {
                 "ping interval must be shorter than pong timeout (a live client could not answer in time)"
             }
-            Self::ZeroDuration => "ping interval and pong timeout must be greater than zero",
-            Self::ZeroLimit => "max message bytes, send queue and max connections must be at least 1",
+            Self::ZeroDuration => {
+                "ping interval, pong timeout and connect timeout must be greater than zero"
+            }
+            Self::ZeroLimit => "max message bytes, max command bytes, send queue, max connections, channel limit and max channel bytes must be at least 1",
         })
     }
 }
@@ -95,11 +144,20 @@ impl Config {
     /// # Errors
     /// The first inconsistency found.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.ping_interval.is_zero() || self.pong_timeout.is_zero() {
+        if self.ping_interval.is_zero()
+            || self.pong_timeout.is_zero()
+            || self.connect_timeout.is_zero()
+        {
             Err(ConfigError::ZeroDuration)
         } else if self.ping_interval >= self.pong_timeout {
             Err(ConfigError::PingIntervalNotBelowPongTimeout)
-        } else if self.max_message_bytes == 0 || self.send_queue == 0 || self.max_connections == 0 {
+        } else if self.max_message_bytes == 0
+            || self.max_command_bytes == 0
+            || self.send_queue == 0
+            || self.max_connections == 0
+            || self.channel_limit == 0
+            || self.max_channel_bytes == 0
+        {
             Err(ConfigError::ZeroLimit)
         } else {
             Ok(())
@@ -107,7 +165,8 @@ impl Config {
     }
 }
 
-/// Counters for metrics and tests. Monotonic except the gauges `connections` and `rooms`.
+/// Counters for metrics and tests. Monotonic except the gauges `connections` and `rooms`
+/// (rooms and channels are one: `rooms` counts channels with members).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     pub connections: usize,
@@ -116,6 +175,10 @@ pub struct Stats {
     pub messages_in: u64,
     pub sends: u64,
     pub pings: u64,
+    /// Centrifugo commands handled (every command of every frame).
+    pub commands: u64,
+    /// Centrifugo commands answered with an error reply.
+    pub command_errors: u64,
     /// Closes by [`CloseReason`], indexed like [`CloseReason::ALL`].
     pub closes: [u64; CloseReason::ALL.len()],
 }
@@ -130,33 +193,76 @@ impl Stats {
     }
 }
 
-/// A connection's membership of one room.
-#[derive(Clone, Debug)]
-struct Membership {
-    room: Name,
-    /// Position in the room's join order.
-    join_seq: u64,
-}
-
 #[derive(Debug)]
 struct Conn {
     codec: Codec,
-    username: Option<Name>,
-    /// The rooms this connection is in (one with the seed protocol).
-    rooms: Vec<Membership>,
+    /// Shown as `user` to others: a seed client's username; `None` for an
+    /// anonymous Centrifugo client (user `""`) and the relay.
+    user: Option<Name>,
+    /// Centrifugo: `connect` was accepted. Always true for the other protocols.
+    connected: bool,
+    /// The channels this connection is in and its place in each one's join
+    /// order (a seed connection has exactly one: its room). A short list:
+    /// at most `channel_limit`, usually one.
+    subs: Vec<(ChannelName, u64)>,
     last_pong: Timestamp,
     next_ping: Timestamp,
+    /// Centrifugo: a ping was sent and its pong has not come.
+    ping_outstanding: bool,
+    /// Centrifugo before `connect`: when the connection goes stale (3502).
+    stale_at: Timestamp,
     /// The instant of this connection's entry in `Hub::timers`.
     timer: Timestamp,
+}
+
+impl Conn {
+    fn sub(&self, channel: &str) -> Option<u64> {
+        self.subs
+            .iter()
+            .find(|(c, _)| c.as_str() == channel)
+            .map(|&(_, seq)| seq)
+    }
+
+    fn anonymous(&self) -> bool {
+        self.user.is_none()
+    }
+}
+
+/// One member of a channel, with what fan-out needs to know about it.
+#[derive(Clone, Copy, Debug)]
+struct Member {
+    conn: ConnId,
+    codec: Codec,
+    /// Centrifugo: gets `join` / `leave` pushes.
+    join_leave: bool,
 }
 
 #[derive(Debug)]
 struct Room {
     id: RoomId,
+    options: Arc<ChannelOptions>,
     /// Members in join order.
-    members: BTreeMap<u64, ConnId>,
-    /// Chat messages accepted so far; the next message's sequence number.
-    chat_seq: u64,
+    members: BTreeMap<u64, Member>,
+    /// Seed members (who need `online_users` and notices).
+    seed_members: usize,
+    /// Publications accepted so far: the offset of the last one (the stream's top).
+    top: u64,
+    /// The stream's epoch, fixed when the channel came to be.
+    epoch: u64,
+}
+
+impl Room {
+    fn epoch_text(&self) -> String {
+        format!("{:016x}", self.epoch)
+    }
+}
+
+/// What a publication carries.
+enum Payload<'a> {
+    /// A seed client's chat line: the channel sees `{"text": line}`.
+    Text(&'a str),
+    /// A Centrifugo client's `data`, raw JSON.
+    Json(&'a [u8]),
 }
 
 /// The chat hub as a sans-IO state machine.
@@ -172,6 +278,11 @@ struct Room {
 ///    queue is full, report [`Input::QueueFull`] (after draining).
 /// 3. Arrange to call [`Hub::handle_timeout`] at [`Hub::poll_timeout`]
 ///    (re-read it after every call); early or repeated calls are harmless.
+///
+/// A `Ping` output is a WebSocket ping, except on a Centrifugo connection,
+/// where the driver writes the protocol's ping message
+/// ([`centrifuge::PING`]) instead. On a Centrifugo connection, consecutive
+/// `Send`s may share one WebSocket frame, joined by `\n`.
 ///
 /// The same inputs at the same times always give the same outputs, byte for byte.
 ///
@@ -197,7 +308,7 @@ pub struct Hub {
     config: Config,
     conns: BTreeMap<ConnId, Conn>,
     relay: BTreeSet<ConnId>,
-    rooms: BTreeMap<Name, Room>,
+    rooms: BTreeMap<ChannelName, Room>,
     /// One entry per connection: when its heartbeat next needs attention.
     timers: BTreeSet<(Timestamp, ConnId)>,
     outputs: VecDeque<Output>,
@@ -205,6 +316,20 @@ pub struct Hub {
     next_room_id: u64,
     shutting_down: bool,
     stats: Stats,
+}
+
+/// A Centrifugo command that ends the connection instead of being answered.
+struct Disconnect(CloseReason);
+
+type CommandResult = Result<(), Disconnect>;
+
+fn info<'a>(user: Option<&'a Name>, client: &'a str) -> ClientInfo<'a> {
+    ClientInfo {
+        user: user.map_or("", Name::as_str),
+        client,
+        conn_info: None,
+        chan_info: None,
+    }
 }
 
 impl Hub {
@@ -234,11 +359,14 @@ impl Hub {
     pub fn handle_input(&mut self, now: Timestamp, input: Input) {
         match input {
             Input::Open { conn, route } => self.open(now, conn, route),
-            Input::Message { conn, frame } => self.message(conn, frame),
+            Input::Message { conn, frame } => self.message(now, conn, frame),
             Input::Pong { conn } => {
                 if let Some(c) = self.conns.get_mut(&conn) {
-                    c.last_pong = now;
-                    // The timer entry may now be early; handle_timeout re-arms it.
+                    // Centrifugo clients answer the protocol's own pings.
+                    if c.codec != Codec::Centrifuge {
+                        c.last_pong = now;
+                        // The timer entry may now be early; handle_timeout re-arms it.
+                    }
                 }
             }
             Input::QueueFull { conn } => self.end(conn, CloseReason::SlowConsumer),
@@ -248,7 +376,8 @@ impl Hub {
     }
 
     /// Runs the heartbeat: pings connections that are due and closes those
-    /// whose pong deadline has passed. Call at [`Hub::poll_timeout`].
+    /// whose pong deadline has passed (and Centrifugo connections that never
+    /// sent `connect`). Call at [`Hub::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Timestamp) {
         while let Some(&(at, conn)) = self.timers.first() {
             if at > now {
@@ -258,6 +387,15 @@ impl Hub {
             let Some(c) = self.conns.get_mut(&conn) else {
                 continue;
             };
+            if !c.connected {
+                if now >= c.stale_at {
+                    self.end(conn, CloseReason::Stale);
+                } else {
+                    c.timer = c.stale_at;
+                    self.timers.insert((c.timer, conn));
+                }
+                continue;
+            }
             let deadline = c.last_pong.saturating_add(self.config.pong_timeout);
             if now >= deadline {
                 self.end(conn, CloseReason::HeartbeatTimeout);
@@ -266,6 +404,7 @@ impl Hub {
             if now >= c.next_ping {
                 self.outputs.push_back(Output::Ping { conn });
                 self.stats.pings += 1;
+                c.ping_outstanding = true;
                 while c.next_ping <= now {
                     c.next_ping = c.next_ping.saturating_add(self.config.ping_interval);
                 }
@@ -305,9 +444,15 @@ impl Hub {
         self.conns.len()
     }
 
-    /// Room names, in order.
-    pub fn rooms(&self) -> impl Iterator<Item = &Name> {
-        self.rooms.keys()
+    /// The client id `conn` has (or would have).
+    #[must_use]
+    pub fn client_id(&self, conn: ConnId) -> ClientId {
+        ClientId::derive(self.config.entropy, conn)
+    }
+
+    /// Room (channel) names with at least one member, in order.
+    pub fn rooms(&self) -> impl Iterator<Item = &str> {
+        self.rooms.keys().map(ChannelName::as_str)
     }
 
     /// A room's members in join order (empty if the room does not exist).
@@ -315,7 +460,7 @@ impl Hub {
         self.rooms
             .get(room)
             .into_iter()
-            .flat_map(|r| r.members.values().copied())
+            .flat_map(|r| r.members.values().map(|m| m.conn))
     }
 
     /// Relay (`/ws`) connections, in id order.
@@ -323,10 +468,10 @@ impl Hub {
         self.relay.iter().copied()
     }
 
-    /// How many chat messages the room has accepted (its next sequence number).
+    /// How many publications (chat lines) the room has accepted: its stream's top offset.
     #[must_use]
     pub fn room_chat_seq(&self, room: &str) -> Option<u64> {
-        self.rooms.get(room).map(|r| r.chat_seq)
+        self.rooms.get(room).map(|r| r.top)
     }
 
     fn open(&mut self, now: Timestamp, conn: ConnId, route: Route) {
@@ -345,75 +490,160 @@ impl Hub {
         }
         self.stats.opened += 1;
         let next_ping = now.saturating_add(self.config.ping_interval);
-        let timer = next_ping.min(now.saturating_add(self.config.pong_timeout));
-        let (codec, username, room) = match route {
+        let stale_at = now.saturating_add(self.config.connect_timeout);
+        let (codec, user, room) = match route {
             Route::Relay => (Codec::Relay, None, None),
             Route::Room { room, username } => (Codec::SeedJson, Some(username), Some(room)),
+            Route::Centrifuge => (Codec::Centrifuge, None, None),
+        };
+        let connected = codec != Codec::Centrifuge;
+        let timer = if connected {
+            next_ping.min(now.saturating_add(self.config.pong_timeout))
+        } else {
+            stale_at
         };
         self.conns.insert(
             conn,
             Conn {
                 codec,
-                username,
-                rooms: Vec::new(),
+                user,
+                connected,
+                subs: Vec::new(),
                 last_pong: now,
                 next_ping,
+                ping_outstanding: false,
+                stale_at,
                 timer,
             },
         );
         self.timers.insert((timer, conn));
-        match room {
-            None => {
+        match (codec, room) {
+            (Codec::Relay, _) => {
                 self.relay.insert(conn);
             }
-            Some(room) => self.join(conn, &room),
+            (_, Some(room)) => {
+                let channel = ChannelName::new(room.as_str());
+                let options = self.config.namespaces.resolve_room(room.as_str()).clone();
+                self.join(conn, &channel, options, false);
+                let user = self.conns.get(&conn).and_then(|c| c.user.clone());
+                self.announce(&channel, conn, user, true);
+            }
+            _ => {}
         }
     }
 
-    fn join(&mut self, conn: ConnId, room_name: &Name) {
+    /// Adds `conn` to `channel` (creating it) and returns the channel's
+    /// position. Announcing the join is a separate step, so a Centrifugo
+    /// subscriber gets its subscribe reply first.
+    fn join(
+        &mut self,
+        conn: ConnId,
+        channel: &ChannelName,
+        options: Arc<ChannelOptions>,
+        join_leave: bool,
+    ) {
         let join_seq = self.next_join_seq;
         self.next_join_seq += 1;
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        c.rooms.push(Membership {
-            room: room_name.clone(),
-            join_seq,
-        });
-        let username = c.username.clone();
+        c.subs.push((channel.clone(), join_seq));
+        let codec = c.codec;
         let next_room_id = &mut self.next_room_id;
-        let room = self.rooms.entry(room_name.clone()).or_insert_with(|| {
+        let entropy = self.config.entropy;
+        let room = self.rooms.entry(channel.clone()).or_insert_with(|| {
             let id = RoomId(*next_room_id);
             *next_room_id += 1;
             Room {
                 id,
+                options,
                 members: BTreeMap::new(),
-                chat_seq: 0,
+                seed_members: 0,
+                top: 0,
+                // A fresh stream: its epoch differs from every earlier
+                // stream of this name, in this run or an earlier one.
+                epoch: mix64(entropy ^ mix64(id.0 ^ 0x0065_706f_6368)),
             }
         });
-        room.members.insert(join_seq, conn);
-        // Seed order: the hub registers the client and sends the new list,
-        // then the handler broadcasts the join notice.
-        let user = username.as_ref().map_or("", Name::as_str);
-        let joined = encode_seed(
-            SeedType::UserJoined,
-            &format!("{user} joined the room"),
-            room_name.as_str(),
-            user,
+        room.members.insert(
+            join_seq,
+            Member {
+                conn,
+                codec,
+                join_leave,
+            },
         );
-        self.broadcast_presence(room_name);
-        self.broadcast_room(room_name, &joined);
+        if codec == Codec::SeedJson {
+            room.seed_members += 1;
+        }
     }
 
-    fn message(&mut self, conn: ConnId, frame: Frame) {
+    /// Tells the channel that `conn` joined (`joined`) or left: Centrifugo
+    /// members that asked get `join` / `leave`; seed members get, in the
+    /// seed's order, the new `online_users` and `user_joined` (join) or
+    /// `user_left` and then `online_users` (departure) — when the member
+    /// has a name (anonymous clients are invisible to seed presence).
+    fn announce(&mut self, channel: &ChannelName, conn: ConnId, user: Option<Name>, joined: bool) {
+        let Some(room) = self.rooms.get(channel) else {
+            return;
+        };
+        let seed_members = room.seed_members;
+        if room.options.join_leave
+            && room
+                .members
+                .values()
+                .any(|m| m.codec == Codec::Centrifuge && m.join_leave)
+        {
+            let client = self.client_id(conn).to_string();
+            let kind = if joined { "join" } else { "leave" };
+            let frame = Frame::text(centrifuge::presence_push(
+                channel.as_str(),
+                kind,
+                &info(user.as_ref(), &client),
+            ));
+            self.fan_out(channel, &frame, None, |m| {
+                m.codec == Codec::Centrifuge && m.join_leave
+            });
+        }
+        let Some(user) = user else {
+            return;
+        };
+        if seed_members == 0 {
+            return;
+        }
+        let name = user.as_str();
+        if joined {
+            let notice = encode_seed(
+                SeedType::UserJoined,
+                &format!("{name} joined the room"),
+                channel.as_str(),
+                name,
+            );
+            self.broadcast_presence(channel);
+            self.fan_out(channel, &notice, None, |m| m.codec == Codec::SeedJson);
+        } else {
+            let notice = encode_seed(
+                SeedType::UserLeft,
+                &format!("{name} left the room"),
+                channel.as_str(),
+                name,
+            );
+            self.fan_out(channel, &notice, None, |m| m.codec == Codec::SeedJson);
+            self.broadcast_presence(channel);
+        }
+    }
+
+    fn message(&mut self, now: Timestamp, conn: ConnId, frame: Frame) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
         self.stats.messages_in += 1;
-        match c
-            .codec
-            .decode(frame.kind, frame.payload, self.config.max_message_bytes)
-        {
+        let max = if c.codec == Codec::Centrifuge {
+            self.config.max_command_bytes
+        } else {
+            self.config.max_message_bytes
+        };
+        match c.codec.decode(frame.kind, frame.payload, max) {
             Err(reason) => self.end(conn, reason),
             Ok(ClientMessage::Relay(frame)) => {
                 for &to in &self.relay {
@@ -425,20 +655,83 @@ impl Hub {
                 }
                 self.stats.sends += self.relay.len() as u64;
             }
+            Ok(ClientMessage::Chat(text)) if c.codec == Codec::Centrifuge => {
+                self.centrifuge_frame(now, conn, &text);
+            }
             Ok(ClientMessage::Chat(text)) => {
-                let user = c.username.clone();
-                let user = user.as_ref().map_or("", Name::as_str);
                 // Decode checked UTF-8; a failure here would be a core bug, so
                 // fall back to a lossy copy rather than panic.
                 let content = String::from_utf8_lossy(&text);
-                let rooms: Vec<Name> = c.rooms.iter().map(|m| m.room.clone()).collect();
+                let rooms: Vec<ChannelName> = c.subs.iter().map(|(r, _)| r.clone()).collect();
                 for room in rooms {
-                    let out = encode_seed(SeedType::Chat, &content, room.as_str(), user);
-                    if let Some(r) = self.rooms.get_mut(&room) {
-                        r.chat_seq += 1;
-                    }
-                    self.broadcast_room(&room, &out);
+                    self.publish(&room, conn, &Payload::Text(&content));
                 }
+            }
+        }
+    }
+
+    /// Accepts a publication into `channel` from `from` and sends it to
+    /// every member, encoded once per protocol: seed members get a `chat`
+    /// message, Centrifugo members a `pub` push (with the next offset when
+    /// the channel is positioned). Nothing happens when nobody is there.
+    fn publish(&mut self, channel: &ChannelName, from: ConnId, payload: &Payload<'_>) {
+        let Some(room) = self.rooms.get_mut(channel) else {
+            return;
+        };
+        room.top += 1;
+        let offset = room.options.history().then_some(room.top);
+        let (seed, centrifuge) =
+            room.members
+                .values()
+                .fold((false, false), |(s, c), m| match m.codec {
+                    Codec::SeedJson => (true, c),
+                    Codec::Centrifuge => (s, true),
+                    Codec::Relay => (s, c),
+                });
+        let user = self.conns.get(&from).and_then(|c| c.user.clone());
+        let username = user.as_ref().map_or("", Name::as_str);
+        let seed_frame = seed.then(|| {
+            let content = match payload {
+                Payload::Text(text) => (*text).to_owned(),
+                Payload::Json(data) => seed_content(data),
+            };
+            encode_seed(SeedType::Chat, &content, channel.as_str(), username)
+        });
+        let centrifuge_frame = centrifuge.then(|| {
+            let client = self.client_id(from).to_string();
+            let data = match payload {
+                Payload::Text(text) => {
+                    let mut data = Vec::with_capacity(text.len() + 12);
+                    data.extend_from_slice(b"{\"text\":");
+                    crate::codec::push_json_string(&mut data, text);
+                    data.push(b'}');
+                    data
+                }
+                Payload::Json(data) => data.to_vec(),
+            };
+            Frame::text(centrifuge::publication(
+                channel.as_str(),
+                &data,
+                Some(&info(user.as_ref(), &client)),
+                offset,
+            ))
+        });
+        let Some(room) = self.rooms.get(channel) else {
+            return;
+        };
+        for m in room.members.values() {
+            let frame = match m.codec {
+                Codec::SeedJson => seed_frame.as_ref(),
+                Codec::Centrifuge => centrifuge_frame.as_ref(),
+                Codec::Relay => None,
+            };
+            if let Some(frame) = frame {
+                self.outputs.push_back(Output::Send {
+                    conn: m.conn,
+                    frame: frame.clone(),
+                    presence: None,
+                });
+                self.stats.sends += 1;
             }
         }
     }
@@ -453,25 +746,26 @@ impl Hub {
         self.relay.remove(&conn);
         self.count_close(reason);
         self.outputs.push_back(Output::Close { conn, reason });
-        let user = c.username.as_ref().map_or("", Name::as_str);
-        for m in &c.rooms {
-            let Some(room) = self.rooms.get_mut(&m.room) else {
-                continue;
-            };
-            room.members.remove(&m.join_seq);
-            if room.members.is_empty() {
-                self.rooms.remove(&m.room);
-                continue;
-            }
-            let left = encode_seed(
-                SeedType::UserLeft,
-                &format!("{user} left the room"),
-                m.room.as_str(),
-                user,
-            );
-            self.broadcast_room(&m.room, &left);
-            self.broadcast_presence(&m.room);
+        for (channel, join_seq) in &c.subs {
+            self.leave(conn, c.user.clone(), channel, *join_seq);
         }
+    }
+
+    /// `conn` (named `user`) leaves `channel`; the others are told.
+    fn leave(&mut self, conn: ConnId, user: Option<Name>, channel: &ChannelName, join_seq: u64) {
+        let Some(room) = self.rooms.get_mut(channel) else {
+            return;
+        };
+        if let Some(m) = room.members.remove(&join_seq) {
+            if m.codec == Codec::SeedJson {
+                room.seed_members -= 1;
+            }
+        }
+        if room.members.is_empty() {
+            self.rooms.remove(channel);
+            return;
+        }
+        self.announce(channel, conn, user, false);
     }
 
     fn shutdown(&mut self) {
@@ -489,47 +783,479 @@ impl Hub {
         self.timers.clear();
     }
 
-    /// Sends the room's `online_users` (usernames in join order) to every member.
-    fn broadcast_presence(&mut self, room_name: &Name) {
-        let Some(room) = self.rooms.get(room_name) else {
+    /// Sends the room's `online_users` (named members in join order) to every seed member.
+    fn broadcast_presence(&mut self, channel: &ChannelName) {
+        let Some(room) = self.rooms.get(channel) else {
             return;
         };
         let mut list = String::new();
-        for (i, conn) in room.members.values().enumerate() {
-            if i > 0 {
-                list.push(',');
-            }
-            if let Some(name) = self.conns.get(conn).and_then(|c| c.username.as_ref()) {
+        let mut first = true;
+        for m in room.members.values() {
+            if let Some(name) = self.conns.get(&m.conn).and_then(|c| c.user.as_ref()) {
+                if !first {
+                    list.push(',');
+                }
+                first = false;
                 list.push_str(name.as_str());
             }
         }
-        let frame = encode_seed(SeedType::OnlineUsers, &list, room_name.as_str(), "");
+        let frame = encode_seed(SeedType::OnlineUsers, &list, channel.as_str(), "");
         let id = room.id;
-        self.fan_out(room_name, &frame, Some(id));
+        self.fan_out(channel, &frame, Some(id), |m| m.codec == Codec::SeedJson);
     }
 
-    fn broadcast_room(&mut self, room_name: &Name, frame: &Frame) {
-        self.fan_out(room_name, frame, None);
-    }
-
-    fn fan_out(&mut self, room_name: &Name, frame: &Frame, presence: Option<RoomId>) {
-        let Some(room) = self.rooms.get(room_name) else {
+    fn fan_out(
+        &mut self,
+        channel: &ChannelName,
+        frame: &Frame,
+        presence: Option<RoomId>,
+        to: impl Fn(&Member) -> bool,
+    ) {
+        let Some(room) = self.rooms.get(channel) else {
             return;
         };
-        for &conn in room.members.values() {
+        for m in room.members.values().filter(|m| to(m)) {
             self.outputs.push_back(Output::Send {
-                conn,
+                conn: m.conn,
                 frame: frame.clone(),
                 presence,
             });
+            self.stats.sends += 1;
         }
-        self.stats.sends += room.members.len() as u64;
     }
 
     fn count_close(&mut self, reason: CloseReason) {
         if let Some(i) = CloseReason::ALL.iter().position(|r| *r == reason) {
             self.stats.closes[i] += 1;
         }
+    }
+
+    // ---- the Centrifugo protocol -------------------------------------------
+
+    /// Handles a Centrifugo frame's commands in order. A malformed line
+    /// closes the connection (3501) after the commands before it.
+    fn centrifuge_frame(&mut self, now: Timestamp, conn: ConnId, payload: &[u8]) {
+        let (lines, malformed) = centrifuge::decode_frame(payload);
+        for line in lines {
+            if let Err(Disconnect(reason)) = self.centrifuge_line(now, conn, line) {
+                self.end(conn, reason);
+                return;
+            }
+            if !self.conns.contains_key(&conn) {
+                return;
+            }
+        }
+        if malformed.is_some() {
+            self.end(conn, CloseReason::BadRequest);
+        }
+    }
+
+    fn reply(&mut self, conn: ConnId, bytes: Bytes) {
+        self.outputs.push_back(Output::Send {
+            conn,
+            frame: Frame::text(bytes),
+            presence: None,
+        });
+        self.stats.sends += 1;
+    }
+
+    fn error(&mut self, conn: ConnId, id: u32, code: ErrorCode) {
+        self.stats.command_errors += 1;
+        self.reply(conn, centrifuge::error_reply(id, code));
+    }
+
+    fn centrifuge_line(&mut self, now: Timestamp, conn: ConnId, line: Line) -> CommandResult {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        let (id, command) = match line {
+            // Anything before `connect` is a bad request, a pong included.
+            _ if !c.connected
+                && !matches!(
+                    line,
+                    Line::Command {
+                        command: Command::Connect(_),
+                        ..
+                    }
+                ) =>
+            {
+                return Err(Disconnect(CloseReason::BadRequest));
+            }
+            Line::Pong => {
+                if !std::mem::take(&mut c.ping_outstanding) {
+                    return Err(Disconnect(CloseReason::BadRequest));
+                }
+                c.last_pong = now;
+                return Ok(());
+            }
+            Line::Unknown { .. } => return Err(Disconnect(CloseReason::BadRequest)),
+            Line::Command { id, command } => (id, command),
+        };
+        self.stats.commands += 1;
+        match command {
+            Command::Connect(_) => self.connect(now, conn, id),
+            Command::Subscribe(req) => self.subscribe(conn, id, &req),
+            Command::Unsubscribe { channel } => {
+                if channel.is_empty() {
+                    return Err(Disconnect(CloseReason::BadRequest));
+                }
+                let sub = self.conns.get(&conn).and_then(|c| c.sub(&channel));
+                if let Some(join_seq) = sub {
+                    let mut user = None;
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.subs.retain(|(ch, _)| ch.as_str() != channel);
+                        user.clone_from(&c.user);
+                    }
+                    self.reply(conn, centrifuge::reply(id, "unsubscribe", |_| {}));
+                    self.leave(conn, user, &ChannelName::new(&channel), join_seq);
+                } else {
+                    self.reply(conn, centrifuge::reply(id, "unsubscribe", |_| {}));
+                }
+                Ok(())
+            }
+            Command::Publish { channel, data } => self.client_publish(conn, id, &channel, data),
+            Command::Presence { channel } => self.presence(conn, id, &channel, false),
+            Command::PresenceStats { channel } => self.presence(conn, id, &channel, true),
+            Command::History(req) => self.history(conn, id, &req),
+            Command::Ping => {
+                self.error(conn, id, ErrorCode::NotAvailable);
+                Ok(())
+            }
+            // No application handler for asynchronous messages: say so, as
+            // Centrifugo does, rather than drop them silently.
+            Command::Send { .. } => Err(Disconnect(CloseReason::NotAvailable)),
+            Command::Rpc { .. } => {
+                self.error(conn, id, ErrorCode::MethodNotFound);
+                Ok(())
+            }
+            Command::Refresh { token } => {
+                if token.is_empty() {
+                    return Err(Disconnect(CloseReason::BadRequest));
+                }
+                // Connections do not expire yet (no tokens): nothing to extend.
+                self.reply(conn, centrifuge::reply(id, "refresh", |_| {}));
+                Ok(())
+            }
+            Command::SubRefresh { channel, token } => {
+                if channel.is_empty() {
+                    return Err(Disconnect(CloseReason::BadRequest));
+                }
+                let subscribed = self.conns.get(&conn).and_then(|c| c.sub(&channel));
+                if subscribed.is_none() {
+                    self.error(conn, id, ErrorCode::PermissionDenied);
+                } else if token.is_empty() {
+                    self.error(conn, id, ErrorCode::BadRequest);
+                } else {
+                    self.reply(conn, centrifuge::reply(id, "sub_refresh", |_| {}));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn connect(&mut self, now: Timestamp, conn: ConnId, id: u32) -> CommandResult {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        if c.connected {
+            return Err(Disconnect(CloseReason::BadRequest));
+        }
+        c.connected = true;
+        c.last_pong = now;
+        c.next_ping = now.saturating_add(self.config.ping_interval);
+        self.timers.remove(&(c.timer, conn));
+        c.timer = c
+            .next_ping
+            .min(now.saturating_add(self.config.pong_timeout));
+        self.timers.insert((c.timer, conn));
+        let client = self.client_id(conn).to_string();
+        let version = self.config.server_version.clone();
+        let ping = self.config.ping_interval.as_secs().max(1);
+        self.reply(
+            conn,
+            centrifuge::reply(id, "connect", |r| {
+                r.str("client", &client)
+                    .str("version", &version)
+                    .uint("ping", ping)
+                    .bool("pong", true);
+            }),
+        );
+        Ok(())
+    }
+
+    /// The checks every channel command shares, in Centrifugo's order:
+    /// empty (3501), too long (107), unknown namespace (102), pattern (107).
+    fn channel_options(
+        &self,
+        channel: &str,
+    ) -> Result<Result<Arc<ChannelOptions>, ErrorCode>, Disconnect> {
+        if channel.is_empty() {
+            return Err(Disconnect(CloseReason::BadRequest));
+        }
+        if channel.len() > self.config.max_channel_bytes {
+            return Ok(Err(ErrorCode::BadRequest));
+        }
+        let Ok(options) = self.config.namespaces.resolve(channel) else {
+            return Ok(Err(ErrorCode::UnknownChannel));
+        };
+        if options
+            .channel_regex
+            .as_ref()
+            .is_some_and(|p| !p.is_match(channel))
+        {
+            return Ok(Err(ErrorCode::BadRequest));
+        }
+        Ok(Ok(options.clone()))
+    }
+
+    fn subscribe(
+        &mut self,
+        conn: ConnId,
+        id: u32,
+        req: &centrifuge::SubscribeRequest,
+    ) -> CommandResult {
+        if req.channel.is_empty() {
+            return Err(Disconnect(CloseReason::BadRequest));
+        }
+        let Some(c) = self.conns.get(&conn) else {
+            return Ok(());
+        };
+        let refusal = if req.channel.len() > self.config.max_channel_bytes {
+            Some(ErrorCode::BadRequest)
+        } else if c.sub(&req.channel).is_some() {
+            Some(ErrorCode::AlreadySubscribed)
+        } else if c.subs.len() >= self.config.channel_limit {
+            Some(ErrorCode::LimitExceeded)
+        } else {
+            None
+        };
+        if let Some(code) = refusal {
+            self.error(conn, id, code);
+            return Ok(());
+        }
+        let anonymous = c.anonymous();
+        let options = match self.channel_options(&req.channel)? {
+            Ok(options) => options,
+            Err(code) => {
+                self.error(conn, id, code);
+                return Ok(());
+            }
+        };
+        // Private channels need a subscription token; tokens are not
+        // accepted yet, so nobody may subscribe to them.
+        let allowed = !channel::parse(&req.channel).private
+            && options.allow_subscribe_for_client
+            && (!anonymous || options.allow_subscribe_for_anonymous);
+        if !allowed {
+            self.error(conn, id, ErrorCode::PermissionDenied);
+            return Ok(());
+        }
+        let history = options.history();
+        let history_access = history
+            && (!anonymous || options.allow_history_for_anonymous)
+            && (options.allow_history_for_client || options.allow_history_for_subscriber);
+        let presence_access = options.presence
+            && (!anonymous || options.allow_presence_for_anonymous)
+            && (options.allow_presence_for_client || options.allow_presence_for_subscriber);
+        // A resubscribe asks to `recover` without repeating `recoverable`.
+        let asks_recovery = req.recoverable || req.recover;
+        let recoverable = history
+            && (options.force_recovery
+                || asks_recovery && (options.allow_recovery || history_access));
+        let positioned = history
+            && (recoverable
+                || options.force_positioning
+                || req.positioned && (options.allow_positioning || history_access));
+        let join_leave = options.join_leave
+            && (options.force_push_join_leave || req.join_leave && presence_access);
+        let channel = ChannelName::new(&req.channel);
+        let user = c.user.clone();
+        self.join(conn, &channel, options, join_leave);
+        let Some(room) = self.rooms.get(&channel) else {
+            return Ok(());
+        };
+        let (top, epoch) = (room.top, room.epoch_text());
+        let recovering = req.recover && recoverable;
+        // No publications are stored yet, so recovery succeeds only when
+        // nothing was missed; otherwise the client is told plainly.
+        let recovered =
+            recovering && (req.epoch.is_empty() || req.epoch == epoch) && req.offset == top;
+        self.reply(
+            conn,
+            centrifuge::reply(id, "subscribe", |r| {
+                if positioned {
+                    r.bool("recoverable", recoverable)
+                        .bool("positioned", true)
+                        .str("epoch", &epoch)
+                        .uint("offset", top);
+                }
+                r.bool("was_recovering", recovering)
+                    .bool("recovered", recovered);
+            }),
+        );
+        self.announce(&channel, conn, user, true);
+        Ok(())
+    }
+
+    fn client_publish(
+        &mut self,
+        conn: ConnId,
+        id: u32,
+        channel: &str,
+        data: Option<Bytes>,
+    ) -> CommandResult {
+        let options = match self.channel_options(channel)? {
+            Ok(options) => options,
+            Err(code) => {
+                self.error(conn, id, code);
+                return Ok(());
+            }
+        };
+        let Some(c) = self.conns.get(&conn) else {
+            return Ok(());
+        };
+        let subscribed = c.sub(channel).is_some();
+        let allowed = (!c.anonymous() || options.allow_publish_for_anonymous)
+            && (options.allow_publish_for_client
+                || subscribed && options.allow_publish_for_subscriber);
+        if !allowed {
+            self.error(conn, id, ErrorCode::PermissionDenied);
+            return Ok(());
+        }
+        let Some(data) = data else {
+            self.error(conn, id, ErrorCode::BadRequest);
+            return Ok(());
+        };
+        self.reply(conn, centrifuge::reply(id, "publish", |_| {}));
+        self.publish(&ChannelName::new(channel), conn, &Payload::Json(&data));
+        Ok(())
+    }
+
+    fn presence(&mut self, conn: ConnId, id: u32, channel: &str, stats: bool) -> CommandResult {
+        let options = match self.channel_options(channel)? {
+            Ok(options) => options,
+            Err(code) => {
+                self.error(conn, id, code);
+                return Ok(());
+            }
+        };
+        let Some(c) = self.conns.get(&conn) else {
+            return Ok(());
+        };
+        if !options.presence {
+            self.error(conn, id, ErrorCode::NotAvailable);
+            return Ok(());
+        }
+        let subscribed = c.sub(channel).is_some();
+        let allowed = (!c.anonymous() || options.allow_presence_for_anonymous)
+            && (options.allow_presence_for_client
+                || subscribed && options.allow_presence_for_subscriber);
+        if !allowed {
+            self.error(conn, id, ErrorCode::PermissionDenied);
+            return Ok(());
+        }
+        let members: Vec<(ClientId, Option<Name>)> = self
+            .rooms
+            .get(channel)
+            .into_iter()
+            .flat_map(|r| r.members.values())
+            .map(|m| {
+                let user = self.conns.get(&m.conn).and_then(|c| c.user.clone());
+                (self.client_id(m.conn), user)
+            })
+            .collect();
+        let reply = if stats {
+            let users: BTreeSet<&str> = members
+                .iter()
+                .map(|(_, u)| u.as_ref().map_or("", Name::as_str))
+                .collect();
+            centrifuge::reply(id, "presence_stats", |r| {
+                r.uint("num_clients", members.len() as u64)
+                    .uint("num_users", users.len() as u64);
+            })
+        } else {
+            centrifuge::reply(id, "presence", |r| {
+                r.object("presence", |p| {
+                    for (client, user) in &members {
+                        let client = client.to_string();
+                        p.with(&client, |out| {
+                            centrifuge::push_client_info(out, &info(user.as_ref(), &client));
+                        });
+                    }
+                });
+            })
+        };
+        self.reply(conn, reply);
+        Ok(())
+    }
+
+    fn history(
+        &mut self,
+        conn: ConnId,
+        id: u32,
+        req: &centrifuge::HistoryRequest,
+    ) -> CommandResult {
+        let options = match self.channel_options(&req.channel)? {
+            Ok(options) => options,
+            Err(code) => {
+                self.error(conn, id, code);
+                return Ok(());
+            }
+        };
+        let Some(c) = self.conns.get(&conn) else {
+            return Ok(());
+        };
+        if !options.history() {
+            self.error(conn, id, ErrorCode::NotAvailable);
+            return Ok(());
+        }
+        let subscribed = c.sub(&req.channel).is_some();
+        let allowed = (!c.anonymous() || options.allow_history_for_anonymous)
+            && (options.allow_history_for_client
+                || subscribed && options.allow_history_for_subscriber);
+        if !allowed {
+            self.error(conn, id, ErrorCode::PermissionDenied);
+            return Ok(());
+        }
+        // A channel nobody is in has no stream: a fresh, empty one answers.
+        let (top, epoch) = match self.rooms.get(req.channel.as_str()) {
+            Some(room) => (room.top, room.epoch_text()),
+            None => (
+                0,
+                format!("{:016x}", mix64(self.config.entropy ^ self.next_room_id)),
+            ),
+        };
+        if let Some(since) = &req.since {
+            if since.epoch != epoch {
+                self.error(conn, id, ErrorCode::UnrecoverablePosition);
+                return Ok(());
+            }
+            if req.reverse && since.offset == 0 {
+                self.error(conn, id, ErrorCode::BadRequest);
+                return Ok(());
+            }
+        }
+        // Publications are not stored yet: the reply is the position only.
+        self.reply(
+            conn,
+            centrifuge::reply(id, "history", |r| {
+                r.str("epoch", &epoch).uint("offset", top);
+            }),
+        );
+        Ok(())
+    }
+}
+
+/// A seed client's view of Centrifugo `data`: the `text` of an object that
+/// has a string `text`, else the data's compact JSON.
+fn seed_content(data: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Value>(data) {
+        Ok(serde_json::Value::Object(map)) => match map.get("text") {
+            Some(serde_json::Value::String(text)) => text.clone(),
+            _ => serde_json::Value::Object(map).to_string(),
+        },
+        Ok(other) => other.to_string(),
+        Err(_) => String::from_utf8_lossy(data).into_owned(),
     }
 }
 

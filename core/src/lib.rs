@@ -7,12 +7,16 @@
 //!
 //! ## Layout
 //! - [`hub`]: the state machine: membership, presence, broadcast, heartbeat, eviction.
-//! - [`codec`]: per-connection wire formats (relay, seed JSON): decode limits, encode once.
+//! - [`codec`]: per-connection wire formats (relay, seed JSON, Centrifugo): decode limits, encode once.
+//! - [`centrifuge`]: the Centrifugo client protocol (JSON): commands in, replies and pushes out.
+//! - [`channel`]: channel names, namespaces and their options.
 //! - [`route`]: handshake validation: path + query → [`Route`] or an HTTP error.
 //! - [`close`]: why connections end and the close codes for it.
 //! - [`config`], [`time`]: limits and time as plain values.
 #![forbid(unsafe_code)]
 
+pub mod centrifuge;
+pub mod channel;
 pub mod close;
 pub mod codec;
 pub mod config;
@@ -20,9 +24,10 @@ pub mod hub;
 pub mod route;
 pub mod time;
 
+pub use channel::{ChannelName, ChannelOptions, ChannelPattern, Namespaces};
 pub use close::{CloseCode, CloseReason};
 pub use codec::{encode_seed, ClientMessage, Codec, Frame, MessageKind, SeedMessage, SeedType};
 pub use config::Config;
-pub use hub::{ConfigError, ConnId, Hub, Input, Output, RoomId, Stats};
+pub use hub::{ClientId, ConfigError, ConnId, Hub, Input, Output, RoomId, Stats};
 pub use route::{route, HandshakeError, Name, Route};
 pub use time::Timestamp;

@@ -65,7 +65,12 @@ pub enum Route {
     Relay,
     /// `GET /ws/{room}?username=NAME` or `GET /ws?username=NAME`: the seed's JSON room protocol.
     Room { room: Name, username: Name },
+    /// `GET /connection/websocket`: the Centrifugo client protocol (JSON).
+    Centrifuge,
 }
+
+/// The path of the Centrifugo client protocol endpoint.
+pub const CENTRIFUGE_PATH: &str = "/connection/websocket";
 
 /// Which request field a [`NameProblem`] is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,7 +150,7 @@ impl fmt::Display for HandshakeError {
 /// True when `path` is one of the WebSocket endpoints (`/ws`, `/ws/…`).
 #[must_use]
 pub fn is_websocket_path(path: &str) -> bool {
-    path == "/ws" || path.starts_with("/ws/")
+    path == "/ws" || path.starts_with("/ws/") || path == CENTRIFUGE_PATH
 }
 
 /// Decides the [`Route`] for a request, from its raw (still percent-encoded)
@@ -154,6 +159,9 @@ pub fn is_websocket_path(path: &str) -> bool {
 /// # Errors
 /// The reason to refuse the request, with its HTTP status.
 pub fn route(path: &str, query: Option<&str>) -> Result<Route, HandshakeError> {
+    if path == CENTRIFUGE_PATH {
+        return Ok(Route::Centrifuge);
+    }
     let username = || -> Result<Option<Name>, HandshakeError> {
         match query_param(query.unwrap_or(""), "username") {
             None => Ok(None),
@@ -322,6 +330,12 @@ mod tests {
             ))
         );
         assert_eq!(route("/wss", None), Err(HandshakeError::NotFound));
+        assert_eq!(route(CENTRIFUGE_PATH, Some("x=1")), Ok(Route::Centrifuge));
+        assert!(is_websocket_path(CENTRIFUGE_PATH));
+        assert_eq!(
+            route("/connection/websocket/x", None),
+            Err(HandshakeError::NotFound)
+        );
         assert_eq!(
             route("/ws/a/b", Some("username=x")),
             Err(HandshakeError::NotFound)

@@ -110,6 +110,7 @@ pub fn hub_ops(data: &[u8]) {
         max_message_bytes: 16,
         send_queue: 4,
         max_connections: 12,
+        ..Config::default()
     };
     let mut hub = Hub::new(config);
     let mut now = 0u64;
@@ -233,6 +234,7 @@ fn check_step(
                 Some(Route::Relay) => {
                     relayed.insert(conn);
                 }
+                Some(Route::Centrifuge) => {}
                 Some(Route::Room { .. }) => {
                     let msg: SeedMessage =
                         serde_json::from_slice(&frame.payload).expect("room frames are seed JSON");

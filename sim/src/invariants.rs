@@ -937,9 +937,9 @@ impl Oracle {
     /// # Errors
     /// [`Invariant::Membership`] or [`Invariant::Stats`].
     pub fn audit(&self, now: Timestamp, hub: &Hub) -> Result<(), Violation> {
-        if !hub.rooms().eq(self.rooms.keys()) {
-            let got: Vec<&Name> = hub.rooms().collect();
-            let want: Vec<&Name> = self.rooms.keys().collect();
+        if !hub.rooms().eq(self.rooms.keys().map(Name::as_str)) {
+            let got: Vec<&str> = hub.rooms().collect();
+            let want: Vec<&str> = self.rooms.keys().map(Name::as_str).collect();
             let detail = format!("hub rooms {got:?}, model {want:?}");
             return Err(violation(Invariant::Membership, now, detail));
         }

@@ -190,6 +190,9 @@ impl SimParams {
                 max_message_bytes,
                 send_queue,
                 max_connections,
+                // Fixed, so a seed replays its client ids and epochs.
+                entropy: seed,
+                ..Config::default()
             },
             latency_min_ms,
             latency_max_ms,

@@ -81,6 +81,7 @@ impl Trace {
                         h.write_field(room.as_str().as_bytes());
                         h.write_field(username.as_str().as_bytes());
                     }
+                    Route::Centrifuge => h.write_u8(2),
                 }
             }
             Input::Message { conn, frame } => {

@@ -217,6 +217,7 @@ impl World {
         let (room, username) = match &route {
             Route::Relay => (None, ""),
             Route::Room { room, username } => (Some(room.clone()), username.as_str()),
+            Route::Centrifuge => (None, ""),
         };
         let room_protocol = room.is_some();
         self.oracle.register(conn, room, username);

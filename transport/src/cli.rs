@@ -15,7 +15,10 @@ use crate::config::ServerConfig;
 ///
 /// Endpoints: `GET /ws` (anonymous relay: every message goes to every relay
 /// connection), `GET /ws/{room}?username=NAME` and `GET /ws?username=NAME`
-/// (JSON chat rooms; the latter joins room `default`), `GET /health`, `GET /metrics` (Prometheus).
+/// (JSON chat rooms; the latter joins room `default`), `GET
+/// /connection/websocket` (the Centrifugo client protocol, JSON, for the
+/// official SDKs; seed rooms and channels of the same name are one room),
+/// `GET /health`, `GET /metrics` (Prometheus).
 ///
 /// Durations are a whole number with a unit: `250ms`, `2s`, `1m`, `1h`.
 /// Logging is configured with `RUST_LOG` (default `info`).
@@ -52,6 +55,21 @@ pub struct Cli {
     /// Most simultaneous WebSocket connections; more get HTTP 503.
     #[arg(long, env = "HUBBUB_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
+
+    /// Centrifugo protocol (/connection/websocket): largest incoming frame in
+    /// bytes; larger ones close the connection with 1009.
+    #[arg(long, env = "HUBBUB_MAX_COMMAND_BYTES", default_value_t = 65_536)]
+    pub max_command_bytes: usize,
+
+    /// Centrifugo protocol: close a connection that has not sent its
+    /// `connect` command this long after opening (code 3502).
+    #[arg(long, env = "HUBBUB_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Centrifugo protocol: most channels one connection may subscribe to
+    /// (error 106 beyond).
+    #[arg(long, env = "HUBBUB_CHANNEL_LIMIT", default_value_t = 128)]
+    pub channel_limit: usize,
 
     /// Runtime worker threads. Default: the machine's cores minus one (at
     /// least 1), leaving a core for the kernel's network work: on 2 cores,
@@ -91,6 +109,12 @@ impl Cli {
                 max_message_bytes: self.max_message_bytes,
                 send_queue: self.send_queue,
                 max_connections: self.max_connections,
+                max_command_bytes: self.max_command_bytes,
+                connect_timeout: self.connect_timeout,
+                channel_limit: self.channel_limit,
+                entropy: crate::config::entropy(),
+                server_version: concat!("hubbub ", env!("CARGO_PKG_VERSION")).to_owned(),
+                ..Config::default()
             },
             write_timeout: self.write_timeout,
         }
@@ -191,7 +215,9 @@ mod tests {
     fn defaults_match_the_issue() {
         let cli = Cli::try_parse_from(["hubbub"]).expect("defaults parse");
         assert_eq!(cli.listen, "0.0.0.0:8080");
-        let config = cli.server_config();
+        let mut config = cli.server_config();
+        assert_ne!(config.hub.entropy, 0, "a random start");
+        config.hub.entropy = 0;
         assert_eq!(config, ServerConfig::default());
         assert_eq!(config.hub, Config::default());
         assert!(config.validate().is_ok());

@@ -21,6 +21,20 @@ pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// How long the HTTP layer waits for a request's headers.
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Fresh entropy for the hub (client ids, channel epochs): from the
+/// operating system's random keys, mixed with the clock, so every start differs.
+#[must_use]
+pub fn entropy() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
 /// Everything [`crate::serve`] needs to know.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use fastwebsockets::upgrade::UpgradeFut;
-use hubbub_core::{ConnId, Route};
+use hubbub_core::{Codec, ConnId, Route};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -109,9 +109,20 @@ async fn start<R, W>(
     R: AsyncRead + WaitReadable + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let outbox = Arc::new(Outbox::new(
+    let codec = match route {
+        Route::Relay => Codec::Relay,
+        Route::Room { .. } => Codec::SeedJson,
+        Route::Centrifuge => Codec::Centrifuge,
+    };
+    let max_message_bytes = if codec == Codec::Centrifuge {
+        shared.config.hub.max_command_bytes
+    } else {
+        shared.config.hub.max_message_bytes
+    };
+    let outbox = Arc::new(Outbox::for_codec(
         shared.config.hub.send_queue,
         shared.gauge.clone(),
+        codec,
     ));
     info!(conn = conn.0, %peer, route = %describe(&route), "connection opened");
     let open = Event::Open {
@@ -126,7 +137,7 @@ async fn start<R, W>(
     let reader = tokio::spawn(reader::run(
         read,
         conn,
-        shared.config.hub.max_message_bytes,
+        max_message_bytes,
         outbox.clone(),
         shared.hub.clone(),
     ));
@@ -171,7 +182,7 @@ async fn write_until_closed<W>(
     info!(
         conn = conn.0,
         reason = %reason,
-        code = reason.code().0,
+        code = reason.code_for(outbox.codec()).0,
         clean = matches!(end, WriterEnd::Closed(_)),
         duration_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
         "connection closed"
@@ -183,5 +194,6 @@ fn describe(route: &Route) -> String {
     match route {
         Route::Relay => "relay".to_owned(),
         Route::Room { room, username } => format!("room={room:?} user={username:?}"),
+        Route::Centrifuge => "centrifuge".to_owned(),
     }
 }

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use hubbub_core::{CloseReason, Frame, RoomId};
+use hubbub_core::{CloseReason, Codec, Frame, RoomId};
 use tokio::sync::Notify;
 
 use crate::metrics::OutboxMetrics;
@@ -86,6 +86,8 @@ pub struct Outbox {
     notify: Notify,
     capacity: usize,
     gauge: Arc<WriterGauge>,
+    /// The connection's protocol: how the writer frames pings, data and the close.
+    codec: Codec,
 }
 
 #[derive(Debug, Default)]
@@ -169,12 +171,25 @@ impl Outbox {
     /// its writer's wake-ups to `gauge`.
     #[must_use]
     pub fn new(capacity: usize, gauge: Arc<WriterGauge>) -> Self {
+        Self::for_codec(capacity, gauge, Codec::SeedJson)
+    }
+
+    /// An outbox for a connection speaking `codec`.
+    #[must_use]
+    pub fn for_codec(capacity: usize, gauge: Arc<WriterGauge>, codec: Codec) -> Self {
         Self {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             capacity: capacity.max(1),
             gauge,
+            codec,
         }
+    }
+
+    /// The protocol the connection speaks.
+    #[must_use]
+    pub fn codec(&self) -> Codec {
+        self.codec
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -106,6 +106,33 @@ impl Batch {
         self.frames += 1;
     }
 
+    /// Adds one text frame whose payload is `parts` joined by `\n`, without
+    /// copying large parts.
+    pub fn push_joined(&mut self, opcode: OpCode, parts: &[&Bytes]) {
+        if let [only] = parts {
+            self.push(opcode, only);
+            return;
+        }
+        let len = parts.iter().map(|p| p.len()).sum::<usize>() + parts.len().saturating_sub(1);
+        let start = self.buf.len();
+        put_header(&mut self.buf, opcode, len);
+        self.extend_inline(start);
+        for (i, part) in parts.iter().enumerate() {
+            let start = self.buf.len();
+            if i > 0 {
+                self.buf.push(b'\n');
+            }
+            if part.len() <= INLINE_PAYLOAD_MAX {
+                self.buf.extend_from_slice(part);
+                self.extend_inline(start);
+            } else {
+                self.extend_inline(start);
+                self.segments.push(Segment::Shared((*part).clone()));
+            }
+        }
+        self.frames += 1;
+    }
+
     /// Adds a frame whose payload is a short slice (control frames).
     pub fn push_small(&mut self, opcode: OpCode, payload: &[u8]) {
         let start = self.buf.len();
@@ -226,6 +253,25 @@ mod tests {
         assert_eq!(&flat[flat.len() - 4..], &[0x81, 2, b'y', b'o']);
         b.clear();
         assert!(b.is_empty());
+        let big = Bytes::from(vec![b'x'; 2000]);
+        b.push_joined(
+            OpCode::Text,
+            &[
+                &Bytes::from_static(b"{}"),
+                &big,
+                &Bytes::from_static(b"{\"a\":1}"),
+            ],
+        );
+        let flat: Vec<u8> = b.slices().iter().flat_map(|s| s.iter().copied()).collect();
+        let len = 2 + 1 + 2000 + 1 + 7;
+        assert_eq!(
+            &flat[..4],
+            &[0x81, 126, (len >> 8) as u8, (len & 0xff) as u8]
+        );
+        assert_eq!(&flat[4..7], b"{}\n");
+        assert_eq!(&flat[flat.len() - 8..], b"\n{\"a\":1}");
+        assert_eq!(flat.len(), 4 + len);
+        b.clear();
         assert_eq!(b.len(), 0);
     }
 }

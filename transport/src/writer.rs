@@ -17,7 +17,7 @@
 use std::io::{self, IoSlice};
 use std::time::Duration;
 
-use hubbub_core::{CloseReason, ConnId, Input};
+use hubbub_core::{centrifuge, CloseReason, Codec, ConnId, Frame, Input};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -27,6 +27,10 @@ use crate::wire::{self, Batch, OpCode};
 
 /// The most slices one `writev` takes on Linux (`IOV_MAX`).
 const MAX_IOVECS: usize = 1024;
+
+/// Centrifugo messages waiting together are joined into one frame (with
+/// `\n` between them) up to this many payload bytes.
+pub const MAX_JOINED_FRAME: usize = 64 * 1024;
 
 /// How the writer ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +58,10 @@ pub fn flushes_queue(reason: CloseReason) -> bool {
         | CloseReason::MessageTooBig
         | CloseReason::InvalidUtf8
         | CloseReason::BinaryNotAccepted
-        | CloseReason::ProtocolError => true,
+        | CloseReason::ProtocolError
+        | CloseReason::BadRequest
+        | CloseReason::Stale
+        | CloseReason::NotAvailable => true,
         CloseReason::PeerClosed
         | CloseReason::HeartbeatTimeout
         | CloseReason::SlowConsumer
@@ -88,7 +95,7 @@ where
             continue;
         }
         batch.clear();
-        let close = encode(&work, &mut batch);
+        let close = encode(&work, outbox.codec(), &mut batch);
         let written = tokio::time::timeout(write_timeout, async {
             write_batch(&mut sink, &batch).await?;
             outbox.wrote(batch.len());
@@ -126,17 +133,26 @@ where
 /// Encodes one batch: control frames first (they are small and
 /// time-sensitive), then data frames, then the close frame if ordered.
 /// Returns the close reason when the batch ends the connection.
-fn encode(work: &Work, batch: &mut Batch) -> Option<CloseReason> {
+fn encode(work: &Work, codec: Codec, batch: &mut Batch) -> Option<CloseReason> {
     for pong in &work.pongs {
         batch.push_small(OpCode::Pong, pong);
     }
     if work.ping {
-        batch.push_small(OpCode::Ping, b"");
+        match codec {
+            // The Centrifugo protocol pings in-band, in a frame of its own.
+            Codec::Centrifuge => batch.push_small(OpCode::Text, centrifuge::PING),
+            Codec::Relay | Codec::SeedJson => batch.push_small(OpCode::Ping, b""),
+        }
     }
     let flush = work.close.is_none_or(flushes_queue);
     if flush {
-        for frame in work.data.iter().flatten() {
-            batch.push(frame.kind.into(), &frame.payload);
+        let frames = work.data.iter().flatten();
+        if codec == Codec::Centrifuge {
+            push_joined(batch, frames);
+        } else {
+            for frame in frames {
+                batch.push(frame.kind.into(), &frame.payload);
+            }
         }
     }
     let reason = work.close?;
@@ -144,10 +160,30 @@ fn encode(work: &Work, batch: &mut Batch) -> Option<CloseReason> {
         Some(echo) => batch.push_small(OpCode::Close, echo),
         None => batch.push_small(
             OpCode::Close,
-            &wire::close_payload(reason.code(), reason.text()),
+            &wire::close_payload(reason.code_for(codec), reason.text_for(codec)),
         ),
     }
     Some(reason)
+}
+
+/// Centrifugo: consecutive messages share a frame, newline-joined, up to
+/// [`MAX_JOINED_FRAME`] bytes; the SDKs dispatch a frame's messages in order.
+fn push_joined<'f>(batch: &mut Batch, frames: impl Iterator<Item = &'f Frame>) {
+    let mut run: Vec<&bytes::Bytes> = Vec::new();
+    let mut run_bytes = 0;
+    for frame in frames {
+        let len = frame.payload.len();
+        if !run.is_empty() && run_bytes + 1 + len > MAX_JOINED_FRAME {
+            batch.push_joined(OpCode::Text, &run);
+            run.clear();
+            run_bytes = 0;
+        }
+        run_bytes += len + usize::from(!run.is_empty());
+        run.push(&frame.payload);
+    }
+    if !run.is_empty() {
+        batch.push_joined(OpCode::Text, &run);
+    }
 }
 
 /// Writes every byte of `batch`, in as few `writev` calls as the socket allows.
