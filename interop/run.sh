@@ -2,12 +2,12 @@
 # SDK interop suite: the official Centrifugo SDKs (npm `centrifuge`, PyPI
 # `centrifuge-python`) against hubbub's /connection/websocket.
 #
-#   interop/run.sh            install (if needed), build (if needed), run JS then Python
+#   interop/run.sh            install (if needed), build, run JS then Python
 #
 # Environment:
 #   HUBBUB_BIN          server binary; relative paths are taken from the repo root.
-#                       Default target/release/hubbub, built with
-#                       `cargo build --release -p hubbub` when missing.
+#                       Default target/debug/hubbub, built first with
+#                       `cargo build -p hubbub` (a no-op when up to date).
 #   HUBBUB_EXTRA_ARGS   extra flags for every server the tests start
 #   HUBBUB_LOG=1        echo the servers' output
 #   INTEROP_SUITES      which suites to run (default "js python")
@@ -77,11 +77,10 @@ if [[ -n "${HUBBUB_BIN:-}" ]]; then
     exit 2
   fi
 else
-  BIN="$REPO_ROOT/target/release/hubbub"
-  if [[ ! -x "$BIN" ]]; then
-    log "building $BIN (cargo build --release -p hubbub)"
-    (cd "$REPO_ROOT" && cargo build --release -p hubbub)
-  fi
+  # Always build: a stale binary would test old code (a no-op when current).
+  BIN="$REPO_ROOT/target/debug/hubbub"
+  log "building $BIN (cargo build -p hubbub)"
+  (cd "$REPO_ROOT" && cargo build -p hubbub)
 fi
 export HUBBUB_BIN="$BIN"
 echo "server binary: $HUBBUB_BIN"

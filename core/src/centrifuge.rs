@@ -373,9 +373,9 @@ pub fn decode_frame(payload: &[u8]) -> (Vec<Line>, Option<Malformed>) {
 
 // ---- encoding ---------------------------------------------------------------
 
-/// Who a publication, join or leave is about (`ClientInfo`). `user` is
-/// always written, even when empty (anonymous): some SDKs read it without
-/// checking.
+/// Who a publication, join or leave is about (`ClientInfo`). An anonymous
+/// client's empty `user` is omitted, like every empty field (both SDKs read
+/// a missing `user` as `""`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientInfo<'a> {
     pub user: &'a str,
@@ -386,9 +386,13 @@ pub struct ClientInfo<'a> {
 
 /// Appends a `ClientInfo` object.
 pub fn push_client_info(out: &mut Vec<u8>, info: &ClientInfo<'_>) {
-    out.extend_from_slice(b"{\"user\":");
-    push_json_string(out, info.user);
-    out.extend_from_slice(b",\"client\":");
+    out.push(b'{');
+    if !info.user.is_empty() {
+        out.extend_from_slice(b"\"user\":");
+        push_json_string(out, info.user);
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"client\":");
     push_json_string(out, info.client);
     if let Some(raw) = info.conn_info {
         out.extend_from_slice(b",\"conn_info\":");

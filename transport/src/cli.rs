@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
-use clap::Parser;
-use hubbub_core::Config;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use hubbub_core::{Config, Namespaces};
 
 use crate::config::ServerConfig;
 
@@ -71,6 +72,17 @@ pub struct Cli {
     #[arg(long, env = "HUBBUB_CHANNEL_LIMIT", default_value_t = 128)]
     pub channel_limit: usize,
 
+    /// A TOML file with settings and channel namespaces (see README):
+    /// top-level keys are these flags' names with `_`, `[channel]` the
+    /// default namespace, `[[namespace]]` the named ones. Flags and
+    /// `HUBBUB_*` variables override the file.
+    #[arg(long, env = "HUBBUB_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// Channel namespaces, from `--config` (not a flag).
+    #[arg(skip)]
+    pub namespaces: Namespaces,
+
     /// Runtime worker threads. Default: the machine's cores minus one (at
     /// least 1), leaving a core for the kernel's network work: on 2 cores,
     /// one worker delivered more per CPU-second, with half the tail latency,
@@ -89,6 +101,96 @@ fn parse_workers(s: &str) -> Result<usize, String> {
 }
 
 impl Cli {
+    /// Parses the command line and the environment, then applies the
+    /// `--config` file under them.
+    ///
+    /// # Errors
+    /// A message for the user (clap's own errors exit the process).
+    pub fn load() -> Result<Self, String> {
+        let matches = Self::command().get_matches();
+        let cli = Self::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+        cli.with_file(&matches)
+    }
+
+    /// Applies the `--config` file (if any) to the settings that neither a
+    /// flag nor an environment variable gave.
+    ///
+    /// # Errors
+    /// The file cannot be read, or a key or value in it is wrong.
+    pub fn with_file(mut self, matches: &ArgMatches) -> Result<Self, String> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let file = crate::config_file::load(&path)?;
+        let unset = |id: &str| {
+            !matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        let context = |e: String| format!("config file {}: {e}", path.display());
+        let duration = |key: &str, v: &Option<String>| -> Result<Option<Duration>, String> {
+            v.as_deref()
+                .map(|v| crate::config_file::duration(key, v))
+                .transpose()
+                .map_err(context)
+        };
+        if let (Some(v), true) = (&file.listen, unset("listen")) {
+            self.listen.clone_from(v);
+        }
+        for (id, value, slot) in [
+            (
+                "ping_interval",
+                &file.ping_interval,
+                &mut self.ping_interval,
+            ),
+            ("pong_timeout", &file.pong_timeout, &mut self.pong_timeout),
+            (
+                "write_timeout",
+                &file.write_timeout,
+                &mut self.write_timeout,
+            ),
+            (
+                "connect_timeout",
+                &file.connect_timeout,
+                &mut self.connect_timeout,
+            ),
+        ] {
+            if let (Some(v), true) = (duration(id, value)?, unset(id)) {
+                *slot = v;
+            }
+        }
+        for (id, value, slot) in [
+            (
+                "max_message_bytes",
+                file.max_message_bytes,
+                &mut self.max_message_bytes,
+            ),
+            ("send_queue", file.send_queue, &mut self.send_queue),
+            (
+                "max_connections",
+                file.max_connections,
+                &mut self.max_connections,
+            ),
+            (
+                "max_command_bytes",
+                file.max_command_bytes,
+                &mut self.max_command_bytes,
+            ),
+            ("channel_limit", file.channel_limit, &mut self.channel_limit),
+        ] {
+            if let (Some(v), true) = (value, unset(id)) {
+                *slot = v;
+            }
+        }
+        if let (Some(v), true) = (file.workers, unset("workers")) {
+            self.workers =
+                Some(parse_workers(&v.to_string()).map_err(|e| context(format!("workers: {e}")))?);
+        }
+        self.namespaces = file.namespaces().map_err(context)?;
+        Ok(self)
+    }
+
     /// Worker threads to run: `--workers`, or the cores minus one (at least 1).
     #[must_use]
     pub fn worker_threads(&self) -> usize {
@@ -112,6 +214,7 @@ impl Cli {
                 max_command_bytes: self.max_command_bytes,
                 connect_timeout: self.connect_timeout,
                 channel_limit: self.channel_limit,
+                namespaces: self.namespaces.clone(),
                 entropy: crate::config::entropy(),
                 server_version: concat!("hubbub ", env!("CARGO_PKG_VERSION")).to_owned(),
                 ..Config::default()
@@ -180,6 +283,47 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn the_config_file_fills_what_flags_and_env_leave_unset() {
+        let dir = std::env::temp_dir().join(format!("hubbub-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("hubbub.toml");
+        std::fs::write(
+            &path,
+            "ping_interval = \"20s\"\nsend_queue = 7\nmax_connections = 9\n[[namespace]]\nname = \"chat\"\npresence = false\n",
+        )
+        .expect("write");
+        let args = [
+            "hubbub",
+            "--config",
+            path.to_str().expect("utf8"),
+            "--send-queue",
+            "3",
+        ];
+        let matches = Cli::command().get_matches_from(args);
+        let cli = Cli::from_arg_matches(&matches)
+            .expect("parses")
+            .with_file(&matches)
+            .expect("valid file");
+        assert_eq!(cli.ping_interval, Duration::from_secs(20), "from the file");
+        assert_eq!(cli.send_queue, 3, "the flag wins");
+        assert_eq!(cli.max_connections, 9);
+        let config = cli.server_config();
+        assert!(!config.hub.namespaces.named["chat"].presence);
+        std::fs::write(&path, "send_qeue = 7\n").expect("write");
+        let matches =
+            Cli::command().get_matches_from(["hubbub", "--config", path.to_str().expect("utf8")]);
+        let err = Cli::from_arg_matches(&matches)
+            .expect("parses")
+            .with_file(&matches)
+            .expect_err("unknown key");
+        assert!(
+            err.contains("send_qeue") && err.contains("hubbub.toml"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn durations() {

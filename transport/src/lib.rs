@@ -49,6 +49,7 @@
 pub mod bounded;
 pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod connection;
 pub mod http;
 pub mod hub_task;

@@ -5,7 +5,6 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use clap::Parser;
 use hubbub::cli::Cli;
 use hubbub::shutdown::Signals;
 use tokio::net::{TcpListener, TcpSocket};
@@ -17,7 +16,13 @@ use tracing_subscriber::EnvFilter;
 const LISTEN_BACKLOG: u32 = 4096;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::load() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("hubbub: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let stderr = std::io::stderr();
     tracing_subscriber::fmt()
         .with_env_filter(
