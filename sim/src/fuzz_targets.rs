@@ -9,11 +9,15 @@ use std::time::Duration;
 
 use arbitrary::Unstructured;
 use bytes::Bytes;
+use hubbub_core::centrifuge::{self, Command, Line};
 use hubbub_core::route::{is_websocket_path, MAX_NAME_BYTES};
 use hubbub_core::{
     encode_seed, route, ClientMessage, CloseReason, Codec, Config, ConnId, Frame, Hub, Input,
     MessageKind, Name, Output, Route, SeedMessage, SeedType, Timestamp,
 };
+use serde_json::{json, Value};
+
+use crate::centrifuge_check::Checker;
 
 /// Client message decoding for every codec: never panics, enforces the size
 /// limit and UTF-8, and what it accepts survives the seed JSON round trip.
@@ -53,6 +57,66 @@ pub fn decode(data: &[u8]) {
             let back: SeedMessage =
                 serde_json::from_slice(&frame.payload).expect("encoded seed JSON must parse");
             assert_eq!(back.content, text, "content survives the JSON round trip");
+        }
+    }
+}
+
+/// Centrifugo frame decoding: never panics, and agrees with a plain JSON
+/// parse of each line: a line decodes to a command only if it is a JSON
+/// object, its id is the object's `id`, and its method is the first
+/// non-null method key in Centrifugo's order; the empty object is a pong.
+pub fn centrifuge_decode(data: &[u8]) {
+    const METHODS: [&str; 12] = [
+        "connect",
+        "subscribe",
+        "unsubscribe",
+        "publish",
+        "presence",
+        "presence_stats",
+        "history",
+        "ping",
+        "send",
+        "rpc",
+        "refresh",
+        "sub_refresh",
+    ];
+    let (lines, malformed) = centrifuge::decode_frame(data);
+    let body = data.strip_suffix(b"\n").unwrap_or(data);
+    let raw: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
+    assert!(lines.len() <= raw.len());
+    assert_eq!(malformed.is_none(), lines.len() == raw.len());
+    for (line, raw) in lines.iter().zip(raw) {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let value: Value = serde_json::from_slice(raw).expect("a decoded line is JSON");
+        let object = value.as_object().expect("a decoded line is an object");
+        let method = METHODS
+            .iter()
+            .find(|m| object.get(**m).is_some_and(|v| !v.is_null()));
+        let id = object.get("id").and_then(Value::as_u64).unwrap_or(0);
+        match line {
+            Line::Pong => assert!(method.is_none() && id == 0, "{object:?}"),
+            Line::Unknown { id: got } => {
+                assert_eq!(u64::from(*got), id);
+                assert!(method.is_none() || id == 0 && method != Some(&"send"));
+            }
+            Line::Command { id: got, command } => {
+                assert_eq!(u64::from(*got), id);
+                let name = match command {
+                    Command::Connect(_) => "connect",
+                    Command::Subscribe(_) => "subscribe",
+                    Command::Unsubscribe { .. } => "unsubscribe",
+                    Command::Publish { .. } => "publish",
+                    Command::Presence { .. } => "presence",
+                    Command::PresenceStats { .. } => "presence_stats",
+                    Command::History(_) => "history",
+                    Command::Ping => "ping",
+                    Command::Send { .. } => "send",
+                    Command::Rpc { .. } => "rpc",
+                    Command::Refresh { .. } => "refresh",
+                    Command::SubRefresh { .. } => "sub_refresh",
+                };
+                assert_eq!(method, Some(&name), "{object:?}");
+            }
         }
     }
 }
@@ -120,15 +184,45 @@ pub fn hub_ops(data: &[u8]) {
     let rooms = ["a", "b", "c"];
     let users = ["ann", "bob", "cat", "ann"];
 
+    let mut checker = Checker::new();
+    let mut next_id: BTreeMap<ConnId, u32> = BTreeMap::new();
     for _ in 0..256 {
-        let Ok(op) = u.int_in_range(0u8..=8) else {
+        let Ok(op) = u.int_in_range(0u8..=11) else {
             break;
         };
         let pick_conn = |u: &mut Unstructured<'_>| -> ConnId {
             ConnId(u.int_in_range(1..=next_conn.max(1)).unwrap_or(1))
         };
         let members_before = room_snapshot(&hub, &rooms);
+        checker.before_step(&hub, &rooms);
         let input = match op {
+            9 => {
+                let conn = ConnId(next_conn);
+                next_conn += 1;
+                routes.insert(conn, Route::Centrifuge);
+                seen.entry(conn).or_default();
+                checker.opened(conn);
+                Input::Open {
+                    conn,
+                    route: Route::Centrifuge,
+                }
+            }
+            10 | 11 => {
+                let conn = pick_conn(&mut u);
+                let id = next_id.entry(conn).or_insert(0);
+                let text = centrifuge_frame(&mut u, id, &rooms);
+                if checker.is_tracked(conn) && hub.is_open(conn) {
+                    for line in centrifuge::decode_frame(text.as_bytes()).0 {
+                        if let Line::Command { id, command } = line {
+                            checker.sent(conn, id, &command);
+                        }
+                    }
+                }
+                Input::Message {
+                    conn,
+                    frame: Frame::text(text),
+                }
+            }
             0 | 1 => {
                 let conn = ConnId(next_conn);
                 next_conn += 1;
@@ -190,6 +284,57 @@ pub fn hub_ops(data: &[u8]) {
             &members_before,
             chat.as_ref(),
         );
+        if let Err(breach) = checker.after_step(&hub, &outputs) {
+            panic!("Centrifugo rule broken: {breach}");
+        }
+    }
+}
+
+/// A frame of one Centrifugo client: usually one command, sometimes
+/// `connect` with a subscribe (as the JS SDK sends them), a pong, or junk.
+/// Commands of one frame never touch the same channel twice.
+fn centrifuge_frame(u: &mut Unstructured<'_>, next_id: &mut u32, rooms: &[&str]) -> String {
+    let mut id = || {
+        *next_id += 1;
+        *next_id
+    };
+    let channel = |u: &mut Unstructured<'_>| -> &str {
+        match u.int_in_range(0..=7).unwrap_or(0) {
+            7 => "nope:x",
+            n => rooms[n % rooms.len()],
+        }
+    };
+    let op = u.int_in_range(0u8..=12).unwrap_or(0);
+    let one = |u: &mut Unstructured<'_>, op: u8, id: u32| -> Value {
+        let ch = channel(u);
+        let flag = u.arbitrary::<bool>().unwrap_or(false);
+        match op {
+            0 => json!({"id": id, "connect": {"name": "fuzz"}}),
+            1 | 2 => {
+                json!({"id": id, "subscribe": {"channel": ch, "join_leave": flag, "recoverable": !flag}})
+            }
+            3 => json!({"id": id, "unsubscribe": {"channel": ch}}),
+            4 | 5 => json!({"id": id, "publish": {"channel": ch, "data": {"text": "hi", "n": id}}}),
+            6 => json!({"id": id, "presence": {"channel": ch}}),
+            7 => json!({"id": id, "presence_stats": {"channel": ch}}),
+            8 => json!({"id": id, "history": {"channel": ch, "limit": 0}}),
+            _ => json!({"id": id, "rpc": {"method": "m"}}),
+        }
+    };
+    match op {
+        10 => "{}".to_owned(),
+        11 => {
+            let len = u.int_in_range(0..=12).unwrap_or(0);
+            (0..len)
+                .map(|_| u.arbitrary::<char>().unwrap_or('x'))
+                .collect()
+        }
+        12 => {
+            let connect = one(u, 0, id());
+            let subscribe = one(u, 1, id());
+            format!("{connect}\n{subscribe}")
+        }
+        op => one(u, op, id()).to_string(),
     }
 }
 
@@ -249,11 +394,14 @@ fn check_step(
             },
         }
     }
-    // Presence: every live member's last list is the room in join order.
-    for members in members_before
-        .keys()
-        .map(|r| hub.room_members(r).collect::<Vec<_>>())
-    {
+    let is_seed = |c: &ConnId| matches!(routes.get(c), Some(Route::Room { .. }));
+    // Presence: every live seed member's last list is the room's named
+    // members (the seed ones: Centrifugo clients here are anonymous) in join order.
+    for members in members_before.keys().map(|r| {
+        hub.room_members(r)
+            .filter(|c| is_seed(c))
+            .collect::<Vec<_>>()
+    }) {
         let names: Vec<&str> = members.iter().map(|c| username(routes, *c)).collect();
         let expected = names.join(",");
         for conn in &members {
@@ -268,7 +416,9 @@ fn check_step(
     }
     // Joins and departures: each member present hears of each exactly once.
     for (room, before) in members_before {
-        let after: Vec<ConnId> = hub.room_members(room).collect();
+        let before: Vec<ConnId> = before.iter().copied().filter(|c| is_seed(c)).collect();
+        let before = &before;
+        let after: Vec<ConnId> = hub.room_members(room).filter(|c| is_seed(c)).collect();
         let arrived: Vec<ConnId> = after
             .iter()
             .filter(|c| !before.contains(c))
@@ -309,13 +459,17 @@ fn check_step(
     if let Some((sender, _)) = chat {
         match routes.get(sender) {
             Some(Route::Room { room, .. }) if hub.is_open(*sender) => {
-                let members: BTreeSet<ConnId> = hub.room_members(room.as_str()).collect();
+                let members: BTreeSet<ConnId> = hub
+                    .room_members(room.as_str())
+                    .filter(|c| is_seed(c))
+                    .collect();
                 assert_eq!(chats, members, "chat recipients");
             }
             Some(Route::Relay) if hub.is_open(*sender) => {
                 let members: BTreeSet<ConnId> = hub.relay_members().collect();
                 assert_eq!(relayed, members, "relay recipients");
             }
+            Some(Route::Centrifuge) => {}
             _ => assert!(
                 chats.is_empty() && relayed.is_empty(),
                 "a refused message was delivered"

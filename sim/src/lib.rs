@@ -6,6 +6,8 @@
 //! - [`trace`]: FNV-1a trace hash of every hub call and output (determinism check).
 //! - [`network`]: virtual-time event queue, TCP-faithful pipes, the transport's bounded outbox.
 //! - [`client`]: a client's end of a connection: how it behaves, what it observed.
+//! - [`centrifuge_check`]: the oracle for Centrifugo clients (one reply per command, replies
+//!   before pushes, contiguous offsets, presence, join/leave).
 //! - [`invariants`]: the oracle, an independent model of the chat rules, and every invariant.
 //! - [`world`]: the hub driven exactly as the transport drives it; safety checks after
 //!   every call, the liveness phase.
@@ -19,6 +21,7 @@
 //! (to pick a seed and to report speed).
 #![forbid(unsafe_code)]
 
+pub mod centrifuge_check;
 pub mod client;
 pub mod fuzz_targets;
 pub mod invariants;

@@ -41,3 +41,11 @@ fn handshake_corpus() {
 fn hub_ops_corpus() {
     replay("hub_ops", hubbub_sim::fuzz_targets::hub_ops);
 }
+
+#[test]
+fn centrifuge_decode_corpus() {
+    replay(
+        "centrifuge_decode",
+        hubbub_sim::fuzz_targets::centrifuge_decode,
+    );
+}

@@ -1,0 +1,368 @@
+//! The oracle for Centrifugo clients: what each one must see, judged from
+//! what it sent and what it read, against the hub's membership.
+//!
+//! The checker sees a step as the driver does: the commands sent, then the
+//! outputs of the hub call, then the hub's query API. After every step it
+//! enforces:
+//!
+//! | invariant | rule |
+//! |---|---|
+//! | [`Rule::OneReply`] | every command id gets exactly one reply, in the step it was handled (the hub answers synchronously), unless the connection closed |
+//! | [`Rule::ReplyBeforePush`] | a channel's `pub` / `join` / `leave` pushes come only after that channel's successful subscribe reply, and never after its unsubscribe |
+//! | [`Rule::Offsets`] | per subscriber, a channel's offsets rise by exactly one, with no gap or repeat, continuing from the subscribe reply's position when it had one |
+//! | [`Rule::Presence`] | a `presence` reply lists exactly the channel's members; `presence_stats` counts them |
+//! | [`Rule::JoinLeave`] | a subscriber that asked for join/leave sees exactly one `join` per member that arrived and one `leave` per member that left while it was there, itself included on arrival |
+//! | [`Rule::AfterClose`] | nothing reaches a connection after its close |
+//! | [`Rule::WireFormat`] | every message is one compact JSON object, with no raw newline |
+//!
+//! Planted bugs (tests/centrifuge.rs) check that each rule can fail.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use hubbub_core::centrifuge::Command;
+use hubbub_core::{ConnId, Hub, Output};
+use serde_json::Value;
+
+/// One rule of the Centrifugo protocol the checker enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rule {
+    OneReply,
+    ReplyBeforePush,
+    Offsets,
+    Presence,
+    JoinLeave,
+    AfterClose,
+    WireFormat,
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::OneReply => "one-reply-per-command",
+            Self::ReplyBeforePush => "reply-before-push",
+            Self::Offsets => "offsets-contiguous",
+            Self::Presence => "presence-equals-members",
+            Self::JoinLeave => "one-join-one-leave",
+            Self::AfterClose => "nothing-after-close",
+            Self::WireFormat => "wire-format",
+        })
+    }
+}
+
+/// A broken rule and what broke it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Breach {
+    pub rule: Rule,
+    pub detail: String,
+}
+
+impl fmt::Display for Breach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.rule, self.detail)
+    }
+}
+
+fn breach(rule: Rule, detail: String) -> Breach {
+    Breach { rule, detail }
+}
+
+#[derive(Debug, Default)]
+struct Sub {
+    /// The last offset seen (or the reply's position).
+    last_offset: Option<u64>,
+    join_leave: bool,
+}
+
+/// What one Centrifugo connection asked and saw.
+#[derive(Debug, Default)]
+struct ConnView {
+    /// Command ids sent and not answered, with the command's kind.
+    pending: BTreeMap<u32, Kind>,
+    /// Channels with a subscribe in flight: the command id and whether join/leave was asked.
+    subscribing: BTreeMap<String, (u32, bool)>,
+    subscribed: BTreeMap<String, Sub>,
+    closed: bool,
+    /// Join / leave pushes read in the current step, per channel: client ids.
+    joins: BTreeMap<String, Vec<String>>,
+    leaves: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Kind {
+    Subscribe(String),
+    Unsubscribe(String),
+    Presence(String),
+    PresenceStats(String),
+    Other,
+}
+
+/// The checker for every Centrifugo connection of one hub.
+#[derive(Debug, Default)]
+pub struct Checker {
+    conns: BTreeMap<ConnId, ConnView>,
+    /// Channel members (client ids) before the step, for join/leave accounting.
+    before: BTreeMap<String, Vec<ConnId>>,
+}
+
+impl Checker {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A Centrifugo connection was opened.
+    pub fn opened(&mut self, conn: ConnId) {
+        self.conns.entry(conn).or_default();
+    }
+
+    #[must_use]
+    pub fn is_tracked(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
+    /// Call before the hub handles the step's input: remembers the members
+    /// of `channels` (the ones the step may change).
+    pub fn before_step(&mut self, hub: &Hub, channels: &[&str]) {
+        self.before = channels
+            .iter()
+            .map(|c| ((*c).to_owned(), hub.room_members(c).collect()))
+            .collect();
+    }
+
+    /// `conn` sent `command` with `id` (0 for `send`).
+    pub fn sent(&mut self, conn: ConnId, id: u32, command: &Command) {
+        let Some(view) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if view.closed || id == 0 {
+            return;
+        }
+        let kind = match command {
+            Command::Subscribe(s) => {
+                view.subscribing
+                    .entry(s.channel.clone())
+                    .or_insert((id, s.join_leave));
+                Kind::Subscribe(s.channel.clone())
+            }
+            Command::Unsubscribe { channel } => Kind::Unsubscribe(channel.clone()),
+            Command::Presence { channel } => Kind::Presence(channel.clone()),
+            Command::PresenceStats { channel } => Kind::PresenceStats(channel.clone()),
+            _ => Kind::Other,
+        };
+        view.pending.insert(id, kind);
+    }
+
+    /// Judges the outputs of one hub step, then what the step left behind.
+    ///
+    /// # Errors
+    /// The first rule broken.
+    pub fn after_step(&mut self, hub: &Hub, outputs: &[Output]) -> Result<(), Breach> {
+        for out in outputs {
+            let conn = out.conn();
+            let Some(view) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            if view.closed {
+                return Err(breach(
+                    Rule::AfterClose,
+                    format!("{out:?} after {conn}'s close"),
+                ));
+            }
+            match out {
+                Output::Close { .. } => {
+                    view.closed = true;
+                    view.pending.clear();
+                }
+                Output::Ping { .. } => {}
+                Output::Send { frame, .. } => {
+                    let text = std::str::from_utf8(&frame.payload).map_err(|_| {
+                        breach(Rule::WireFormat, format!("{conn}: non-UTF-8 frame"))
+                    })?;
+                    if text.contains('\n') {
+                        return Err(breach(
+                            Rule::WireFormat,
+                            format!("{conn}: raw newline in {text:?}"),
+                        ));
+                    }
+                    let msg: Value = serde_json::from_str(text)
+                        .map_err(|e| breach(Rule::WireFormat, format!("{conn}: {e}: {text:?}")))?;
+                    Self::message(hub, conn, view, &msg)?;
+                }
+            }
+        }
+        for (&conn, view) in &mut self.conns {
+            if !view.closed {
+                if let Some((id, kind)) = view.pending.first_key_value() {
+                    return Err(breach(
+                        Rule::OneReply,
+                        format!("{conn}'s command {id} ({kind:?}) got no reply in its step"),
+                    ));
+                }
+            }
+        }
+        self.check_join_leave(hub)
+    }
+
+    fn message(hub: &Hub, conn: ConnId, view: &mut ConnView, msg: &Value) -> Result<(), Breach> {
+        if let Some(id) = msg.get("id").and_then(Value::as_u64) {
+            let id = u32::try_from(id).unwrap_or(u32::MAX);
+            let Some(kind) = view.pending.remove(&id) else {
+                return Err(breach(
+                    Rule::OneReply,
+                    format!("{conn} got a reply to {id}, which is not pending: {msg}"),
+                ));
+            };
+            let ok = msg.get("error").is_none();
+            match kind {
+                Kind::Subscribe(channel) => {
+                    let asked = view.subscribing.remove(&channel);
+                    if ok {
+                        let Some((_, join_leave)) = asked else {
+                            return Err(breach(
+                                Rule::OneReply,
+                                format!("{conn}: unexpected subscribe reply {msg}"),
+                            ));
+                        };
+                        let last_offset = msg["subscribe"]
+                            .get("epoch")
+                            .map(|_| msg["subscribe"]["offset"].as_u64().unwrap_or(0));
+                        view.subscribed.insert(
+                            channel,
+                            Sub {
+                                last_offset,
+                                join_leave,
+                            },
+                        );
+                    }
+                }
+                Kind::Unsubscribe(channel) => {
+                    view.subscribed.remove(&channel);
+                }
+                Kind::Presence(channel) if ok => {
+                    let got: BTreeSet<String> = msg["presence"]["presence"]
+                        .as_object()
+                        .map(|m| m.keys().cloned().collect())
+                        .unwrap_or_default();
+                    let want: BTreeSet<String> = hub
+                        .room_members(&channel)
+                        .map(|c| hub.client_id(c).to_string())
+                        .collect();
+                    if got != want {
+                        return Err(breach(
+                            Rule::Presence,
+                            format!("{conn}: presence of {channel:?} is {got:?}, members {want:?}"),
+                        ));
+                    }
+                }
+                Kind::PresenceStats(channel) if ok => {
+                    let got = msg["presence_stats"]["num_clients"].as_u64().unwrap_or(0);
+                    let want = hub.room_members(&channel).count() as u64;
+                    if got != want {
+                        return Err(breach(
+                            Rule::Presence,
+                            format!(
+                                "{conn}: presence_stats of {channel:?} says {got}, members {want}"
+                            ),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
+        let Some(push) = msg.get("push") else {
+            return Ok(()); // a ping
+        };
+        let channel = push["channel"].as_str().unwrap_or("").to_owned();
+        let Some(sub) = view.subscribed.get_mut(&channel) else {
+            return Err(breach(
+                Rule::ReplyBeforePush,
+                format!("{conn} got a push for {channel:?} without a subscribe reply: {msg}"),
+            ));
+        };
+        if let Some(publication) = push.get("pub") {
+            let offset = publication["offset"].as_u64();
+            match (sub.last_offset, offset) {
+                (Some(last), Some(o)) if o != last + 1 => {
+                    return Err(breach(
+                        Rule::Offsets,
+                        format!("{conn} on {channel:?}: offset {o} after {last}"),
+                    ));
+                }
+                (_, o) => sub.last_offset = o,
+            }
+        } else if let Some(kind) = ["join", "leave"]
+            .into_iter()
+            .find(|k| push.get(*k).is_some())
+        {
+            if !sub.join_leave {
+                return Err(breach(
+                    Rule::JoinLeave,
+                    format!("{conn} got a {kind} on {channel:?} it did not ask for"),
+                ));
+            }
+            let client = push[kind]["info"]["client"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            let list = if kind == "join" {
+                &mut view.joins
+            } else {
+                &mut view.leaves
+            };
+            list.entry(channel).or_default().push(client);
+        }
+        Ok(())
+    }
+
+    /// Join/leave pushes of the step against the membership change.
+    fn check_join_leave(&mut self, hub: &Hub) -> Result<(), Breach> {
+        for (&conn, view) in &mut self.conns {
+            let joins = std::mem::take(&mut view.joins);
+            let leaves = std::mem::take(&mut view.leaves);
+            if view.closed {
+                continue;
+            }
+            for (channel, before) in &self.before {
+                let Some(sub) = view.subscribed.get(channel) else {
+                    continue;
+                };
+                if !sub.join_leave {
+                    continue;
+                }
+                let after: Vec<ConnId> = hub.room_members(channel).collect();
+                let id = |c: &ConnId| hub.client_id(*c).to_string();
+                let mut want_joins: Vec<String> = after
+                    .iter()
+                    .filter(|c| !before.contains(c))
+                    .map(id)
+                    .collect();
+                let mut want_leaves: Vec<String> = before
+                    .iter()
+                    .filter(|c| !after.contains(c))
+                    .map(id)
+                    .collect();
+                let mut got_joins = joins.get(channel).cloned().unwrap_or_default();
+                let mut got_leaves = leaves.get(channel).cloned().unwrap_or_default();
+                for v in [
+                    &mut want_joins,
+                    &mut want_leaves,
+                    &mut got_joins,
+                    &mut got_leaves,
+                ] {
+                    v.sort();
+                }
+                if got_joins != want_joins || got_leaves != want_leaves {
+                    return Err(breach(
+                        Rule::JoinLeave,
+                        format!(
+                            "{conn} on {channel:?}: joins {got_joins:?} (want {want_joins:?}), leaves {got_leaves:?} (want {want_leaves:?})"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
