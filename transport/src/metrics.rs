@@ -291,11 +291,22 @@ impl Metrics {
             "Heartbeat pings sent by the hub.",
             hub.pings,
         );
+        out.counter(
+            "hubbub_commands_total",
+            "Centrifugo protocol commands handled.",
+            hub.commands,
+        );
+        out.counter(
+            "hubbub_command_errors_total",
+            "Centrifugo protocol commands answered with an error reply.",
+            hub.command_errors,
+        );
 
         out.family(
             "hubbub_closes_total",
             "counter",
-            "Connections closed, by reason and WebSocket close code.",
+            "Connections closed, by reason and close code (the seed protocols' code; \
+             Centrifugo connections get Centrifugo's code for the same reason).",
         );
         for (reason, n) in CloseReason::ALL.iter().zip(hub.closes) {
             let code = reason.code().0.to_string();
@@ -495,7 +506,7 @@ mod tests {
         );
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!((helps, types), (14, 14));
+        assert_eq!((helps, types), (16, 16));
         assert!(text.ends_with('\n'));
     }
 }
