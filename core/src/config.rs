@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::bus::ShardId;
 use crate::channel::{Namespaces, MAX_CHANNEL_BYTES};
 
 /// Hub limits. The defaults are the seed tutorials' constants.
@@ -37,6 +38,10 @@ pub struct Config {
     pub entropy: u64,
     /// The server version reported in the Centrifugo connect reply.
     pub server_version: String,
+    /// How many shards the process runs (each with its own hub), and which
+    /// one this hub is. A channel's home is a hash of its name over `shards`.
+    pub shards: u16,
+    pub shard: ShardId,
 }
 
 impl Default for Config {
@@ -54,6 +59,8 @@ impl Default for Config {
             namespaces: Namespaces::default(),
             entropy: 0,
             server_version: concat!("hubbub ", env!("CARGO_PKG_VERSION")).to_owned(),
+            shards: 1,
+            shard: ShardId(0),
         }
     }
 }

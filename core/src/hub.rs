@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::bus::{Audience, BusMessage, Delivery, PubPayload, Query, ShardId};
 use crate::centrifuge::{self, ClientInfo, Command, ErrorCode, Line};
 use crate::channel::{self, ChannelName, ChannelOptions};
 use crate::close::CloseReason;
@@ -120,6 +121,7 @@ pub enum ConfigError {
     PingIntervalNotBelowPongTimeout,
     ZeroDuration,
     ZeroLimit,
+    ShardOutOfRange,
 }
 
 impl fmt::Display for ConfigError {
@@ -131,7 +133,8 @@ impl fmt::Display for ConfigError {
             Self::ZeroDuration => {
                 "ping interval, pong timeout and connect timeout must be greater than zero"
             }
-            Self::ZeroLimit => "max message bytes, max command bytes, send queue, max connections, channel limit and max channel bytes must be at least 1",
+            Self::ZeroLimit => "max message bytes, max command bytes, send queue, max connections, channel limit, max channel bytes and shards must be at least 1",
+            Self::ShardOutOfRange => "the hub's shard must be below the number of shards",
         })
     }
 }
@@ -157,8 +160,11 @@ impl Config {
             || self.max_connections == 0
             || self.channel_limit == 0
             || self.max_channel_bytes == 0
+            || self.shards == 0
         {
             Err(ConfigError::ZeroLimit)
+        } else if self.shard.0 >= self.shards {
+            Err(ConfigError::ShardOutOfRange)
         } else {
             Ok(())
         }
@@ -179,6 +185,9 @@ pub struct Stats {
     pub commands: u64,
     /// Centrifugo commands answered with an error reply.
     pub command_errors: u64,
+    /// Messages sent to and received from other shards.
+    pub bus_out: u64,
+    pub bus_in: u64,
     /// Closes by [`CloseReason`], indexed like [`CloseReason::ALL`].
     pub closes: [u64; CloseReason::ALL.len()],
 }
@@ -193,6 +202,29 @@ impl Stats {
     }
 }
 
+/// A subscription waiting for its home's answer.
+#[derive(Debug)]
+struct Pending {
+    channel: ChannelName,
+    attempt: u32,
+    /// Centrifugo: the subscribe command to answer, and what it asked.
+    request: Option<SubscribeAsk>,
+    /// Centrifugo: whether the subscription gets join/leave pushes.
+    join_leave: bool,
+    /// The client unsubscribed meanwhile: answer, but do not register.
+    cancelled: bool,
+}
+
+/// What a Centrifugo subscribe asked and was granted, kept until its home answers.
+#[derive(Debug)]
+struct SubscribeAsk {
+    id: u32,
+    positioned: bool,
+    recoverable: bool,
+    /// `recover` with the client's offset and epoch.
+    recover: Option<(u64, String)>,
+}
+
 #[derive(Debug)]
 struct Conn {
     codec: Codec,
@@ -205,6 +237,9 @@ struct Conn {
     /// order (a seed connection has exactly one: its room). A short list:
     /// at most `channel_limit`, usually one.
     subs: Vec<(ChannelName, u64)>,
+    /// Joins asked of a home and not answered yet.
+    pending: Vec<Pending>,
+    next_attempt: u32,
     last_pong: Timestamp,
     next_ping: Timestamp,
     /// Centrifugo: a ping was sent and its pong has not come.
@@ -223,12 +258,18 @@ impl Conn {
             .map(|&(_, seq)| seq)
     }
 
+    fn subscribing(&self, channel: &str) -> bool {
+        self.pending
+            .iter()
+            .any(|p| !p.cancelled && p.channel.as_str() == channel)
+    }
+
     fn anonymous(&self) -> bool {
         self.user.is_none()
     }
 }
 
-/// One member of a channel, with what fan-out needs to know about it.
+/// A local member of a channel, with what fan-out needs to know about it.
 #[derive(Clone, Copy, Debug)]
 struct Member {
     conn: ConnId,
@@ -237,14 +278,36 @@ struct Member {
     join_leave: bool,
 }
 
+/// A channel's members on this shard, in join order.
+#[derive(Debug)]
+struct LocalRoom {
+    /// Names this shard's presence snapshots for conflation.
+    id: RoomId,
+    members: BTreeMap<u64, Member>,
+}
+
+/// A member as the channel's home knows it.
+#[derive(Clone, Debug)]
+struct HomeMember {
+    conn: ConnId,
+    shard: ShardId,
+    codec: Codec,
+    user: Option<Name>,
+    join_leave: bool,
+}
+
+/// A channel homed on this shard: every member on every shard.
 #[derive(Debug)]
 struct Room {
-    id: RoomId,
     options: Arc<ChannelOptions>,
     /// Members in join order.
-    members: BTreeMap<u64, Member>,
+    members: BTreeMap<u64, HomeMember>,
+    /// Members per shard: where deliveries go.
+    shards: BTreeMap<ShardId, u32>,
     /// Seed members (who need `online_users` and notices).
     seed_members: usize,
+    /// Centrifugo members that get join/leave pushes.
+    join_leave_members: usize,
     /// Publications accepted so far: the offset of the last one (the stream's top).
     top: u64,
     /// The stream's epoch, fixed when the channel came to be.
@@ -252,32 +315,41 @@ struct Room {
 }
 
 impl Room {
-    fn epoch_text(&self) -> String {
-        format!("{:016x}", self.epoch)
+    fn codecs(&self) -> (bool, bool, bool) {
+        self.members
+            .values()
+            .fold((false, false, false), |(s, c, r), m| match m.codec {
+                Codec::SeedJson => (true, c, r),
+                Codec::Centrifuge => (s, true, r),
+                Codec::Relay => (s, c, true),
+            })
     }
 }
 
-/// What a publication carries.
-enum Payload<'a> {
-    /// A seed client's chat line: the channel sees `{"text": line}`.
-    Text(&'a str),
-    /// A Centrifugo client's `data`, raw JSON.
-    Json(&'a [u8]),
+fn epoch_text(epoch: u64) -> String {
+    format!("{epoch:016x}")
 }
 
-/// The chat hub as a sans-IO state machine.
+/// The chat hub as a sans-IO state machine: one per shard.
 ///
 /// The hub never reads a clock, opens a socket or spawns a thread: the
 /// driver feeds it inputs stamped with the current time and carries out the
 /// outputs. The driving contract:
 ///
 /// 1. Call [`Hub::handle_input`] for every event (connection opened, message
-///    read, pong, queue full, disconnect, shutdown).
+///    read, pong, queue full, disconnect, shutdown), and
+///    [`Hub::handle_bus`] for every message from another shard.
 /// 2. After each call, drain [`Hub::poll_output`] until `None`, performing
 ///    each [`Output`]. If queueing a `Send` fails because the connection's
-///    queue is full, report [`Input::QueueFull`] (after draining).
+///    queue is full, report [`Input::QueueFull`] (after draining). Drain
+///    [`Hub::poll_bus`] too and deliver each message to its shard, in order
+///    (per receiving shard, messages must arrive in the order they were
+///    polled).
 /// 3. Arrange to call [`Hub::handle_timeout`] at [`Hub::poll_timeout`]
 ///    (re-read it after every call); early or repeated calls are harmless.
+///
+/// With one shard (the default) the hub is the home of every channel and
+/// [`Hub::poll_bus`] is always empty.
 ///
 /// A `Ping` output is a WebSocket ping, except on a Centrifugo connection,
 /// where the driver writes the protocol's ping message
@@ -300,6 +372,7 @@ enum Payload<'a> {
 ///     }
 /// }
 /// assert_eq!(sent, vec![(ConnId(1), bytes::Bytes::from("hi"))]);
+/// assert!(hub.poll_bus().is_none(), "one shard: its own home");
 /// // The first heartbeat is due one ping interval after the open.
 /// assert_eq!(hub.poll_timeout(), Some(Timestamp::from_millis(54_000)));
 /// ```
@@ -307,13 +380,20 @@ enum Payload<'a> {
 pub struct Hub {
     config: Config,
     conns: BTreeMap<ConnId, Conn>,
-    relay: BTreeSet<ConnId>,
+    /// Channels with members on this shard.
+    local: BTreeMap<ChannelName, LocalRoom>,
+    /// Channels whose home this shard is.
     rooms: BTreeMap<ChannelName, Room>,
     /// One entry per connection: when its heartbeat next needs attention.
     timers: BTreeSet<(Timestamp, ConnId)>,
     outputs: VecDeque<Output>,
+    /// Messages to other shards.
+    bus_out: VecDeque<(ShardId, BusMessage)>,
+    /// Messages to this shard itself, handled before a call returns.
+    bus_self: VecDeque<BusMessage>,
     next_join_seq: u64,
     next_room_id: u64,
+    next_local_room: u64,
     shutting_down: bool,
     stats: Stats,
 }
@@ -339,12 +419,15 @@ impl Hub {
         Self {
             config,
             conns: BTreeMap::new(),
-            relay: BTreeSet::new(),
+            local: BTreeMap::new(),
             rooms: BTreeMap::new(),
             timers: BTreeSet::new(),
             outputs: VecDeque::new(),
+            bus_out: VecDeque::new(),
+            bus_self: VecDeque::new(),
             next_join_seq: 0,
             next_room_id: 0,
+            next_local_room: 0,
             shutting_down: false,
             stats: Stats::default(),
         }
@@ -355,7 +438,8 @@ impl Hub {
         &self.config
     }
 
-    /// Feeds one event to the hub. Drain [`Hub::poll_output`] afterwards.
+    /// Feeds one event to the hub. Drain [`Hub::poll_output`] and
+    /// [`Hub::poll_bus`] afterwards.
     pub fn handle_input(&mut self, now: Timestamp, input: Input) {
         match input {
             Input::Open { conn, route } => self.open(now, conn, route),
@@ -373,6 +457,14 @@ impl Hub {
             Input::Disconnect { conn, reason } => self.end(conn, reason),
             Input::Shutdown => self.shutdown(),
         }
+        self.pump();
+    }
+
+    /// Feeds one message from another shard. Drain the outputs afterwards.
+    pub fn handle_bus(&mut self, _now: Timestamp, msg: BusMessage) {
+        self.stats.bus_in += 1;
+        self.bus(msg);
+        self.pump();
     }
 
     /// Runs the heartbeat: pings connections that are due and closes those
@@ -390,6 +482,7 @@ impl Hub {
             if !c.connected {
                 if now >= c.stale_at {
                     self.end(conn, CloseReason::Stale);
+                    self.pump();
                 } else {
                     c.timer = c.stale_at;
                     self.timers.insert((c.timer, conn));
@@ -399,6 +492,9 @@ impl Hub {
             let deadline = c.last_pong.saturating_add(self.config.pong_timeout);
             if now >= deadline {
                 self.end(conn, CloseReason::HeartbeatTimeout);
+                // Each departure is announced before the next one is
+                // decided, as if they came one call after another.
+                self.pump();
                 continue;
             }
             if now >= c.next_ping {
@@ -412,11 +508,17 @@ impl Hub {
             c.timer = c.next_ping.min(deadline);
             self.timers.insert((c.timer, conn));
         }
+        self.pump();
     }
 
     /// The next output for the driver, in the order the hub decided them.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
+    }
+
+    /// The next message for another shard, with its destination.
+    pub fn poll_bus(&mut self) -> Option<(ShardId, BusMessage)> {
+        self.bus_out.pop_front()
     }
 
     /// When [`Hub::handle_timeout`] must next be called, if ever.
@@ -427,9 +529,10 @@ impl Hub {
 
     #[must_use]
     pub fn stats(&self) -> Stats {
+        let relay = usize::from(self.rooms.contains_key(""));
         Stats {
             connections: self.conns.len(),
-            rooms: self.rooms.len(),
+            rooms: self.rooms.len() - relay,
             ..self.stats.clone()
         }
     }
@@ -450,22 +553,43 @@ impl Hub {
         ClientId::derive(self.config.entropy, conn)
     }
 
-    /// Room (channel) names with at least one member, in order.
+    /// The names of the channels homed here with at least one member, in order.
     pub fn rooms(&self) -> impl Iterator<Item = &str> {
-        self.rooms.keys().map(ChannelName::as_str)
+        self.rooms
+            .keys()
+            .map(ChannelName::as_str)
+            .filter(|r| !r.is_empty())
     }
 
-    /// A room's members in join order (empty if the room does not exist).
+    /// A room's members in join order, on every shard (empty if the room
+    /// does not exist or is homed on another shard).
     pub fn room_members(&self, room: &str) -> impl Iterator<Item = ConnId> + '_ {
         self.rooms
+            .get(room)
+            .filter(|_| !room.is_empty())
+            .into_iter()
+            .flat_map(|r| r.members.values().map(|m| m.conn))
+    }
+
+    /// A room's members on this shard, in join order.
+    pub fn local_members(&self, room: &str) -> impl Iterator<Item = ConnId> + '_ {
+        self.local
             .get(room)
             .into_iter()
             .flat_map(|r| r.members.values().map(|m| m.conn))
     }
 
-    /// Relay (`/ws`) connections, in id order.
+    /// Relay (`/ws`) connections of every shard, in id order (on the
+    /// relay's home shard, shard 0; empty elsewhere).
     pub fn relay_members(&self) -> impl Iterator<Item = ConnId> + '_ {
-        self.relay.iter().copied()
+        let mut members: Vec<ConnId> = self
+            .rooms
+            .get("")
+            .into_iter()
+            .flat_map(|r| r.members.values().map(|m| m.conn))
+            .collect();
+        members.sort_unstable();
+        members.into_iter()
     }
 
     /// How many publications (chat lines) the room has accepted: its stream's top offset.
@@ -473,6 +597,379 @@ impl Hub {
     pub fn room_chat_seq(&self, room: &str) -> Option<u64> {
         self.rooms.get(room).map(|r| r.top)
     }
+
+    // ---- the bus ------------------------------------------------------------
+
+    /// Sends `msg` to `to`: another shard through the driver, or this one
+    /// through its own queue (handled before the current call returns).
+    fn send_bus(&mut self, to: ShardId, msg: BusMessage) {
+        if to == self.config.shard {
+            self.bus_self.push_back(msg);
+        } else {
+            self.stats.bus_out += 1;
+            self.bus_out.push_back((to, msg));
+        }
+    }
+
+    fn home(&self, channel: &str) -> ShardId {
+        if channel.is_empty() {
+            ShardId(0)
+        } else {
+            crate::bus::home_of(channel, self.config.shards)
+        }
+    }
+
+    /// Handles the messages this shard sent itself, in order.
+    fn pump(&mut self) {
+        while let Some(msg) = self.bus_self.pop_front() {
+            self.bus(msg);
+        }
+    }
+
+    fn bus(&mut self, msg: BusMessage) {
+        if self.shutting_down {
+            return;
+        }
+        match msg {
+            BusMessage::Join {
+                channel,
+                conn,
+                shard,
+                codec,
+                user,
+                join_leave,
+                attempt,
+            } => self.home_join(
+                &channel,
+                HomeMember {
+                    conn,
+                    shard,
+                    codec,
+                    user,
+                    join_leave,
+                },
+                attempt,
+            ),
+            BusMessage::Leave { channel, conn } => self.home_leave(&channel, conn),
+            BusMessage::Publish {
+                channel,
+                from,
+                user,
+                payload,
+            } => self.home_publish(&channel, from, user.as_ref(), &payload),
+            BusMessage::Query {
+                channel,
+                conn,
+                shard,
+                id,
+                query,
+            } => {
+                let reply = self.home_query(channel.as_str(), id, &query);
+                self.send_bus(shard, BusMessage::Reply { conn, reply });
+            }
+            BusMessage::Joined {
+                channel,
+                conn,
+                attempt,
+                seq,
+                top,
+                epoch,
+            } => self.joined(&channel, conn, attempt, seq, top, epoch),
+            BusMessage::Deliver { channel, items } => self.deliver(&channel, &items),
+            BusMessage::Reply { conn, reply } => {
+                if self.conns.contains_key(&conn) {
+                    self.reply(conn, reply);
+                }
+            }
+        }
+    }
+
+    // ---- the home side: a channel's members, order and position ---------------
+
+    fn home_join(&mut self, channel: &ChannelName, member: HomeMember, attempt: u32) {
+        let seq = self.next_join_seq;
+        self.next_join_seq += 1;
+        let next_room_id = &mut self.next_room_id;
+        let entropy = self.config.entropy;
+        let shard = self.config.shard;
+        let options = self
+            .config
+            .namespaces
+            .resolve_room(channel.as_str())
+            .clone();
+        let room = self.rooms.entry(channel.clone()).or_insert_with(|| {
+            let id = *next_room_id;
+            *next_room_id += 1;
+            Room {
+                options,
+                members: BTreeMap::new(),
+                shards: BTreeMap::new(),
+                seed_members: 0,
+                join_leave_members: 0,
+                top: 0,
+                // A fresh stream: its epoch differs from every earlier stream
+                // of this name, in this run (ids count up per home shard) or
+                // an earlier one (new entropy).
+                epoch: mix64(entropy ^ mix64(id ^ (u64::from(shard.0) << 48) ^ 0x0065_706f_6368)),
+            }
+        });
+        *room.shards.entry(member.shard).or_insert(0) += 1;
+        if member.codec == Codec::SeedJson {
+            room.seed_members += 1;
+        }
+        if member.codec == Codec::Centrifuge && member.join_leave {
+            room.join_leave_members += 1;
+        }
+        let (top, epoch) = (room.top, room.epoch);
+        let (conn, to) = (member.conn, member.shard);
+        let user = member.user.clone();
+        room.members.insert(seq, member);
+        self.send_bus(
+            to,
+            BusMessage::Joined {
+                channel: channel.clone(),
+                conn,
+                attempt,
+                seq,
+                top,
+                epoch,
+            },
+        );
+        self.announce(channel, conn, user.as_ref(), true);
+    }
+
+    fn home_leave(&mut self, channel: &ChannelName, conn: ConnId) {
+        let Some(room) = self.rooms.get_mut(channel) else {
+            return;
+        };
+        let Some(seq) = room
+            .members
+            .iter()
+            .find(|(_, m)| m.conn == conn)
+            .map(|(&seq, _)| seq)
+        else {
+            return;
+        };
+        let Some(m) = room.members.remove(&seq) else {
+            return;
+        };
+        if let Some(n) = room.shards.get_mut(&m.shard) {
+            *n -= 1;
+            if *n == 0 {
+                room.shards.remove(&m.shard);
+            }
+        }
+        if m.codec == Codec::SeedJson {
+            room.seed_members -= 1;
+        }
+        if m.codec == Codec::Centrifuge && m.join_leave {
+            room.join_leave_members -= 1;
+        }
+        if room.members.is_empty() {
+            self.rooms.remove(channel);
+            return;
+        }
+        self.announce(channel, conn, m.user.as_ref(), false);
+    }
+
+    /// Tells the channel that `conn` joined (`joined`) or left: Centrifugo
+    /// members that asked get `join` / `leave`; seed members get, in the
+    /// seed's order, the new `online_users` and `user_joined` (join) or
+    /// `user_left` and then `online_users` (departure) — when the member
+    /// has a name (anonymous clients are invisible to seed presence).
+    fn announce(&mut self, channel: &ChannelName, conn: ConnId, user: Option<&Name>, joined: bool) {
+        let Some(room) = self.rooms.get(channel) else {
+            return;
+        };
+        let mut items = Vec::new();
+        if room.options.join_leave && room.join_leave_members > 0 {
+            let client = self.client_id(conn).to_string();
+            let kind = if joined { "join" } else { "leave" };
+            items.push(Delivery {
+                frame: Frame::text(centrifuge::presence_push(
+                    channel.as_str(),
+                    kind,
+                    &info(user, &client),
+                )),
+                to: Audience::CentrifugeJoinLeave,
+            });
+        }
+        if let (Some(user), true) = (user, room.seed_members > 0) {
+            let name = user.as_str();
+            let list = Delivery {
+                frame: self.seed_presence(room, channel),
+                to: Audience::SeedPresence,
+            };
+            if joined {
+                let notice = format!("{name} joined the room");
+                items.push(list);
+                items.push(Delivery {
+                    frame: encode_seed(SeedType::UserJoined, &notice, channel.as_str(), name),
+                    to: Audience::Seed,
+                });
+            } else {
+                let notice = format!("{name} left the room");
+                items.push(Delivery {
+                    frame: encode_seed(SeedType::UserLeft, &notice, channel.as_str(), name),
+                    to: Audience::Seed,
+                });
+                items.push(list);
+            }
+        }
+        if !items.is_empty() {
+            self.deliver_everywhere(channel, items);
+        }
+    }
+
+    /// The room's `online_users`: named members in join order.
+    fn seed_presence(&self, room: &Room, channel: &ChannelName) -> Frame {
+        let mut list = String::new();
+        for name in room.members.values().filter_map(|m| m.user.as_ref()) {
+            if !list.is_empty() {
+                list.push(',');
+            }
+            list.push_str(name.as_str());
+        }
+        // Names are never empty, so an empty list has no members with names.
+        encode_seed(SeedType::OnlineUsers, &list, channel.as_str(), "")
+    }
+
+    /// Sends `items` to every shard with members of `channel`, once each.
+    fn deliver_everywhere(&mut self, channel: &ChannelName, items: Vec<Delivery>) {
+        let Some(room) = self.rooms.get(channel) else {
+            return;
+        };
+        let shards: Vec<ShardId> = room.shards.keys().copied().collect();
+        let items: Arc<[Delivery]> = items.into();
+        for shard in shards {
+            self.send_bus(
+                shard,
+                BusMessage::Deliver {
+                    channel: channel.clone(),
+                    items: items.clone(),
+                },
+            );
+        }
+    }
+
+    /// Accepts a publication into `channel` from `from` and sends it to
+    /// every shard with members, encoded once per protocol: seed members
+    /// get a `chat` message, Centrifugo members a `pub` push (with the next
+    /// offset when the channel is positioned), relay members the frame.
+    /// Nothing happens when nobody is there.
+    fn home_publish(
+        &mut self,
+        channel: &ChannelName,
+        from: ConnId,
+        user: Option<&Name>,
+        payload: &PubPayload,
+    ) {
+        let Some(room) = self.rooms.get_mut(channel) else {
+            return;
+        };
+        room.top += 1;
+        let offset = room.options.history().then_some(room.top);
+        let (seed, centrifuge, relay) = room.codecs();
+        let mut items = Vec::with_capacity(2);
+        if let (true, PubPayload::Relay(frame)) = (relay, payload) {
+            items.push(Delivery {
+                frame: frame.clone(),
+                to: Audience::Relay,
+            });
+        }
+        let username = user.map_or("", Name::as_str);
+        if seed {
+            let content = match payload {
+                PubPayload::Text(text) => Some(text.to_string()),
+                PubPayload::Json(data) => Some(seed_content(data)),
+                PubPayload::Relay(_) => None,
+            };
+            if let Some(content) = content {
+                items.push(Delivery {
+                    frame: encode_seed(SeedType::Chat, &content, channel.as_str(), username),
+                    to: Audience::Seed,
+                });
+            }
+        }
+        if centrifuge {
+            let client = self.client_id(from).to_string();
+            let data = match payload {
+                PubPayload::Text(text) => {
+                    let mut data = Vec::with_capacity(text.len() + 12);
+                    data.extend_from_slice(b"{\"text\":");
+                    crate::codec::push_json_string(&mut data, text);
+                    data.push(b'}');
+                    Some(Bytes::from(data))
+                }
+                PubPayload::Json(data) => Some(data.clone()),
+                PubPayload::Relay(_) => None,
+            };
+            if let Some(data) = data {
+                items.push(Delivery {
+                    frame: Frame::text(centrifuge::publication(
+                        channel.as_str(),
+                        &data,
+                        Some(&info(user, &client)),
+                        offset,
+                    )),
+                    to: Audience::Centrifuge,
+                });
+            }
+        }
+        self.deliver_everywhere(channel, items);
+    }
+
+    fn home_query(&self, channel: &str, id: u32, query: &Query) -> Bytes {
+        let room = self.rooms.get(channel);
+        let members = room.into_iter().flat_map(|r| r.members.values());
+        match query {
+            Query::PresenceStats => {
+                let users: BTreeSet<&str> = members
+                    .clone()
+                    .map(|m| m.user.as_ref().map_or("", Name::as_str))
+                    .collect();
+                let clients = members.count() as u64;
+                centrifuge::reply(id, "presence_stats", |r| {
+                    r.uint("num_clients", clients)
+                        .uint("num_users", users.len() as u64);
+                })
+            }
+            Query::Presence => centrifuge::reply(id, "presence", |r| {
+                r.object("presence", |p| {
+                    for m in members {
+                        let client = self.client_id(m.conn).to_string();
+                        p.with(&client, |out| {
+                            centrifuge::push_client_info(out, &info(m.user.as_ref(), &client));
+                        });
+                    }
+                });
+            }),
+            Query::History { since, reverse } => {
+                // A channel nobody is in has no stream: a fresh, empty one answers.
+                let (top, epoch) = match room {
+                    Some(room) => (room.top, epoch_text(room.epoch)),
+                    None => (
+                        0,
+                        epoch_text(mix64(self.config.entropy ^ self.next_room_id)),
+                    ),
+                };
+                if let Some(since) = since {
+                    if since.epoch != epoch {
+                        return centrifuge::error_reply(id, ErrorCode::UnrecoverablePosition);
+                    }
+                    if *reverse && since.offset == 0 {
+                        return centrifuge::error_reply(id, ErrorCode::BadRequest);
+                    }
+                }
+                // Publications are not stored yet: the reply is the position only.
+                centrifuge::reply(id, "history", |r| {
+                    r.str("epoch", &epoch).uint("offset", top);
+                })
+            }
+        }
+    }
+
+    // ---- the connection side: sessions and local fan-out ------------------------
 
     fn open(&mut self, now: Timestamp, conn: ConnId, route: Route) {
         if self.conns.contains_key(&conn) {
@@ -492,8 +989,12 @@ impl Hub {
         let next_ping = now.saturating_add(self.config.ping_interval);
         let stale_at = now.saturating_add(self.config.connect_timeout);
         let (codec, user, room) = match route {
-            Route::Relay => (Codec::Relay, None, None),
-            Route::Room { room, username } => (Codec::SeedJson, Some(username), Some(room)),
+            Route::Relay => (Codec::Relay, None, Some(crate::bus::relay_channel())),
+            Route::Room { room, username } => (
+                Codec::SeedJson,
+                Some(username),
+                Some(ChannelName::new(room.as_str())),
+            ),
             Route::Centrifuge => (Codec::Centrifuge, None, None),
         };
         let connected = codec != Codec::Centrifuge;
@@ -509,6 +1010,8 @@ impl Hub {
                 user,
                 connected,
                 subs: Vec::new(),
+                pending: Vec::new(),
+                next_attempt: 0,
                 last_pong: now,
                 next_ping,
                 ping_outstanding: false,
@@ -517,119 +1020,129 @@ impl Hub {
             },
         );
         self.timers.insert((timer, conn));
-        match (codec, room) {
-            (Codec::Relay, _) => {
-                self.relay.insert(conn);
-            }
-            (_, Some(room)) => {
-                let channel = ChannelName::new(room.as_str());
-                let options = self.config.namespaces.resolve_room(room.as_str()).clone();
-                self.join(conn, &channel, options, false);
-                let user = self.conns.get(&conn).and_then(|c| c.user.clone());
-                self.announce(&channel, conn, user, true);
-            }
-            _ => {}
+        if let Some(room) = room {
+            self.ask_join(conn, room, None, false);
         }
     }
 
-    /// Adds `conn` to `channel` (creating it) and returns the channel's
-    /// position. Announcing the join is a separate step, so a Centrifugo
-    /// subscriber gets its subscribe reply first.
-    fn join(
+    /// Asks `channel`'s home to add `conn`.
+    fn ask_join(
         &mut self,
         conn: ConnId,
-        channel: &ChannelName,
-        options: Arc<ChannelOptions>,
+        channel: ChannelName,
+        request: Option<SubscribeAsk>,
         join_leave: bool,
     ) {
-        let join_seq = self.next_join_seq;
-        self.next_join_seq += 1;
+        let shard = self.config.shard;
+        let home = self.home(channel.as_str());
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        c.subs.push((channel.clone(), join_seq));
-        let codec = c.codec;
-        let next_room_id = &mut self.next_room_id;
-        let entropy = self.config.entropy;
-        let room = self.rooms.entry(channel.clone()).or_insert_with(|| {
-            let id = RoomId(*next_room_id);
-            *next_room_id += 1;
-            Room {
-                id,
-                options,
-                members: BTreeMap::new(),
-                seed_members: 0,
-                top: 0,
-                // A fresh stream: its epoch differs from every earlier
-                // stream of this name, in this run or an earlier one.
-                epoch: mix64(entropy ^ mix64(id.0 ^ 0x0065_706f_6368)),
-            }
+        let attempt = c.next_attempt;
+        c.next_attempt = c.next_attempt.wrapping_add(1);
+        c.pending.push(Pending {
+            channel: channel.clone(),
+            attempt,
+            request,
+            join_leave,
+            cancelled: false,
         });
-        room.members.insert(
-            join_seq,
-            Member {
-                conn,
-                codec,
-                join_leave,
-            },
-        );
-        if codec == Codec::SeedJson {
-            room.seed_members += 1;
-        }
+        let msg = BusMessage::Join {
+            channel,
+            conn,
+            shard,
+            codec: c.codec,
+            user: c.user.clone(),
+            join_leave,
+            attempt,
+        };
+        self.send_bus(home, msg);
     }
 
-    /// Tells the channel that `conn` joined (`joined`) or left: Centrifugo
-    /// members that asked get `join` / `leave`; seed members get, in the
-    /// seed's order, the new `online_users` and `user_joined` (join) or
-    /// `user_left` and then `online_users` (departure) — when the member
-    /// has a name (anonymous clients are invisible to seed presence).
-    fn announce(&mut self, channel: &ChannelName, conn: ConnId, user: Option<Name>, joined: bool) {
-        let Some(room) = self.rooms.get(channel) else {
+    /// The home added `conn`: it becomes a local member (and a Centrifugo
+    /// subscribe is answered), unless it went away or gave up meanwhile.
+    fn joined(
+        &mut self,
+        channel: &ChannelName,
+        conn: ConnId,
+        attempt: u32,
+        seq: u64,
+        top: u64,
+        epoch: u64,
+    ) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return; // it left; its Leave is on its way to the home
+        };
+        let Some(i) = c
+            .pending
+            .iter()
+            .position(|p| p.attempt == attempt && p.channel == *channel)
+        else {
             return;
         };
-        let seed_members = room.seed_members;
-        if room.options.join_leave
-            && room
-                .members
-                .values()
-                .any(|m| m.codec == Codec::Centrifuge && m.join_leave)
-        {
-            let client = self.client_id(conn).to_string();
-            let kind = if joined { "join" } else { "leave" };
-            let frame = Frame::text(centrifuge::presence_push(
-                channel.as_str(),
-                kind,
-                &info(user.as_ref(), &client),
-            ));
-            self.fan_out(channel, &frame, None, |m| {
-                m.codec == Codec::Centrifuge && m.join_leave
+        let pending = c.pending.remove(i);
+        let codec = c.codec;
+        let join_leave = pending.join_leave;
+        if !pending.cancelled {
+            c.subs.push((channel.clone(), seq));
+            let next_local_room = &mut self.next_local_room;
+            let room = self.local.entry(channel.clone()).or_insert_with(|| {
+                let id = RoomId(*next_local_room);
+                *next_local_room += 1;
+                LocalRoom {
+                    id,
+                    members: BTreeMap::new(),
+                }
             });
+            room.members.insert(
+                seq,
+                Member {
+                    conn,
+                    codec,
+                    join_leave,
+                },
+            );
         }
-        let Some(user) = user else {
+        let Some(ask) = pending.request else {
             return;
         };
-        if seed_members == 0 {
+        let epoch = epoch_text(epoch);
+        let recovered = ask
+            .recover
+            .as_ref()
+            .is_some_and(|(offset, e)| (e.is_empty() || *e == epoch) && *offset == top);
+        self.reply(
+            conn,
+            centrifuge::reply(ask.id, "subscribe", |r| {
+                if ask.positioned {
+                    r.bool("recoverable", ask.recoverable)
+                        .bool("positioned", true)
+                        .str("epoch", &epoch)
+                        .uint("offset", top);
+                }
+                r.bool("was_recovering", ask.recover.is_some())
+                    .bool("recovered", recovered);
+            }),
+        );
+    }
+
+    /// Frames from a channel's home for this shard's members.
+    fn deliver(&mut self, channel: &ChannelName, items: &[Delivery]) {
+        let Some(room) = self.local.get(channel) else {
             return;
-        }
-        let name = user.as_str();
-        if joined {
-            let notice = encode_seed(
-                SeedType::UserJoined,
-                &format!("{name} joined the room"),
-                channel.as_str(),
-                name,
-            );
-            self.broadcast_presence(channel);
-            self.fan_out(channel, &notice, None, |m| m.codec == Codec::SeedJson);
-        } else {
-            let notice = encode_seed(
-                SeedType::UserLeft,
-                &format!("{name} left the room"),
-                channel.as_str(),
-                name,
-            );
-            self.fan_out(channel, &notice, None, |m| m.codec == Codec::SeedJson);
-            self.broadcast_presence(channel);
+        };
+        for item in items {
+            let presence = (item.to == Audience::SeedPresence).then_some(room.id);
+            for m in room.members.values() {
+                if item.to.includes(m.codec, m.join_leave) {
+                    self.outputs.push_back(Output::Send {
+                        conn: m.conn,
+                        frame: item.frame.clone(),
+                        presence,
+                    });
+                    self.stats.sends += 1;
+                }
+            }
         }
     }
 
@@ -643,17 +1156,19 @@ impl Hub {
         } else {
             self.config.max_message_bytes
         };
+        let user = c.user.clone();
         match c.codec.decode(frame.kind, frame.payload, max) {
             Err(reason) => self.end(conn, reason),
             Ok(ClientMessage::Relay(frame)) => {
-                for &to in &self.relay {
-                    self.outputs.push_back(Output::Send {
-                        conn: to,
-                        frame: frame.clone(),
-                        presence: None,
-                    });
-                }
-                self.stats.sends += self.relay.len() as u64;
+                let channel = crate::bus::relay_channel();
+                let home = self.home("");
+                let msg = BusMessage::Publish {
+                    channel,
+                    from: conn,
+                    user: None,
+                    payload: PubPayload::Relay(frame),
+                };
+                self.send_bus(home, msg);
             }
             Ok(ClientMessage::Chat(text)) if c.codec == Codec::Centrifuge => {
                 self.centrifuge_frame(now, conn, &text);
@@ -661,111 +1176,59 @@ impl Hub {
             Ok(ClientMessage::Chat(text)) => {
                 // Decode checked UTF-8; a failure here would be a core bug, so
                 // fall back to a lossy copy rather than panic.
-                let content = String::from_utf8_lossy(&text);
-                let rooms: Vec<ChannelName> = c.subs.iter().map(|(r, _)| r.clone()).collect();
-                for room in rooms {
-                    self.publish(&room, conn, &Payload::Text(&content));
+                let content: Arc<str> = String::from_utf8_lossy(&text).into();
+                let rooms: Vec<ChannelName> = c
+                    .subs
+                    .iter()
+                    .map(|(r, _)| r.clone())
+                    .chain(c.pending.iter().map(|p| p.channel.clone()))
+                    .collect();
+                for channel in rooms {
+                    let home = self.home(channel.as_str());
+                    let msg = BusMessage::Publish {
+                        channel,
+                        from: conn,
+                        user: user.clone(),
+                        payload: PubPayload::Text(content.clone()),
+                    };
+                    self.send_bus(home, msg);
                 }
             }
         }
     }
 
-    /// Accepts a publication into `channel` from `from` and sends it to
-    /// every member, encoded once per protocol: seed members get a `chat`
-    /// message, Centrifugo members a `pub` push (with the next offset when
-    /// the channel is positioned). Nothing happens when nobody is there.
-    fn publish(&mut self, channel: &ChannelName, from: ConnId, payload: &Payload<'_>) {
-        let Some(room) = self.rooms.get_mut(channel) else {
-            return;
-        };
-        room.top += 1;
-        let offset = room.options.history().then_some(room.top);
-        let (seed, centrifuge) =
-            room.members
-                .values()
-                .fold((false, false), |(s, c), m| match m.codec {
-                    Codec::SeedJson => (true, c),
-                    Codec::Centrifuge => (s, true),
-                    Codec::Relay => (s, c),
-                });
-        let user = self.conns.get(&from).and_then(|c| c.user.clone());
-        let username = user.as_ref().map_or("", Name::as_str);
-        let seed_frame = seed.then(|| {
-            let content = match payload {
-                Payload::Text(text) => (*text).to_owned(),
-                Payload::Json(data) => seed_content(data),
-            };
-            encode_seed(SeedType::Chat, &content, channel.as_str(), username)
-        });
-        let centrifuge_frame = centrifuge.then(|| {
-            let client = self.client_id(from).to_string();
-            let data = match payload {
-                Payload::Text(text) => {
-                    let mut data = Vec::with_capacity(text.len() + 12);
-                    data.extend_from_slice(b"{\"text\":");
-                    crate::codec::push_json_string(&mut data, text);
-                    data.push(b'}');
-                    data
-                }
-                Payload::Json(data) => data.to_vec(),
-            };
-            Frame::text(centrifuge::publication(
-                channel.as_str(),
-                &data,
-                Some(&info(user.as_ref(), &client)),
-                offset,
-            ))
-        });
-        let Some(room) = self.rooms.get(channel) else {
-            return;
-        };
-        for m in room.members.values() {
-            let frame = match m.codec {
-                Codec::SeedJson => seed_frame.as_ref(),
-                Codec::Centrifuge => centrifuge_frame.as_ref(),
-                Codec::Relay => None,
-            };
-            if let Some(frame) = frame {
-                self.outputs.push_back(Output::Send {
-                    conn: m.conn,
-                    frame: frame.clone(),
-                    presence: None,
-                });
-                self.stats.sends += 1;
-            }
-        }
-    }
-
-    /// Removes `conn` for `reason`: its close first, then the notices its
-    /// departure owes the rooms it was in.
+    /// Removes `conn` for `reason`: its close first, then its leaves, whose
+    /// notices the homes send the rooms it was in.
     fn end(&mut self, conn: ConnId, reason: CloseReason) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
         self.timers.remove(&(c.timer, conn));
-        self.relay.remove(&conn);
         self.count_close(reason);
         self.outputs.push_back(Output::Close { conn, reason });
-        for (channel, join_seq) in &c.subs {
-            self.leave(conn, c.user.clone(), channel, *join_seq);
+        for (channel, seq) in &c.subs {
+            self.leave_local(channel, *seq);
+        }
+        // Joins still in flight are left too: the home handles them in order.
+        let channels = c.subs.into_iter().map(|(ch, _)| ch).chain(
+            c.pending
+                .into_iter()
+                .filter(|p| !p.cancelled)
+                .map(|p| p.channel),
+        );
+        for channel in channels {
+            let home = self.home(channel.as_str());
+            self.send_bus(home, BusMessage::Leave { channel, conn });
         }
     }
 
-    /// `conn` (named `user`) leaves `channel`; the others are told.
-    fn leave(&mut self, conn: ConnId, user: Option<Name>, channel: &ChannelName, join_seq: u64) {
-        let Some(room) = self.rooms.get_mut(channel) else {
-            return;
-        };
-        if let Some(m) = room.members.remove(&join_seq) {
-            if m.codec == Codec::SeedJson {
-                room.seed_members -= 1;
+    fn leave_local(&mut self, channel: &ChannelName, seq: u64) {
+        if let Some(room) = self.local.get_mut(channel) {
+            room.members.remove(&seq);
+            if room.members.is_empty() {
+                self.local.remove(channel);
             }
         }
-        if room.members.is_empty() {
-            self.rooms.remove(channel);
-            return;
-        }
-        self.announce(channel, conn, user, false);
     }
 
     fn shutdown(&mut self) {
@@ -778,50 +1241,10 @@ impl Hub {
                 reason: CloseReason::ServerShutdown,
             });
         }
-        self.relay.clear();
+        self.local.clear();
         self.rooms.clear();
         self.timers.clear();
-    }
-
-    /// Sends the room's `online_users` (named members in join order) to every seed member.
-    fn broadcast_presence(&mut self, channel: &ChannelName) {
-        let Some(room) = self.rooms.get(channel) else {
-            return;
-        };
-        let mut list = String::new();
-        let mut first = true;
-        for m in room.members.values() {
-            if let Some(name) = self.conns.get(&m.conn).and_then(|c| c.user.as_ref()) {
-                if !first {
-                    list.push(',');
-                }
-                first = false;
-                list.push_str(name.as_str());
-            }
-        }
-        let frame = encode_seed(SeedType::OnlineUsers, &list, channel.as_str(), "");
-        let id = room.id;
-        self.fan_out(channel, &frame, Some(id), |m| m.codec == Codec::SeedJson);
-    }
-
-    fn fan_out(
-        &mut self,
-        channel: &ChannelName,
-        frame: &Frame,
-        presence: Option<RoomId>,
-        to: impl Fn(&Member) -> bool,
-    ) {
-        let Some(room) = self.rooms.get(channel) else {
-            return;
-        };
-        for m in room.members.values().filter(|m| to(m)) {
-            self.outputs.push_back(Output::Send {
-                conn: m.conn,
-                frame: frame.clone(),
-                presence,
-            });
-            self.stats.sends += 1;
-        }
+        self.bus_self.clear();
     }
 
     fn count_close(&mut self, reason: CloseReason) {
@@ -832,8 +1255,9 @@ impl Hub {
 
     // ---- the Centrifugo protocol -------------------------------------------
 
-    /// Handles a Centrifugo frame's commands in order. A malformed line
-    /// closes the connection (3501) after the commands before it.
+    /// Handles a Centrifugo frame's commands in order, each one through to
+    /// its local effects before the next. A malformed line closes the
+    /// connection (3501) after the commands before it.
     fn centrifuge_frame(&mut self, now: Timestamp, conn: ConnId, payload: &[u8]) {
         let (lines, malformed) = centrifuge::decode_frame(payload);
         for line in lines {
@@ -841,6 +1265,7 @@ impl Hub {
                 self.end(conn, reason);
                 return;
             }
+            self.pump();
             if !self.conns.contains_key(&conn) {
                 return;
             }
@@ -895,24 +1320,7 @@ impl Hub {
         match command {
             Command::Connect(_) => self.connect(now, conn, id),
             Command::Subscribe(req) => self.subscribe(conn, id, &req),
-            Command::Unsubscribe { channel } => {
-                if channel.is_empty() {
-                    return Err(Disconnect(CloseReason::BadRequest));
-                }
-                let sub = self.conns.get(&conn).and_then(|c| c.sub(&channel));
-                if let Some(join_seq) = sub {
-                    let mut user = None;
-                    if let Some(c) = self.conns.get_mut(&conn) {
-                        c.subs.retain(|(ch, _)| ch.as_str() != channel);
-                        user.clone_from(&c.user);
-                    }
-                    self.reply(conn, centrifuge::reply(id, "unsubscribe", |_| {}));
-                    self.leave(conn, user, &ChannelName::new(&channel), join_seq);
-                } else {
-                    self.reply(conn, centrifuge::reply(id, "unsubscribe", |_| {}));
-                }
-                Ok(())
-            }
+            Command::Unsubscribe { channel } => self.unsubscribe(conn, id, &channel),
             Command::Publish { channel, data } => self.client_publish(conn, id, &channel, data),
             Command::Presence { channel } => self.presence(conn, id, &channel, false),
             Command::PresenceStats { channel } => self.presence(conn, id, &channel, true),
@@ -1020,11 +1428,12 @@ impl Hub {
         let Some(c) = self.conns.get(&conn) else {
             return Ok(());
         };
+        let channels = c.subs.len() + c.pending.iter().filter(|p| !p.cancelled).count();
         let refusal = if req.channel.len() > self.config.max_channel_bytes {
             Some(ErrorCode::BadRequest)
-        } else if c.sub(&req.channel).is_some() {
+        } else if c.sub(&req.channel).is_some() || c.subscribing(&req.channel) {
             Some(ErrorCode::AlreadySubscribed)
-        } else if c.subs.len() >= self.config.channel_limit {
+        } else if channels >= self.config.channel_limit {
             Some(ErrorCode::LimitExceeded)
         } else {
             None
@@ -1068,32 +1477,44 @@ impl Hub {
                 || req.positioned && (options.allow_positioning || history_access));
         let join_leave = options.join_leave
             && (options.force_push_join_leave || req.join_leave && presence_access);
-        let channel = ChannelName::new(&req.channel);
-        let user = c.user.clone();
-        self.join(conn, &channel, options, join_leave);
-        let Some(room) = self.rooms.get(&channel) else {
-            return Ok(());
-        };
-        let (top, epoch) = (room.top, room.epoch_text());
-        let recovering = req.recover && recoverable;
         // No publications are stored yet, so recovery succeeds only when
         // nothing was missed; otherwise the client is told plainly.
-        let recovered =
-            recovering && (req.epoch.is_empty() || req.epoch == epoch) && req.offset == top;
-        self.reply(
-            conn,
-            centrifuge::reply(id, "subscribe", |r| {
-                if positioned {
-                    r.bool("recoverable", recoverable)
-                        .bool("positioned", true)
-                        .str("epoch", &epoch)
-                        .uint("offset", top);
-                }
-                r.bool("was_recovering", recovering)
-                    .bool("recovered", recovered);
-            }),
-        );
-        self.announce(&channel, conn, user, true);
+        let ask = SubscribeAsk {
+            id,
+            positioned,
+            recoverable,
+            recover: (req.recover && recoverable).then(|| (req.offset, req.epoch.clone())),
+        };
+        self.ask_join(conn, ChannelName::new(&req.channel), Some(ask), join_leave);
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, conn: ConnId, id: u32, channel: &str) -> CommandResult {
+        if channel.is_empty() {
+            return Err(Disconnect(CloseReason::BadRequest));
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        let channel = ChannelName::new(channel);
+        let mut leave = false;
+        if let Some(i) = c.subs.iter().position(|(ch, _)| *ch == channel) {
+            let (_, seq) = c.subs.remove(i);
+            self.leave_local(&channel, seq);
+            leave = true;
+        } else if let Some(p) = c
+            .pending
+            .iter_mut()
+            .find(|p| !p.cancelled && p.channel == channel)
+        {
+            p.cancelled = true;
+            leave = true;
+        }
+        self.reply(conn, centrifuge::reply(id, "unsubscribe", |_| {}));
+        if leave {
+            let home = self.home(channel.as_str());
+            self.send_bus(home, BusMessage::Leave { channel, conn });
+        }
         Ok(())
     }
 
@@ -1126,9 +1547,30 @@ impl Hub {
             self.error(conn, id, ErrorCode::BadRequest);
             return Ok(());
         };
+        let user = c.user.clone();
         self.reply(conn, centrifuge::reply(id, "publish", |_| {}));
-        self.publish(&ChannelName::new(channel), conn, &Payload::Json(&data));
+        let home = self.home(channel);
+        let msg = BusMessage::Publish {
+            channel: ChannelName::new(channel),
+            from: conn,
+            user,
+            payload: PubPayload::Json(data),
+        };
+        self.send_bus(home, msg);
         Ok(())
+    }
+
+    /// Sends `query` about `channel` to its home, which answers `id`.
+    fn ask(&mut self, conn: ConnId, id: u32, channel: &str, query: Query) {
+        let home = self.home(channel);
+        let msg = BusMessage::Query {
+            channel: ChannelName::new(channel),
+            conn,
+            shard: self.config.shard,
+            id,
+            query,
+        };
+        self.send_bus(home, msg);
     }
 
     fn presence(&mut self, conn: ConnId, id: u32, channel: &str, stats: bool) -> CommandResult {
@@ -1154,38 +1596,12 @@ impl Hub {
             self.error(conn, id, ErrorCode::PermissionDenied);
             return Ok(());
         }
-        let members: Vec<(ClientId, Option<Name>)> = self
-            .rooms
-            .get(channel)
-            .into_iter()
-            .flat_map(|r| r.members.values())
-            .map(|m| {
-                let user = self.conns.get(&m.conn).and_then(|c| c.user.clone());
-                (self.client_id(m.conn), user)
-            })
-            .collect();
-        let reply = if stats {
-            let users: BTreeSet<&str> = members
-                .iter()
-                .map(|(_, u)| u.as_ref().map_or("", Name::as_str))
-                .collect();
-            centrifuge::reply(id, "presence_stats", |r| {
-                r.uint("num_clients", members.len() as u64)
-                    .uint("num_users", users.len() as u64);
-            })
+        let query = if stats {
+            Query::PresenceStats
         } else {
-            centrifuge::reply(id, "presence", |r| {
-                r.object("presence", |p| {
-                    for (client, user) in &members {
-                        let client = client.to_string();
-                        p.with(&client, |out| {
-                            centrifuge::push_client_info(out, &info(user.as_ref(), &client));
-                        });
-                    }
-                });
-            })
+            Query::Presence
         };
-        self.reply(conn, reply);
+        self.ask(conn, id, channel, query);
         Ok(())
     }
 
@@ -1217,31 +1633,11 @@ impl Hub {
             self.error(conn, id, ErrorCode::PermissionDenied);
             return Ok(());
         }
-        // A channel nobody is in has no stream: a fresh, empty one answers.
-        let (top, epoch) = match self.rooms.get(req.channel.as_str()) {
-            Some(room) => (room.top, room.epoch_text()),
-            None => (
-                0,
-                format!("{:016x}", mix64(self.config.entropy ^ self.next_room_id)),
-            ),
+        let query = Query::History {
+            since: req.since.clone(),
+            reverse: req.reverse,
         };
-        if let Some(since) = &req.since {
-            if since.epoch != epoch {
-                self.error(conn, id, ErrorCode::UnrecoverablePosition);
-                return Ok(());
-            }
-            if req.reverse && since.offset == 0 {
-                self.error(conn, id, ErrorCode::BadRequest);
-                return Ok(());
-            }
-        }
-        // Publications are not stored yet: the reply is the position only.
-        self.reply(
-            conn,
-            centrifuge::reply(id, "history", |r| {
-                r.str("epoch", &epoch).uint("offset", top);
-            }),
-        );
+        self.ask(conn, id, &req.channel, query);
         Ok(())
     }
 }

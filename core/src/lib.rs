@@ -10,11 +10,14 @@
 //! - [`codec`]: per-connection wire formats (relay, seed JSON, Centrifugo): decode limits, encode once.
 //! - [`centrifuge`]: the Centrifugo client protocol (JSON): commands in, replies and pushes out.
 //! - [`channel`]: channel names, namespaces and their options.
+//! - [`bus`]: what crosses shards: joins, leaves, publications and queries to a channel's
+//!   home shard, and its deliveries back, once per shard.
 //! - [`route`]: handshake validation: path + query → [`Route`] or an HTTP error.
 //! - [`close`]: why connections end and the close codes for it.
 //! - [`config`], [`time`]: limits and time as plain values.
 #![forbid(unsafe_code)]
 
+pub mod bus;
 pub mod centrifuge;
 pub mod channel;
 pub mod close;
@@ -24,6 +27,7 @@ pub mod hub;
 pub mod route;
 pub mod time;
 
+pub use bus::{BusMessage, ShardId};
 pub use channel::{ChannelName, ChannelOptions, ChannelPattern, Namespaces};
 pub use close::{CloseCode, CloseReason};
 pub use codec::{encode_seed, ClientMessage, Codec, Frame, MessageKind, SeedMessage, SeedType};
