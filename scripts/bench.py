@@ -7,7 +7,7 @@ Builds hubbub and the load generator (release), builds the seed peers with
 ../shared/peers/build.sh if /tmp/peers is missing, then for every target of
 issue 4 runs each server in turn (alternating, a fresh process per run, so
 RSS and CPU figures are the run's own), `--reps` times, with the same
-`hubbub-sim load` invocation. Prints a Markdown table of medians and ratios
+`hubbub-load` invocation. Prints a Markdown table of medians and ratios
 and writes every raw JSON line to --out.
 
 Loopback only; every run is bounded by the load generator's own limits.
@@ -26,7 +26,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = os.environ.get("PEERS_OUT", "/tmp/peers")
 HUBBUB = os.path.join(ROOT, "target/release/hubbub")
-LOAD = os.path.join(ROOT, "target/release/hubbub-sim")
+LOAD = os.path.join(ROOT, "target/release/hubbub-load")
 
 # name -> (command builder, protocols it speaks)
 SERVERS = {
@@ -97,7 +97,7 @@ def run_one(server, protocol, args):
     proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, proc)
-        load = [LOAD, "load", "--url", f"ws://127.0.0.1:{port}", "--protocol", protocol,
+        load = [LOAD, "--url", f"ws://127.0.0.1:{port}", "--protocol", protocol,
                 "--server-pid", str(proc.pid), "--json-only", *args]
         out = subprocess.run(load, capture_output=True, text=True, timeout=300)
         lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
@@ -129,7 +129,7 @@ def main():
     ap.add_argument("--no-build", action="store_true")
     opts = ap.parse_args()
     if not opts.no_build:
-        subprocess.run(["cargo", "build", "--release", "-p", "hubbub", "-p", "hubbub-sim"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release", "-p", "hubbub", "-p", "hubbub-loadgen"], cwd=ROOT, check=True)
     if not (os.path.exists(f"{PEERS}/seed000") and os.path.exists(f"{PEERS}/seed001")):
         subprocess.run(["bash", os.path.join(ROOT, "../shared/peers/build.sh")], check=True)
     only = {t for t in opts.only.split(",") if t}

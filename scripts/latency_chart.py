@@ -4,9 +4,9 @@
     scripts/latency_chart.py [--out docs/latency.svg] [--rates 2,5,10,20,40]
 
 For each rate (messages/s per sender; 10 senders, 1,000 clients in one
-room) runs `hubbub-sim load --scenario fanout` once against a fresh hubbub
+room) runs `hubbub-load --scenario fanout` once against a fresh hubbub
 and a fresh seed001 (alternating), then draws p50/p99 latency against
-deliveries/s. Expects target/release/{hubbub,hubbub-sim} and /tmp/peers
+deliveries/s. Expects target/release/{hubbub,hubbub-load} and /tmp/peers
 (scripts/bench.py builds them). Loopback only, bounded runs.
 """
 import argparse

@@ -1,5 +1,6 @@
 //! hubbub-sim: a deterministic discrete-event world around the real
-//! `hubbub-core` hub, plus a load generator for real servers.
+//! `hubbub-core` hub (the load generator for real servers is the
+//! `hubbub-loadgen` crate).
 //!
 //! ## Layout
 //! - [`rng`]: SplitMix64, the only randomness; every run is a function of one seed.
@@ -14,7 +15,6 @@
 //! - [`scenario`]: seed → parameters → clients with behaviours and faults; [`scenario::run`].
 //! - [`soak`]: the `hubbub-sim` command line for long runs.
 //! - [`fuzz_targets`]: bodies of the cargo-fuzz targets, replayed by `cargo test`.
-//! - [`load`]: the load generator against a running server (`hubbub-sim load`).
 //!
 //! **Architecture invariant:** nothing under the simulation reads a clock,
 //! a thread or an unseeded random source; only [`soak`] reads the wall clock
@@ -25,7 +25,6 @@ pub mod centrifuge_check;
 pub mod client;
 pub mod fuzz_targets;
 pub mod invariants;
-pub mod load;
 pub mod network;
 pub mod rng;
 pub mod scenario;

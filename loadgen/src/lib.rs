@@ -1,7 +1,7 @@
 //! The load generator: real WebSocket clients against a running server
 //! (hubbub or a seed peer) on this machine's loopback.
 //!
-//! `hubbub-sim load --scenario fanout|rooms|idle|connect|join-burst …` opens
+//! `hubbub-load --scenario fanout|rooms|idle|connect|join-burst …` opens
 //! the clients (optionally in several processes, `--procs`), runs the
 //! scenario for a bounded time and prints a table and then ONE line of JSON
 //! with every figure (see [`stats::Report`]). Latencies are in microseconds.
@@ -36,7 +36,8 @@ pub enum Scenario {
     Idle,
     /// Open, handshake, close, again: handshakes per second.
     Connect,
-    /// C clients join one room at once: how many are kept, is online_users complete.
+    /// C clients join one room at once: how many are kept, is online_users complete
+    /// (room protocol only).
     JoinBurst,
 }
 
@@ -63,6 +64,9 @@ pub enum Protocol {
     /// `GET /ws`, every frame relayed verbatim to every connection (hubbub, seed000).
     /// No rooms: all clients form one room.
     Relay,
+    /// `GET /connection/websocket`, the Centrifugo client protocol (JSON):
+    /// `connect` + `subscribe` to channel r{i mod R}, `publish`, `pub` pushes (hubbub).
+    Centrifuge,
 }
 
 impl Protocol {
@@ -72,14 +76,15 @@ impl Protocol {
         match self {
             Protocol::Room => "room",
             Protocol::Relay => "relay",
+            Protocol::Centrifuge => "centrifuge",
         }
     }
 }
 
-/// `hubbub-sim load`: drive a running chat server over loopback WebSockets.
+/// `hubbub-load`: drive a running chat server over loopback WebSockets.
 ///
 /// Prints a table, then one line of JSON with all figures (latencies in µs).
-/// Example: `hubbub-sim load --url ws://127.0.0.1:8080 --scenario fanout
+/// Example: `hubbub-load --url ws://127.0.0.1:8080 --scenario fanout
 /// --clients 1000 --senders 10 --rate 100 --duration 5 --server-pid $PID`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadArgs {
@@ -92,13 +97,21 @@ pub struct LoadArgs {
     /// deliveries), rooms (many small rooms, every client sends), idle (hold
     /// C connections: server RSS per connection, needs --server-pid),
     /// connect (handshakes per second), join-burst (C clients join one room
-    /// at once: clients kept, online_users complete).
+    /// at once: clients kept, online_users complete; room protocol only).
     #[arg(long, value_enum, default_value_t = Scenario::Fanout)]
     pub scenario: Scenario,
 
     /// Wire protocol: room = GET /ws/{room}?username=uN with JSON frames
     /// (hubbub, seed001); relay = GET /ws, raw frames relayed to every
-    /// connection (hubbub, seed000), where all clients form one room.
+    /// connection (hubbub, seed000), where all clients form one room;
+    /// centrifuge = GET /connection/websocket, the Centrifugo client
+    /// protocol (JSON, hubbub): each client sends connect + subscribe to
+    /// channel r{i mod R} in one frame and waits for both replies before
+    /// the run starts, senders publish {"t","s","n"} as the data, every
+    /// pub push of the client's channel counts as a delivery, server pings
+    /// {} are answered with {}. For connect, a handshake is the WebSocket
+    /// upgrade plus the connect and subscribe replies (a fresh channel
+    /// each time, like the room protocol's fresh room).
     #[arg(long, value_enum, default_value_t = Protocol::Room)]
     pub protocol: Protocol,
 
@@ -267,25 +280,26 @@ impl Settings {
         if a.max_inflight == 0 {
             return Err("--max-inflight must be > 0".to_owned());
         }
-        if a.scenario == Scenario::JoinBurst && a.protocol == Protocol::Relay {
-            return Err("join-burst needs --protocol room (relay has no online_users)".to_owned());
+        if a.scenario == Scenario::JoinBurst && a.protocol != Protocol::Room {
+            return Err(format!(
+                "join-burst needs --protocol room ({} has no online_users)",
+                a.protocol.name()
+            ));
         }
         let rooms = match (a.protocol, a.scenario) {
             (Protocol::Relay, _) => {
                 if a.rooms.is_some_and(|r| r > 1) {
-                    eprintln!(
-                        "hubbub-sim load: note: relay has no rooms; all clients are one room"
-                    );
+                    eprintln!("hubbub-load: note: relay has no rooms; all clients are one room");
                 }
                 1
             }
-            (Protocol::Room, Scenario::JoinBurst) => {
+            (_, Scenario::JoinBurst) => {
                 if a.rooms.is_some_and(|r| r != 1) {
                     return Err("join-burst uses exactly one room".to_owned());
                 }
                 1
             }
-            (Protocol::Room, sc) => match a.rooms {
+            (Protocol::Room | Protocol::Centrifuge, sc) => match a.rooms {
                 Some(0) => return Err("--rooms must be > 0".to_owned()),
                 Some(r) => r,
                 None => match sc {
@@ -415,7 +429,7 @@ impl ServerProbe {
     }
 }
 
-/// Entry point of `hubbub-sim load`.
+/// Entry point of `hubbub-load`.
 // By value: this is the signature `src/main.rs` dispatches to.
 #[allow(clippy::needless_pass_by_value)]
 #[must_use]
@@ -423,7 +437,7 @@ pub fn main(args: LoadArgs) -> ExitCode {
     match run(&args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("hubbub-sim load: error: {e}");
+            eprintln!("hubbub-load: error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -435,7 +449,7 @@ fn start_watchdog(cap_s: f64, who: &'static str) {
     let cap = Duration::from_secs_f64(cap_s);
     std::thread::spawn(move || {
         std::thread::sleep(cap);
-        eprintln!("hubbub-sim load ({who}): hard time cap of {cap_s:.0} s reached, exiting");
+        eprintln!("hubbub-load ({who}): hard time cap of {cap_s:.0} s reached, exiting");
         std::process::exit(3);
     });
 }
@@ -538,7 +552,7 @@ fn run(a: &LoadArgs) -> Result<ExitCode, String> {
     };
     let report = stats::build_report(&s, &parts, &server, wall.elapsed().as_secs_f64());
     if !a.json_only {
-        println!("hubbub-sim load");
+        println!("hubbub-load");
         print!("{}", stats::table(&report));
     }
     let json = serde_json::to_string(&report).map_err(|e| format!("json: {e}"))?;
@@ -549,10 +563,7 @@ fn run(a: &LoadArgs) -> Result<ExitCode, String> {
         report.connected == 0
     };
     if nothing {
-        eprintln!(
-            "hubbub-sim load: error: no client could connect to {}",
-            s.url
-        );
+        eprintln!("hubbub-load: error: no client could connect to {}", s.url);
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -629,12 +640,32 @@ mod tests {
         assert_eq!(s.concurrency, 100);
         let s = settings(&["-c", "3", "-s", "10", "--rooms", "9"]).expect("valid");
         assert_eq!((s.senders, s.rooms), (3, 3));
+        // Centrifugo: rooms as for the room protocol, no join storm to pace.
+        let s = settings(&["-c", "1000", "-s", "10", "--protocol", "centrifuge"]).expect("valid");
+        assert_eq!(
+            (s.protocol, s.rooms, s.concurrency),
+            (Protocol::Centrifuge, 1, 256)
+        );
+        let s = settings(&[
+            "--scenario",
+            "rooms",
+            "--protocol",
+            "centrifuge",
+            "-c",
+            "2000",
+        ])
+        .expect("valid");
+        assert_eq!((s.rooms, s.senders), (100, 2000));
+        let s = settings(&["--scenario", "idle", "--protocol", "centrifuge", "-c", "50"])
+            .expect("valid");
+        assert_eq!(s.rooms, 50);
     }
 
     #[test]
     fn invalid_combinations() {
         for bad in [
             &["--scenario", "join-burst", "--protocol", "relay"][..],
+            &["--scenario", "join-burst", "--protocol", "centrifuge"],
             &["--scenario", "join-burst", "--rooms", "2"],
             &["--rate", "-1"],
             &["--duration", "0"],

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use super::{Scenario, Settings};
+use super::{Protocol, Scenario, Settings};
 
 /// Highest latency the histograms hold (µs): one hour; larger values saturate.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
@@ -131,6 +131,13 @@ pub struct Partial {
     pub gen_cpu_total_s: f64,
     /// This process's soft open-files limit.
     pub open_files_limit: Option<u64>,
+    /// Centrifugo error replies (`{"id":N,"error":{…}}`) and unsubscribe
+    /// pushes received (`centrifuge` only).
+    #[serde(default)]
+    pub error_replies: u64,
+    /// Centrifugo server pings (`{}`) answered with a pong (`centrifuge` only).
+    #[serde(default)]
+    pub pings_answered: u64,
 }
 
 /// Figures about the server process (all `None` without `--server-pid`).
@@ -260,6 +267,13 @@ pub struct Report {
     pub other_frames: u64,
     /// Connect errors by message.
     pub connect_errors: BTreeMap<String, u64>,
+    /// Centrifugo error replies and unsubscribe pushes (their messages are
+    /// counted in `connect_errors`); absent for the other protocols.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_replies: Option<u64>,
+    /// Centrifugo server pings answered; absent for the other protocols.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pings_answered: Option<u64>,
     /// Wall-clock seconds of the whole run.
     pub wall_s: f64,
 }
@@ -340,6 +354,7 @@ pub fn build_report(
     };
     let handshakes = sum(|p| p.handshakes);
     let is_connect = s.scenario == Scenario::Connect;
+    let centrifuge = s.protocol == Protocol::Centrifuge;
     let rss_per_conn = match (server.rss_before_kib, server.rss_after_kib) {
         (Some(b), Some(a)) if connected > 0 => {
             Some((a as f64 - b as f64) * 1024.0 / connected as f64)
@@ -430,6 +445,8 @@ pub fn build_report(
         bytes_received: sum(|p| p.bytes),
         other_frames: sum(|p| p.other_frames),
         connect_errors: errors,
+        error_replies: centrifuge.then(|| sum(|p| p.error_replies)),
+        pings_answered: centrifuge.then(|| sum(|p| p.pings_answered)),
         wall_s,
     }
 }
@@ -590,6 +607,12 @@ pub fn table(r: &Report) -> String {
                 f1(r.handshakes_per_server_cpu_s),
             );
         }
+    }
+    if let (Some(e), Some(p)) = (r.error_replies, r.pings_answered) {
+        row(
+            "centrifugo",
+            format!("{e} error replies/unsubscribes, {p} server pings answered"),
+        );
     }
     row(
         "generator cpu",

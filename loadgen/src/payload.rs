@@ -9,6 +9,11 @@
 //! Room-protocol servers wrap what a client sent into a JSON object
 //! `{"type":"chat","content":"<text>","room":…,"username":…}`; relay servers
 //! forward the text as is.
+//!
+//! Over the Centrifugo protocol the same three fields travel as the JSON
+//! object `{"t":<nanos>,"s":<sender>,"n":<seq>}` in a publication's `data`
+//! (a `publish` command's, then the `pub` push's); see [`encode_cf_publish`]
+//! and [`parse_cf_line`].
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
@@ -133,6 +138,193 @@ pub fn online_users_sorted(content: &str) -> Vec<String> {
         .collect();
     v.sort_unstable();
     v
+}
+
+/// Writes the Centrifugo handshake of a client into `buf` (cleared first):
+/// `connect` (id 1) and a `subscribe` to `channel` (id 2) in one frame.
+pub fn encode_cf_handshake(buf: &mut String, channel: &str) {
+    buf.clear();
+    let _ = write!(
+        buf,
+        r#"{{"connect":{{"name":"hubbub-load"}},"id":{CF_CONNECT_ID}}}"#
+    );
+    buf.push('\n');
+    let _ = write!(
+        buf,
+        r#"{{"subscribe":{{"channel":"{channel}"}},"id":{CF_SUBSCRIBE_ID}}}"#
+    );
+}
+
+/// Command id of the handshake's `connect`.
+pub const CF_CONNECT_ID: u64 = 1;
+/// Command id of the handshake's `subscribe`.
+pub const CF_SUBSCRIBE_ID: u64 = 2;
+/// Command id of a sender's first `publish` (then one more per message).
+pub const CF_FIRST_PUBLISH_ID: u64 = 3;
+
+/// Writes a Centrifugo `publish` of `p` into `channel` with command id `id`
+/// into `buf` (cleared first). Channel names of the generator (`r12`,
+/// `c3x4`) need no JSON escaping.
+pub fn encode_cf_publish(buf: &mut String, channel: &str, p: Payload, id: u64) {
+    buf.clear();
+    let _ = write!(
+        buf,
+        r#"{{"publish":{{"channel":"{channel}","data":{{"t":{},"s":{},"n":{}}}}},"id":{id}}}"#,
+        p.t_ns, p.sender, p.seq
+    );
+}
+
+/// What one Centrifugo server message (one line of a frame) is, as far as
+/// the generator cares.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CfLine<'a> {
+    /// A server ping (`{}`: neither `id` nor `push`): answer `{}`.
+    Ping,
+    /// A `pub` push into `channel`; `payload` if its data is a generator payload.
+    Pub {
+        /// Channel of the publication.
+        channel: Cow<'a, str>,
+        /// The generator payload in `data`, if it is one.
+        payload: Option<Payload>,
+    },
+    /// Another push (`join`, `leave`, `message`, …); `unsubscribe` is true for an
+    /// `unsubscribe` push (the server dropped the subscription).
+    OtherPush {
+        /// Whether it was an `unsubscribe` push.
+        unsubscribe: bool,
+    },
+    /// A successful reply to command `id`.
+    Reply {
+        /// The command's id.
+        id: u64,
+    },
+    /// An error reply to command `id`.
+    Error {
+        /// The command's id.
+        id: u64,
+        /// `error.code`.
+        code: u64,
+        /// `error.message`.
+        message: String,
+    },
+    /// Not a Centrifugo message.
+    Garbage,
+}
+
+#[derive(Deserialize)]
+struct CfMessage<'a> {
+    #[serde(default)]
+    id: u64,
+    #[serde(borrow, default)]
+    push: Option<CfPush<'a>>,
+    #[serde(default)]
+    error: Option<CfError>,
+}
+
+#[derive(Deserialize)]
+struct CfPush<'a> {
+    #[serde(borrow, default)]
+    channel: Cow<'a, str>,
+    #[serde(rename = "pub", borrow, default)]
+    publication: Option<CfPub<'a>>,
+    #[serde(default)]
+    unsubscribe: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct CfPub<'a> {
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
+}
+
+#[derive(Deserialize)]
+struct CfError {
+    #[serde(default)]
+    code: u64,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct CfData {
+    t: u64,
+    s: u32,
+    n: u64,
+}
+
+/// A generator payload `{"t":T,"s":S,"n":N}` at the start of `b`, written
+/// exactly as [`encode_cf_publish`] writes it; what follows is not looked at.
+fn fast_cf_data(b: &[u8]) -> Option<Payload> {
+    let (t_ns, b) = take_number(b.strip_prefix(br#"{"t":"#)?)?;
+    let (sender, b) = take_number(b.strip_prefix(br#","s":"#)?)?;
+    let (seq, b) = take_number(b.strip_prefix(br#","n":"#)?)?;
+    b.starts_with(b"}").then_some(())?;
+    Some(Payload {
+        t_ns,
+        sender: u32::try_from(sender).ok()?,
+        seq,
+    })
+}
+
+/// Classifies one line of a Centrifugo server frame. Pushes written as
+/// hubbub (and Centrifuge) write them, `{"push":{"channel":"…","pub":{"data":…`,
+/// with the generator's data are read without a JSON parser; anything else
+/// is parsed.
+#[must_use]
+pub fn parse_cf_line(line: &str) -> CfLine<'_> {
+    if line == "{}" {
+        return CfLine::Ping;
+    }
+    if let Some(rest) = line.strip_prefix(r#"{"push":{"channel":""#) {
+        if let Some(end) = rest.find(['"', '\\']) {
+            if rest.as_bytes()[end] == b'"' {
+                let (channel, after) = rest.split_at(end);
+                if let Some(data) = after.strip_prefix(r#"","pub":{"data":"#) {
+                    if let Some(p) = fast_cf_data(data.as_bytes()) {
+                        return CfLine::Pub {
+                            channel: Cow::Borrowed(channel),
+                            payload: Some(p),
+                        };
+                    }
+                }
+            }
+        }
+    }
+    // (serde would also read a struct from a JSON array.)
+    if !line.trim_start().starts_with('{') {
+        return CfLine::Garbage;
+    }
+    let Ok(m) = serde_json::from_str::<CfMessage<'_>>(line) else {
+        return CfLine::Garbage;
+    };
+    if m.id > 0 {
+        return match m.error {
+            Some(e) => CfLine::Error {
+                id: m.id,
+                code: e.code,
+                message: e.message,
+            },
+            None => CfLine::Reply { id: m.id },
+        };
+    }
+    match m.push {
+        Some(push) => match push.publication {
+            Some(publication) => CfLine::Pub {
+                channel: push.channel,
+                payload: serde_json::from_str::<CfData>(publication.data.get())
+                    .ok()
+                    .map(|d| Payload {
+                        t_ns: d.t,
+                        sender: d.s,
+                        seq: d.n,
+                    }),
+            },
+            None => CfLine::OtherPush {
+                unsubscribe: push.unsubscribe.is_some(),
+            },
+        },
+        None => CfLine::Ping,
+    }
 }
 
 /// The user name the generator gives client `id`.
@@ -263,6 +455,98 @@ mod tests {
         // Other layouts are left to the JSON parser.
         assert!(!is_presence_frame(r#"{ "type": "online_users" }"#));
         assert!(!is_presence_frame("t=1 s=2 n=3"));
+    }
+
+    #[test]
+    fn centrifuge_commands() {
+        let mut buf = String::new();
+        encode_cf_handshake(&mut buf, "r3");
+        assert_eq!(
+            buf,
+            "{\"connect\":{\"name\":\"hubbub-load\"},\"id\":1}\n{\"subscribe\":{\"channel\":\"r3\"},\"id\":2}"
+        );
+        for line in buf.split('\n') {
+            let v: serde_json::Value = serde_json::from_str(line).expect("valid JSON");
+            assert!(v["id"].as_u64().is_some());
+        }
+        let p = Payload {
+            t_ns: 12_345,
+            sender: 7,
+            seq: 9,
+        };
+        encode_cf_publish(&mut buf, "r0", p, 12);
+        assert_eq!(
+            buf,
+            r#"{"publish":{"channel":"r0","data":{"t":12345,"s":7,"n":9}},"id":12}"#
+        );
+    }
+
+    #[test]
+    fn centrifuge_pub_fast_path_agrees_with_json() {
+        let p = Payload {
+            t_ns: 5,
+            sender: 1,
+            seq: 2,
+        };
+        let hubbub = r#"{"push":{"channel":"r0","pub":{"data":{"t":5,"s":1,"n":2},"info":{"client":"c1"},"offset":3}}}"#;
+        let reordered =
+            r#"{"push":{"pub":{"offset":3,"data":{"n":2,"t":5,"s":1}},"channel":"r0"}}"#;
+        let spaced = r#"{"push": {"channel": "r0", "pub": {"data": {"t": 5, "s": 1, "n": 2}}}}"#;
+        for line in [hubbub, reordered, spaced] {
+            assert_eq!(
+                parse_cf_line(line),
+                CfLine::Pub {
+                    channel: Cow::Borrowed("r0"),
+                    payload: Some(p)
+                },
+                "{line}"
+            );
+        }
+        assert_eq!(
+            parse_cf_line(r#"{"push":{"channel":"r0","pub":{"data":{"text":"hi"}}}}"#),
+            CfLine::Pub {
+                channel: Cow::Borrowed("r0"),
+                payload: None
+            }
+        );
+        // Channel with an escape: parsed properly.
+        assert!(matches!(
+            parse_cf_line(r#"{"push":{"channel":"a\"b","pub":{"data":{"t":5,"s":1,"n":2}}}}"#),
+            CfLine::Pub { channel, payload: Some(_) } if channel == "a\"b"
+        ));
+    }
+
+    #[test]
+    fn centrifuge_replies_pings_and_other_pushes() {
+        assert_eq!(parse_cf_line("{}"), CfLine::Ping);
+        assert_eq!(parse_cf_line("{ }"), CfLine::Ping);
+        assert_eq!(
+            parse_cf_line(r#"{"id":5,"publish":{}}"#),
+            CfLine::Reply { id: 5 }
+        );
+        assert_eq!(
+            parse_cf_line(r#"{"id":1,"connect":{"client":"x","ping":54,"pong":true}}"#),
+            CfLine::Reply { id: 1 }
+        );
+        assert_eq!(
+            parse_cf_line(r#"{"id":4,"error":{"code":103,"message":"permission denied"}}"#),
+            CfLine::Error {
+                id: 4,
+                code: 103,
+                message: "permission denied".to_owned()
+            }
+        );
+        assert_eq!(
+            parse_cf_line(r#"{"push":{"channel":"r0","join":{"info":{"client":"c"}}}}"#),
+            CfLine::OtherPush { unsubscribe: false }
+        );
+        assert_eq!(
+            parse_cf_line(r#"{"push":{"channel":"r0","unsubscribe":{"code":2000,"reason":"x"}}}"#),
+            CfLine::OtherPush { unsubscribe: true }
+        );
+        for bad in ["", "t=1 s=2 n=3", "[1]", r#"{"id":-1}"#] {
+            assert_eq!(parse_cf_line(bad), CfLine::Garbage, "{bad:?}");
+        }
     }
 
     #[test]

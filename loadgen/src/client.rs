@@ -4,6 +4,9 @@
 //! Every client is one tokio task that keeps reading its connection (so the
 //! server's pings are answered and a relay server never blocks on us) and,
 //! if it is a sender, writes from a second future joined in the same task.
+//! Over the Centrifugo protocol that second future also answers the
+//! server's application-level pings (`{}`), which the reader only counts:
+//! the reader never waits on the socket's write half.
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -17,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
-use super::payload::{self, Payload};
+use super::payload::{self, CfLine, Payload};
 use super::procfs;
 use super::stats::{self, Partial};
 use super::target::{self, Clock, Target, Ws};
@@ -154,6 +157,8 @@ pub struct Ctx {
     errors: Mutex<BTreeMap<String, u64>>,
     handshakes: AtomicU64,
     handshake_failed: AtomicU64,
+    error_replies: AtomicU64,
+    pings_answered: AtomicU64,
     sched: watch::Sender<Option<Schedule>>,
     stop: watch::Sender<bool>,
     sem: Semaphore,
@@ -184,6 +189,8 @@ impl Ctx {
             errors: Mutex::new(BTreeMap::new()),
             handshakes: AtomicU64::new(0),
             handshake_failed: AtomicU64::new(0),
+            error_replies: AtomicU64::new(0),
+            pings_answered: AtomicU64::new(0),
             sched: watch::channel(None).0,
             stop: watch::channel(false).0,
             sem: Semaphore::new(permits.min(Semaphore::MAX_PERMITS)),
@@ -233,6 +240,7 @@ impl Ctx {
                 self.room_name(room),
                 payload::username(id)
             ),
+            Protocol::Centrifuge => CF_PATH.to_owned(),
         }
     }
 
@@ -423,6 +431,8 @@ fn partial(ctx: &Ctx, outcomes: &[Outcome]) -> Partial {
         other_frames: ctx.other.load(Relaxed),
         handshakes: ctx.handshakes.load(Relaxed),
         handshake_failed: ctx.handshake_failed.load(Relaxed),
+        error_replies: ctx.error_replies.load(Relaxed),
+        pings_answered: ctx.pings_answered.load(Relaxed),
         open_files_limit: procfs::open_files_limit().map(|(soft, _)| soft),
         ..Partial::default()
     };
@@ -480,15 +490,20 @@ async fn client_task(ctx: Arc<Ctx>, id: u32, deadline: Instant) -> Outcome {
         ..Outcome::default()
     };
     let path = ctx.path(id, room);
+    let channel = ctx.room_name(room);
     let opened = timeout_at(deadline, async {
         let _permit = ctx.sem.acquire().await.map_err(|e| e.to_string())?;
-        target::open(
+        let mut ws = target::open(
             &ctx.target,
             &path,
             target::source_ip(id, ctx.s.source_addrs),
             ctx.read_buffer(),
         )
-        .await
+        .await?;
+        if ctx.s.protocol == Protocol::Centrifuge {
+            cf_handshake(&ctx, &mut ws, &channel).await?;
+        }
+        Ok::<_, String>(ws)
     })
     .await;
     let ws = match opened {
@@ -515,12 +530,31 @@ async fn client_task(ctx: Arc<Ctx>, id: u32, deadline: Instant) -> Outcome {
     let acked = AtomicU64::new(0);
     let reader_done = AtomicBool::new(false);
     let notify = Notify::new();
+    let pinger = Pinger::default();
     let sends = ctx.sends(id);
+    let cf = ctx.s.protocol == Protocol::Centrifuge;
     let (rd, ()) = tokio::join!(
-        read_loop(&ctx, id, &mut stream, &acked, &notify, &reader_done),
+        read_loop(
+            Reader::new(&ctx, id, &channel, &acked, &notify, &pinger),
+            &mut stream,
+            &reader_done
+        ),
         async {
             if sends {
-                write_loop(&ctx, id, room, &mut sink, &acked, &notify, &reader_done).await;
+                let w = Writer {
+                    ctx: &ctx,
+                    me: id,
+                    room,
+                    channel: &channel,
+                    acked: &acked,
+                    notify: &notify,
+                    pinger: &pinger,
+                    reader_done: &reader_done,
+                };
+                w.run(&mut sink).await;
+            }
+            if cf {
+                pong_loop(&ctx, &mut sink, &pinger).await;
             }
         }
     );
@@ -550,12 +584,110 @@ struct ReadResult {
     last_online: Option<Utf8Bytes>,
 }
 
+/// Centrifugo server pings the reader saw and the writer still owes a pong.
+#[derive(Default)]
+struct Pinger {
+    owed: AtomicU64,
+    notify: Notify,
+}
+
+/// Path of the Centrifugo client protocol's WebSocket endpoint.
+const CF_PATH: &str = "/connection/websocket";
+
+/// A pong (`{}`), always in a frame of its own.
+const CF_PONG: &str = "{}";
+
+/// Centrifugo: sends `connect` and a `subscribe` to `channel` in one frame
+/// and reads until both replies came (answering server pings, ignoring
+/// anything else). An error reply or a close fails the handshake.
+async fn cf_handshake(ctx: &Ctx, ws: &mut Ws, channel: &str) -> Result<(), String> {
+    let mut buf = String::with_capacity(128);
+    payload::encode_cf_handshake(&mut buf, channel);
+    ws.send(Message::text(buf))
+        .await
+        .map_err(|e| format!("centrifuge connect: send: {e}"))?;
+    let (mut connected, mut subscribed) = (false, false);
+    while !(connected && subscribed) {
+        let text = match ws.next().await {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(f))) => {
+                return Err(match f {
+                    Some(f) => format!(
+                        "centrifuge connect: close frame {} {}",
+                        u16::from(f.code),
+                        f.reason
+                    ),
+                    None => "centrifuge connect: close frame without code".to_owned(),
+                })
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(format!("centrifuge connect: {e}")),
+            None => return Err("centrifuge connect: connection ended".to_owned()),
+        };
+        for line in text.as_str().split('\n') {
+            match payload::parse_cf_line(line) {
+                CfLine::Reply { id } if id == payload::CF_CONNECT_ID => connected = true,
+                CfLine::Reply { id } if id == payload::CF_SUBSCRIBE_ID => subscribed = true,
+                CfLine::Error { id, code, message } => {
+                    let what = if id == payload::CF_CONNECT_ID {
+                        "connect"
+                    } else {
+                        "subscribe"
+                    };
+                    ctx.error_replies.fetch_add(1, Relaxed);
+                    return Err(format!("centrifuge {what} error {code}: {message}"));
+                }
+                CfLine::Ping => {
+                    ws.send(Message::text(CF_PONG))
+                        .await
+                        .map_err(|e| format!("centrifuge connect: pong: {e}"))?;
+                    ctx.pings_answered.fetch_add(1, Relaxed);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends the pongs `pinger` owes; `false` if the connection is gone.
+async fn answer_pings(ctx: &Ctx, sink: &mut SplitSink<Ws, Message>, pinger: &Pinger) -> bool {
+    let n = pinger.owed.swap(0, Relaxed);
+    for _ in 0..n {
+        if sink.send(Message::text(CF_PONG)).await.is_err() {
+            return false;
+        }
+    }
+    ctx.pings_answered.fetch_add(n, Relaxed);
+    true
+}
+
+/// Centrifugo: answers server pings until the run stops (or the connection breaks).
+async fn pong_loop(ctx: &Ctx, sink: &mut SplitSink<Ws, Message>, pinger: &Pinger) {
+    let mut stop_rx = ctx.stop.subscribe();
+    let stop = stop_rx.wait_for(|s| *s);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => return,
+            () = pinger.notify.notified() => {}
+        }
+        if !answer_pings(ctx, sink, pinger).await {
+            return;
+        }
+    }
+}
+
 /// Per-connection read state.
 struct Reader<'a> {
     ctx: &'a Ctx,
     me: u32,
+    /// The client's room (Centrifugo channel) name.
+    channel: &'a str,
     acked: &'a AtomicU64,
     notify: &'a Notify,
+    pinger: &'a Pinger,
     sched: Option<Schedule>,
     track_online: bool,
     lat: Vec<u64>,
@@ -568,7 +700,32 @@ struct Reader<'a> {
     other: u64,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    fn new(
+        ctx: &'a Ctx,
+        me: u32,
+        channel: &'a str,
+        acked: &'a AtomicU64,
+        notify: &'a Notify,
+        pinger: &'a Pinger,
+    ) -> Self {
+        Self {
+            ctx,
+            me,
+            channel,
+            acked,
+            notify,
+            pinger,
+            sched: None,
+            track_online: ctx.s.scenario == Scenario::JoinBurst,
+            lat: Vec::new(),
+            res: ReadResult::default(),
+            frames: 0,
+            bytes: 0,
+            other: 0,
+        }
+    }
+
     fn closed(&mut self) {
         self.res.closed_by_server = true;
         self.res.closed_at_ns = self.ctx.clock.now_ns();
@@ -626,11 +783,21 @@ impl Reader<'_> {
                 return true;
             }
         };
+        let s = text.as_str();
+        if self.ctx.s.protocol == Protocol::Centrifuge && s == CF_PONG {
+            // A server ping alone in its frame: not counted, like WebSocket pings.
+            self.ping();
+            return true;
+        }
         self.frames += 1;
         self.bytes += text.len() as u64;
-        let s = text.as_str();
         match self.ctx.s.protocol {
             Protocol::Relay => self.on_payload(s),
+            Protocol::Centrifuge => {
+                for line in s.split('\n') {
+                    self.on_cf_line(line);
+                }
+            }
             // Presence frames (a join storm sends every member the whole user
             // list) are recognised without JSON work; join-burst keeps the
             // last online_users frame (parsed once, at the end).
@@ -662,11 +829,43 @@ impl Reader<'_> {
         true
     }
 
+    fn ping(&self) {
+        self.pinger.owed.fetch_add(1, Relaxed);
+        self.pinger.notify.notify_one();
+    }
+
+    /// One message of a Centrifugo frame.
+    fn on_cf_line(&mut self, line: &str) {
+        match payload::parse_cf_line(line) {
+            CfLine::Pub {
+                channel,
+                payload: Some(p),
+            } if channel == self.channel => self.on_parsed(p),
+            CfLine::Pub { .. } | CfLine::Garbage => self.other += 1,
+            CfLine::Ping => self.ping(),
+            // Publish replies (and late handshake replies) need nothing.
+            CfLine::Reply { .. } | CfLine::OtherPush { unsubscribe: false } => {}
+            CfLine::Error { code, message, .. } => {
+                self.ctx.error_replies.fetch_add(1, Relaxed);
+                self.ctx
+                    .record_error(&format!("centrifuge error reply {code}: {message}"));
+            }
+            CfLine::OtherPush { unsubscribe: true } => {
+                self.ctx.error_replies.fetch_add(1, Relaxed);
+                self.ctx.record_error("centrifuge unsubscribe push");
+            }
+        }
+    }
+
     fn on_payload(&mut self, content: &str) {
         let Some(p) = payload::parse(content) else {
             self.other += 1;
             return;
         };
+        self.on_parsed(p);
+    }
+
+    fn on_parsed(&mut self, p: Payload) {
         let now = self.ctx.clock.now_ns();
         if p.sender == self.me {
             self.acked.fetch_max(p.seq + 1, Relaxed);
@@ -683,26 +882,11 @@ impl Reader<'_> {
 }
 
 async fn read_loop(
-    ctx: &Ctx,
-    me: u32,
+    mut r: Reader<'_>,
     stream: &mut SplitStream<Ws>,
-    acked: &AtomicU64,
-    notify: &Notify,
     reader_done: &AtomicBool,
 ) -> ReadResult {
-    let mut r = Reader {
-        ctx,
-        me,
-        acked,
-        notify,
-        sched: None,
-        track_online: ctx.s.scenario == Scenario::JoinBurst,
-        lat: Vec::new(),
-        res: ReadResult::default(),
-        frames: 0,
-        bytes: 0,
-        other: 0,
-    };
+    let (ctx, notify) = (r.ctx, r.notify);
     let mut stop_rx = ctx.stop.subscribe();
     let stop = stop_rx.wait_for(|s| *s);
     tokio::pin!(stop);
@@ -735,95 +919,139 @@ fn phase(id: u32) -> f64 {
     f64::from(id.wrapping_mul(2_654_435_761) >> 8) / f64::from(1u32 << 24)
 }
 
-async fn write_loop(
-    ctx: &Ctx,
+/// A sender's write half and what it shares with its reader.
+struct Writer<'a> {
+    ctx: &'a Ctx,
     me: u32,
     room: u32,
-    sink: &mut SplitSink<Ws, Message>,
-    acked: &AtomicU64,
-    notify: &Notify,
-    reader_done: &AtomicBool,
-) {
-    let mut sched_rx = ctx.sched.subscribe();
-    let mut stop_rx = ctx.stop.subscribe();
-    let sched = tokio::select! {
-        s = sched_rx.wait_for(Option::is_some) => match s.ok().and_then(|s| *s) {
-            Some(s) => s,
-            None => return,
-        },
-        _ = stop_rx.wait_for(|s| *s) => return,
-    };
-    let stop = stop_rx.wait_for(|s| *s);
-    tokio::pin!(stop);
-    let clock = ctx.clock;
-    let rate = ctx.s.rate;
-    let interval_ns = if rate > 0.0 {
-        secs_ns(1.0 / rate).max(1)
-    } else {
-        0
-    };
-    let mut next = sched.start_ns + (interval_ns as f64 * phase(me)) as u64;
-    let cap = ctx.s.max_inflight.max(1);
-    let mut seq: u64 = 0;
-    let mut buf = String::with_capacity(payload::MAX_PAYLOAD_LEN);
-    sleep_until(Instant::from_std(clock.instant_at(sched.start_ns))).await;
-    loop {
-        if interval_ns > 0 {
-            if next >= sched.window_end_ns {
-                break;
-            }
-            tokio::select! {
-                biased;
-                _ = &mut stop => return,
-                () = sleep_until(Instant::from_std(clock.instant_at(next))) => {}
-            }
-            next += interval_ns;
-        }
-        if seq.saturating_sub(acked.load(Relaxed)) >= cap {
-            ctx.stalls.fetch_add(1, Relaxed);
-            loop {
-                let woken = notify.notified();
-                if seq.saturating_sub(acked.load(Relaxed)) < cap
-                    || reader_done.load(Relaxed)
-                    || clock.now_ns() >= sched.window_end_ns
-                {
+    /// The room (Centrifugo channel) name.
+    channel: &'a str,
+    acked: &'a AtomicU64,
+    notify: &'a Notify,
+    pinger: &'a Pinger,
+    reader_done: &'a AtomicBool,
+}
+
+impl Writer<'_> {
+    async fn run(&self, sink: &mut SplitSink<Ws, Message>) {
+        let Writer {
+            ctx,
+            me,
+            room,
+            channel,
+            acked,
+            notify,
+            pinger,
+            reader_done,
+        } = *self;
+        let cf = ctx.s.protocol == Protocol::Centrifuge;
+        let mut sched_rx = ctx.sched.subscribe();
+        let mut stop_rx = ctx.stop.subscribe();
+        let sched = tokio::select! {
+            s = sched_rx.wait_for(Option::is_some) => match s.ok().and_then(|s| *s) {
+                Some(s) => s,
+                None => return,
+            },
+            _ = stop_rx.wait_for(|s| *s) => return,
+        };
+        let stop = stop_rx.wait_for(|s| *s);
+        tokio::pin!(stop);
+        let clock = ctx.clock;
+        let rate = ctx.s.rate;
+        let interval_ns = if rate > 0.0 {
+            secs_ns(1.0 / rate).max(1)
+        } else {
+            0
+        };
+        let mut next = sched.start_ns + (interval_ns as f64 * phase(me)) as u64;
+        let cap = ctx.s.max_inflight.max(1);
+        let mut seq: u64 = 0;
+        let mut buf = String::with_capacity(payload::MAX_PAYLOAD_LEN);
+        sleep_until(Instant::from_std(clock.instant_at(sched.start_ns))).await;
+        loop {
+            if interval_ns > 0 {
+                if next >= sched.window_end_ns {
                     break;
                 }
-                tokio::select! {
-                    biased;
-                    _ = &mut stop => return,
-                    () = woken => {}
-                    () = sleep(Duration::from_millis(100)) => {}
+                let at = Instant::from_std(clock.instant_at(next));
+                loop {
+                    // (No await inside select!'s arms: the stop branch's
+                    // output holds a watch guard that is not Send.)
+                    let pinged = tokio::select! {
+                        biased;
+                        _ = &mut stop => return,
+                        () = pinger.notify.notified(), if cf => true,
+                        () = sleep_until(at) => false,
+                    };
+                    if !pinged {
+                        break;
+                    }
+                    if !answer_pings(ctx, sink, pinger).await {
+                        return;
+                    }
+                }
+                next += interval_ns;
+            }
+            if seq.saturating_sub(acked.load(Relaxed)) >= cap {
+                ctx.stalls.fetch_add(1, Relaxed);
+                loop {
+                    let woken = notify.notified();
+                    if seq.saturating_sub(acked.load(Relaxed)) < cap
+                        || reader_done.load(Relaxed)
+                        || clock.now_ns() >= sched.window_end_ns
+                    {
+                        break;
+                    }
+                    let pinged = tokio::select! {
+                        biased;
+                        _ = &mut stop => return,
+                        () = pinger.notify.notified(), if cf => true,
+                        () = woken => false,
+                        () = sleep(Duration::from_millis(100)) => false,
+                    };
+                    if pinged && !answer_pings(ctx, sink, pinger).await {
+                        return;
+                    }
                 }
             }
-        }
-        let t = clock.now_ns();
-        if reader_done.load(Relaxed) || t >= sched.window_end_ns {
-            break;
-        }
-        payload::encode(
-            &mut buf,
-            Payload {
+            let t = clock.now_ns();
+            if reader_done.load(Relaxed) || t >= sched.window_end_ns {
+                break;
+            }
+            let p = Payload {
                 t_ns: t,
                 sender: me,
                 seq,
-            },
-        );
-        let sent = tokio::select! {
-            biased;
-            _ = &mut stop => return,
-            r = sink.send(Message::text(buf.as_str())) => r.is_ok(),
-        };
-        if !sent {
-            break;
-        }
-        ctx.sent_total.fetch_add(1, Relaxed);
-        if sched.measures(t) {
-            if let Some(c) = ctx.room_sent.get(room as usize) {
-                c.fetch_add(1, Relaxed);
+            };
+            if cf {
+                payload::encode_cf_publish(
+                    &mut buf,
+                    channel,
+                    p,
+                    payload::CF_FIRST_PUBLISH_ID + seq,
+                );
+            } else {
+                payload::encode(&mut buf, p);
+            }
+            let sent = tokio::select! {
+                biased;
+                _ = &mut stop => return,
+                r = sink.send(Message::text(buf.as_str())) => r.is_ok(),
+            };
+            if !sent {
+                break;
+            }
+            ctx.sent_total.fetch_add(1, Relaxed);
+            if sched.measures(t) {
+                if let Some(c) = ctx.room_sent.get(room as usize) {
+                    c.fetch_add(1, Relaxed);
+                }
+            }
+            seq += 1;
+            if cf && pinger.owed.load(Relaxed) > 0 && !answer_pings(ctx, sink, pinger).await {
+                break;
             }
         }
-        seq += 1;
     }
 }
 
@@ -845,12 +1073,22 @@ async fn connect_worker(ctx: Arc<Ctx>, w: u32, sched: Schedule) {
         let path = match ctx.s.protocol {
             Protocol::Relay => "/ws".to_owned(),
             Protocol::Room => format!("/ws/c{w}x{n}?username={}", payload::username(w)),
+            Protocol::Centrifuge => CF_PATH.to_owned(),
         };
         let source = target::source_ip(w.wrapping_add(n), ctx.s.source_addrs);
+        // Centrifugo: a handshake includes connect + subscribe to a fresh
+        // channel, as the room protocol's handshake joins a fresh room.
+        let handshake = async {
+            let mut ws = target::open(&ctx.target, &path, source, ctx.read_buffer()).await?;
+            if ctx.s.protocol == Protocol::Centrifuge {
+                cf_handshake(&ctx, &mut ws, &format!("c{w}x{n}")).await?;
+            }
+            Ok::<_, String>(ws)
+        };
         let opened = tokio::select! {
             biased;
             _ = &mut stop => break,
-            r = timeout(Duration::from_secs(5), target::open(&ctx.target, &path, source, ctx.read_buffer())) => r,
+            r = timeout(Duration::from_secs(5), handshake) => r,
         };
         let measured = sched.measures(t0);
         match opened {

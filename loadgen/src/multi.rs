@@ -47,7 +47,7 @@ impl Drop for Kids {
                         std::thread::sleep(Duration::from_millis(20));
                     }
                     Ok(None) => {
-                        eprintln!("hubbub-sim load: killing child {}", c.id());
+                        eprintln!("hubbub-load: killing child {}", c.id());
                         let _ = c.kill();
                         let _ = c.wait();
                         break;
@@ -69,7 +69,7 @@ fn wait_all(rx: &Lines, n: usize, tag: &str, within: Duration) -> Result<Vec<Str
         match rx.recv_timeout(left) {
             Ok((i, Some(line))) => match line.strip_prefix(tag) {
                 Some(rest) if got[i].is_none() => got[i] = Some(rest.trim().to_owned()),
-                _ => eprintln!("hubbub-sim load: child {i}: {line}"),
+                _ => eprintln!("hubbub-load: child {i}: {line}"),
             },
             // A child that already answered may exit (after @result).
             Ok((i, None)) if got[i].is_some() => {}
@@ -140,7 +140,7 @@ pub fn run_parent(
         .iter()
         .filter_map(|r| r.split_whitespace().next()?.parse::<u64>().ok())
         .sum();
-    eprintln!("hubbub-sim load: {n} generator processes ready, {connected} clients connected");
+    eprintln!("hubbub-load: {n} generator processes ready, {connected} clients connected");
     if s.scenario == Scenario::Idle {
         std::thread::sleep(Duration::from_secs(1));
         probe.after_connect();
