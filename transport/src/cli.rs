@@ -83,12 +83,19 @@ pub struct Cli {
     #[arg(skip)]
     pub namespaces: Namespaces,
 
-    /// Runtime worker threads. Default: the machine's cores minus one (at
-    /// least 1), leaving a core for the kernel's network work: on 2 cores,
-    /// one worker delivered more per CPU-second, with half the tail latency,
-    /// than two (BENCHMARKS.md).
-    #[arg(long, env = "HUBBUB_WORKERS", value_parser = parse_workers)]
-    pub workers: Option<usize>,
+    /// Shards: threads that each own a share of the connections, with
+    /// their own runtime and hub; a channel's home shard orders it, and a
+    /// publication crosses to each other shard once. Default: the cores
+    /// this process may use. (`--workers`, its name before shards, is an
+    /// alias.)
+    #[arg(long, env = "HUBBUB_SHARDS", alias = "workers", value_parser = parse_workers)]
+    pub shards: Option<usize>,
+}
+
+/// One shard per core the process may use.
+#[must_use]
+pub fn default_shards() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 fn parse_workers(s: &str) -> Result<usize, String> {
@@ -96,7 +103,7 @@ fn parse_workers(s: &str) -> Result<usize, String> {
         Ok(0) => Err("must be at least 1".to_owned()),
         Ok(n) if n > 1024 => Err("must be at most 1024".to_owned()),
         Ok(n) => Ok(n),
-        Err(_) => Err(format!("{s:?} is not a whole number of threads")),
+        Err(_) => Err(format!("{s:?} is not a whole number of shards")),
     }
 }
 
@@ -183,22 +190,18 @@ impl Cli {
                 *slot = v;
             }
         }
-        if let (Some(v), true) = (file.workers, unset("workers")) {
-            self.workers =
-                Some(parse_workers(&v.to_string()).map_err(|e| context(format!("workers: {e}")))?);
+        if let (Some(v), true) = (file.shards, unset("shards")) {
+            self.shards =
+                Some(parse_workers(&v.to_string()).map_err(|e| context(format!("shards: {e}")))?);
         }
         self.namespaces = file.namespaces().map_err(context)?;
         Ok(self)
     }
 
-    /// Worker threads to run: `--workers`, or the cores minus one (at least 1).
+    /// Shards to run: `--shards`, or the cores this process may use.
     #[must_use]
-    pub fn worker_threads(&self) -> usize {
-        self.workers.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map_or(1, |n| n.get().saturating_sub(1))
-                .max(1)
-        })
+    pub fn shard_count(&self) -> usize {
+        self.shards.unwrap_or_else(default_shards)
     }
 
     /// The server settings these flags ask for (not yet validated).
@@ -220,6 +223,7 @@ impl Cli {
                 ..Config::default()
             },
             write_timeout: self.write_timeout,
+            shards: self.shard_count(),
         }
     }
 }
@@ -362,6 +366,8 @@ mod tests {
         let mut config = cli.server_config();
         assert_ne!(config.hub.entropy, 0, "a random start");
         config.hub.entropy = 0;
+        assert_eq!(config.shards, default_shards());
+        config.shards = 1;
         assert_eq!(config, ServerConfig::default());
         assert_eq!(config.hub, Config::default());
         assert!(config.validate().is_ok());

@@ -43,13 +43,19 @@ pub struct ServerConfig {
     /// A batch of writes to one connection that takes longer than this ends
     /// the connection (`CloseReason::WriteTimeout`).
     pub write_timeout: Duration,
+    /// Shards: threads, each with its own runtime, hub and connections.
+    pub shards: usize,
 }
+
+/// The most shards a server runs.
+pub const MAX_SHARDS: usize = 1024;
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             hub: Config::default(),
             write_timeout: Duration::from_secs(10),
+            shards: 1,
         }
     }
 }
@@ -59,6 +65,7 @@ impl Default for ServerConfig {
 pub enum ServerConfigError {
     Hub(ConfigError),
     ZeroWriteTimeout,
+    Shards,
 }
 
 impl fmt::Display for ServerConfigError {
@@ -66,6 +73,7 @@ impl fmt::Display for ServerConfigError {
         match self {
             Self::Hub(e) => e.fmt(f),
             Self::ZeroWriteTimeout => f.write_str("write timeout must be greater than zero"),
+            Self::Shards => write!(f, "shards must be between 1 and {MAX_SHARDS}"),
         }
     }
 }
@@ -81,6 +89,9 @@ impl ServerConfig {
         self.hub.validate().map_err(ServerConfigError::Hub)?;
         if self.write_timeout.is_zero() {
             return Err(ServerConfigError::ZeroWriteTimeout);
+        }
+        if !(1..=MAX_SHARDS).contains(&self.shards) {
+            return Err(ServerConfigError::Shards);
         }
         Ok(())
     }

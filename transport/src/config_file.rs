@@ -43,7 +43,8 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     pub max_command_bytes: Option<usize>,
     pub channel_limit: Option<usize>,
-    pub workers: Option<usize>,
+    #[serde(alias = "workers")]
+    pub shards: Option<usize>,
     pub channel: Option<NamespaceFile>,
     #[serde(default)]
     pub namespace: Vec<NamespaceFile>,

@@ -140,6 +140,7 @@ async fn start<R, W>(
         max_message_bytes,
         outbox.clone(),
         shared.hub.clone(),
+        shared.bus.clone(),
     ));
     tokio::spawn(write_until_closed(
         shared, conn, outbox, write, reader, guards,

@@ -22,7 +22,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hubbub_core::{CloseReason, Config, ConnId, Hub, Input, Output, Route, Stats, Timestamp};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use hubbub_core::{
+    BusMessage, CloseReason, Config, ConnId, Hub, Input, Output, Route, Stats, Timestamp,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -42,6 +46,73 @@ const MAX_YIELDS: usize = 32;
 /// While events keep coming, how often the hub's counters are published for
 /// `/metrics` at most; an idle hub has published its latest ones.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Messages between shards that may be in flight at once, per shard,
+/// before readers stop reading from their clients until the shards catch
+/// up: the bus pushes back on the publishers instead of growing or dropping.
+pub const BUS_HIGH_WATER: usize = 16_384;
+
+/// How much is in flight on the bus between shards. Shared by every shard;
+/// readers consult it before reading a client's next frame.
+#[derive(Debug)]
+pub struct BusLoad {
+    in_flight: AtomicUsize,
+    high_water: usize,
+}
+
+impl BusLoad {
+    #[must_use]
+    pub fn new(shards: usize) -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            high_water: BUS_HIGH_WATER.saturating_mul(shards.max(1)),
+        }
+    }
+
+    fn sent(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn received(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Messages sent and not yet taken by their shard.
+    #[must_use]
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether readers should wait before reading more client input.
+    #[must_use]
+    pub fn congested(&self) -> bool {
+        self.in_flight() > self.high_water
+    }
+}
+
+/// A shard's ends of the bus: its inbox, and the other shards' inboxes
+/// (indexed by shard; its own entry is never used).
+#[derive(Debug)]
+pub struct ShardLinks {
+    pub shard: usize,
+    pub inbox: mpsc::UnboundedReceiver<BusMessage>,
+    pub peers: Vec<mpsc::UnboundedSender<BusMessage>>,
+    pub load: Arc<BusLoad>,
+}
+
+impl ShardLinks {
+    /// The links of the only shard of a one-shard server.
+    #[must_use]
+    pub fn single() -> Self {
+        let (tx, inbox) = mpsc::unbounded_channel();
+        Self {
+            shard: 0,
+            inbox,
+            peers: vec![tx],
+            load: Arc::new(BusLoad::new(1)),
+        }
+    }
+}
 
 /// What connections tell the hub task.
 #[derive(Debug)]
@@ -103,6 +174,9 @@ struct Driver {
     outboxes: HashMap<ConnId, Arc<Outbox>>,
     /// Connections whose outbox was full while draining (id order).
     full: BTreeSet<ConnId>,
+    /// The other shards' inboxes, indexed by shard.
+    peers: Vec<mpsc::UnboundedSender<BusMessage>>,
+    load: Arc<BusLoad>,
 }
 
 impl Driver {
@@ -132,12 +206,30 @@ impl Driver {
         }
     }
 
+    /// A message from another shard.
+    fn handle_bus(&mut self, msg: BusMessage) {
+        self.load.received();
+        let now = self.clock.now();
+        self.hub.handle_bus(now, msg);
+        self.drain(now);
+    }
+
     /// Performs every pending output; reports full queues, then performs
-    /// what the resulting evictions produce, until nothing is left.
+    /// what the resulting evictions produce, until nothing is left. Sends
+    /// what the hub has for other shards, in order.
     fn drain(&mut self, now: Timestamp) {
         loop {
             while let Some(output) = self.hub.poll_output() {
                 self.perform(output);
+            }
+            while let Some((to, msg)) = self.hub.poll_bus() {
+                if let Some(peer) = self.peers.get(usize::from(to.0)) {
+                    self.load.sent();
+                    // A shard that is gone is stopping with the server.
+                    if peer.send(msg).is_err() {
+                        self.load.received();
+                    }
+                }
             }
             if self.full.is_empty() {
                 return;
@@ -178,6 +270,7 @@ impl Driver {
 /// Publishes the hub's counters into [`Metrics`], throttled.
 struct Publisher {
     metrics: Arc<Metrics>,
+    shard: usize,
     last: Instant,
 }
 
@@ -187,7 +280,7 @@ impl Publisher {
     fn after_batch(&mut self, hub: &Hub, idle: bool) {
         let now = Instant::now();
         if idle || now.duration_since(self.last) >= PUBLISH_INTERVAL {
-            self.metrics.publish_hub(hub.stats());
+            self.metrics.publish_shard(self.shard, hub.stats());
             self.last = now;
         }
     }
@@ -201,13 +294,22 @@ pub async fn run(
     gauge: Arc<WriterGauge>,
     metrics: Arc<Metrics>,
     mut events: mpsc::Receiver<Event>,
+    links: ShardLinks,
 ) -> Stats {
     let config_send_queue = config.send_queue;
+    let ShardLinks {
+        shard,
+        mut inbox,
+        peers,
+        load,
+    } = links;
     let mut driver = Driver {
         hub: Hub::new(config),
         clock,
         outboxes: HashMap::new(),
         full: BTreeSet::new(),
+        peers,
+        load,
     };
     let sleep = tokio::time::sleep_until(far_future(Instant::now()));
     tokio::pin!(sleep);
@@ -215,6 +317,7 @@ pub async fn run(
     let batch = (config_send_queue / 2).clamp(1, MAX_BATCH);
     let mut publisher = Publisher {
         metrics,
+        shard,
         last: Instant::now(),
     };
     loop {
@@ -237,13 +340,25 @@ pub async fn run(
                     }
                 }
             }
+            msg = inbox.recv() => {
+                // Never None while this task runs: it holds its own sender.
+                if let Some(msg) = msg {
+                    driver.handle_bus(msg);
+                    for _ in 1..batch {
+                        match inbox.try_recv() {
+                            Ok(msg) => driver.handle_bus(msg),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
             () = &mut sleep, if deadline.is_some() => {
                 // The timer firing only means "look at the clock".
                 armed = None;
             }
         }
         driver.maybe_timeout();
-        publisher.after_batch(&driver.hub, events.is_empty());
+        publisher.after_batch(&driver.hub, events.is_empty() && inbox.is_empty());
         // Let the writers this batch woke start on it before producing more.
         let mut yields = 0;
         while gauge.runnable() > 0 && yields < MAX_YIELDS {
@@ -252,7 +367,7 @@ pub async fn run(
         }
     }
     let stats = driver.hub.stats();
-    publisher.metrics.publish_hub(stats.clone());
+    publisher.metrics.publish_shard(shard, stats.clone());
     stats
 }
 
@@ -301,6 +416,7 @@ mod tests {
             gauge.clone(),
             metrics.clone(),
             rx,
+            ShardLinks::single(),
         ));
         let outbox = Arc::new(Outbox::new(8, gauge.clone()));
         tx.send(Event::Open {
@@ -350,6 +466,7 @@ mod tests {
             gauge.clone(),
             metrics.clone(),
             rx,
+            ShardLinks::single(),
         ));
         let slow = Arc::new(Outbox::new(2, gauge.clone()));
         let fast = Arc::new(Outbox::new(2, gauge));

@@ -36,8 +36,9 @@ fn main() -> ExitCode {
         eprintln!("hubbub: invalid configuration: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cli.worker_threads())
+    // This runtime only accepts connections and waits for signals: every
+    // connection is handed to a shard's own thread and runtime.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

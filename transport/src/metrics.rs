@@ -172,7 +172,8 @@ impl OutboxMetrics {
 #[derive(Debug)]
 pub struct Metrics {
     started: Instant,
-    hub: Mutex<Stats>,
+    /// The last published counters of each shard's hub.
+    hub: Mutex<Vec<Stats>>,
     rejections: [AtomicU64; REJECTIONS.len()],
     accept_errors: AtomicU64,
 }
@@ -189,13 +190,13 @@ impl Metrics {
     pub fn new() -> Self {
         Self {
             started: Instant::now(),
-            hub: Mutex::new(Stats::default()),
+            hub: Mutex::new(Vec::new()),
             rejections: Default::default(),
             accept_errors: AtomicU64::new(0),
         }
     }
 
-    fn hub_stats(&self) -> MutexGuard<'_, Stats> {
+    fn hub_stats(&self) -> MutexGuard<'_, Vec<Stats>> {
         // Only whole `Stats` values are stored: a poisoned one is still whole.
         self.hub.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -218,13 +219,39 @@ impl Metrics {
     /// hub is idle and at most ~100 ms old under load. A mutex rather than an
     /// atomic per field, so a scrape sees one consistent state of the hub.
     pub fn publish_hub(&self, stats: Stats) {
-        *self.hub_stats() = stats;
+        self.publish_shard(0, stats);
     }
 
-    /// The hub's counters as last published.
+    /// Replaces shard `shard`'s published counters (its hub task).
+    pub fn publish_shard(&self, shard: usize, stats: Stats) {
+        let mut all = self.hub_stats();
+        if all.len() <= shard {
+            all.resize(shard + 1, Stats::default());
+        }
+        all[shard] = stats;
+    }
+
+    /// The hubs' counters as last published, summed over the shards.
     #[must_use]
     pub fn hub(&self) -> Stats {
-        self.hub_stats().clone()
+        let all = self.hub_stats();
+        let mut sum = Stats::default();
+        for s in all.iter() {
+            sum.connections += s.connections;
+            sum.rooms += s.rooms;
+            sum.opened += s.opened;
+            sum.messages_in += s.messages_in;
+            sum.sends += s.sends;
+            sum.pings += s.pings;
+            sum.commands += s.commands;
+            sum.command_errors += s.command_errors;
+            sum.bus_out += s.bus_out;
+            sum.bus_in += s.bus_in;
+            for (total, n) in sum.closes.iter_mut().zip(s.closes) {
+                *total += n;
+            }
+        }
+        sum
     }
 
     /// Counts a response if it is one of the refusals in
@@ -290,6 +317,12 @@ impl Metrics {
             "hubbub_pings_total",
             "Heartbeat pings sent by the hub.",
             hub.pings,
+        );
+        out.counter(
+            "hubbub_bus_messages_total",
+            "Messages sent from one shard to another (joins, leaves, publications and \
+             queries to a channel's home shard; its deliveries, once per shard).",
+            hub.bus_out,
         );
         out.counter(
             "hubbub_commands_total",
@@ -506,7 +539,7 @@ mod tests {
         );
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!((helps, types), (16, 16));
+        assert_eq!((helps, types), (17, 17));
         assert!(text.ends_with('\n'));
     }
 }

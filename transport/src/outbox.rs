@@ -49,11 +49,21 @@ const MAX_PENDING_PONGS: usize = 16;
 #[derive(Debug, Default)]
 pub struct WriterGauge {
     runnable: AtomicUsize,
-    /// Queue depth at each push, presence snapshots conflated, bytes written.
-    pub metrics: OutboxMetrics,
+    /// Queue depth at each push, presence snapshots conflated, bytes written
+    /// (one set for the whole server: every shard's gauge shares it).
+    pub metrics: Arc<OutboxMetrics>,
 }
 
 impl WriterGauge {
+    /// A gauge for one shard, counting into the server's `metrics`.
+    #[must_use]
+    pub fn sharing(metrics: Arc<OutboxMetrics>) -> Self {
+        Self {
+            runnable: AtomicUsize::new(0),
+            metrics,
+        }
+    }
+
     /// Writers woken but not yet running.
     #[must_use]
     pub fn runnable(&self) -> usize {

@@ -26,7 +26,10 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::bounded::{FrameBounded, WaitReadable};
-use crate::hub_task::Event;
+use crate::hub_task::{BusLoad, Event};
+
+/// How long a reader waits before looking at the bus's load again.
+const CONGESTION_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
 use crate::outbox::Outbox;
 
 /// Reads until the connection ends, then tells the hub why.
@@ -36,11 +39,13 @@ pub async fn run<R>(
     max_message_bytes: usize,
     outbox: Arc<Outbox>,
     hub: mpsc::Sender<Event>,
+    bus: Arc<BusLoad>,
 ) where
     R: AsyncRead + WaitReadable + Unpin,
 {
     let mut stream = FrameBounded::new(stream);
-    let Some(reason) = read_messages(&mut stream, conn, max_message_bytes, &outbox, &hub).await
+    let Some(reason) =
+        read_messages(&mut stream, conn, max_message_bytes, &outbox, &hub, &bus).await
     else {
         return; // the hub is gone
     };
@@ -87,6 +92,7 @@ async fn read_messages<R>(
     max_message_bytes: usize,
     outbox: &Outbox,
     hub: &mpsc::Sender<Event>,
+    bus: &BusLoad,
 ) -> Option<CloseReason>
 where
     R: AsyncRead + WaitReadable + Unpin,
@@ -101,6 +107,11 @@ where
     };
     let mut partial: Option<Partial> = None;
     loop {
+        // The shards are behind on their messages to each other: leave the
+        // client's input in its socket (TCP pushes back) until they catch up.
+        while bus.congested() {
+            tokio::time::sleep(CONGESTION_WAIT).await;
+        }
         // Idle: wait for the next frame holding no read buffer.
         if stream.get_mut().wait_readable().await.is_err() {
             return Some(CloseReason::PeerClosed);

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hubbub_core::{CloseReason, Input};
+use hubbub_core::{CloseReason, Input, Stats};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -29,8 +29,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{ServerConfig, HEADER_READ_TIMEOUT, HUB_CHANNEL_CAPACITY};
 use crate::http;
-use crate::hub_task::{self, Clock, Event};
-use crate::metrics::Metrics;
+use crate::hub_task::{self, BusLoad, Clock, Event, ShardLinks};
+use crate::metrics::{Metrics, OutboxMetrics};
 use crate::outbox::WriterGauge;
 use crate::shutdown::TaskTracker;
 
@@ -39,25 +39,30 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How long the hub task gets to finish once every connection has.
 const HUB_EXIT_WAIT: Duration = Duration::from_secs(1);
 
-/// State every request handler and connection task shares.
+/// State every request handler and connection task of one shard shares;
+/// the counters and flags in it are the whole server's.
 #[derive(Debug)]
 pub struct Shared {
     pub config: ServerConfig,
+    /// This shard's hub task.
     pub hub: mpsc::Sender<Event>,
-    /// WebSocket connections holding a [`ConnectionSlot`].
-    live: AtomicUsize,
-    next_conn: AtomicU64,
-    /// WebSocket connections that reached the hub.
-    pub opened: AtomicU64,
-    stopping: AtomicBool,
+    /// WebSocket connections holding a [`ConnectionSlot`] (all shards).
+    live: Arc<AtomicUsize>,
+    next_conn: Arc<AtomicU64>,
+    /// WebSocket connections that reached a hub (all shards).
+    pub opened: Arc<AtomicU64>,
+    stopping: Arc<AtomicBool>,
     pub tracker: TaskTracker,
-    /// Writers woken and not yet running (see [`crate::outbox`]); also
-    /// carries the outboxes' and writers' counters for `/metrics`.
+    /// This shard's writers woken and not yet running (see
+    /// [`crate::outbox`]); also carries the server's outbox and writer
+    /// counters for `/metrics`.
     pub gauge: Arc<WriterGauge>,
-    /// Everything else `/metrics` reports. Shared with the hub task apart
-    /// from `Shared`: the hub task must not hold `Shared`, whose sender
+    /// Everything else `/metrics` reports. Shared with the hub tasks apart
+    /// from `Shared`: a hub task must not hold `Shared`, whose sender
     /// keeps its channel open.
     pub metrics: Arc<Metrics>,
+    /// Messages in flight between shards; readers wait while it is high.
+    pub bus: Arc<BusLoad>,
 }
 
 impl Shared {
@@ -108,63 +113,116 @@ pub async fn serve(
         .validate()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let addr = listener.local_addr()?;
-    let (hub_tx, hub_rx) = mpsc::channel(HUB_CHANNEL_CAPACITY);
-    let gauge = Arc::new(WriterGauge::default());
+    let shards = config.shards;
     let metrics = Arc::new(Metrics::new());
-    let mut hub_task = tokio::spawn(hub_task::run(
-        config.hub.clone(),
-        Clock::new(Instant::now()),
-        gauge.clone(),
-        metrics.clone(),
-        hub_rx,
-    ));
+    let outbox_metrics = Arc::new(OutboxMetrics::default());
+    let bus = Arc::new(BusLoad::new(shards));
     let (stop_tx, stop_rx) = watch::channel(false);
     let tracker = TaskTracker::new();
     let grace = config.shutdown_grace();
-    let shared = Arc::new(Shared {
-        config,
-        hub: hub_tx,
-        live: AtomicUsize::new(0),
-        next_conn: AtomicU64::new(1),
-        opened: AtomicU64::new(0),
-        stopping: AtomicBool::new(false),
-        tracker: tracker.clone(),
-        gauge,
-        metrics,
-    });
-    info!(%addr, "listening");
-
-    // The hub task only ends once every connection is gone; ending earlier
-    // means it panicked, and the server cannot work without it.
-    let mut hub_failed = None;
-    let stop = async {
-        tokio::select! {
-            () = shutdown => {}
-            ended = &mut hub_task => hub_failed = Some(ended),
-        }
+    let clock = Clock::new(Instant::now());
+    let global = Global {
+        live: Arc::new(AtomicUsize::new(0)),
+        next_conn: Arc::new(AtomicU64::new(1)),
+        opened: Arc::new(AtomicU64::new(0)),
+        stopping: Arc::new(AtomicBool::new(false)),
     };
-    accept_loop(&listener, &shared, &stop_rx, stop).await;
+    let (inboxes, peers): (Vec<_>, Vec<_>) = (0..shards)
+        .map(|_| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (rx, tx)
+        })
+        .unzip();
+    let mut shard_handles = Vec::with_capacity(shards);
+    let mut shared = Vec::with_capacity(shards);
+    for (shard, inbox) in inboxes.into_iter().enumerate() {
+        let (hub_tx, hub_rx) = mpsc::channel(HUB_CHANNEL_CAPACITY);
+        let gauge = Arc::new(WriterGauge::sharing(outbox_metrics.clone()));
+        let mut hub_config = config.hub.clone();
+        hub_config.shards = u16::try_from(shards).unwrap_or(u16::MAX);
+        hub_config.shard = hubbub_core::ShardId(u16::try_from(shard).unwrap_or(0));
+        let links = ShardLinks {
+            shard,
+            inbox,
+            peers: peers.clone(),
+            load: bus.clone(),
+        };
+        let state = Arc::new(Shared {
+            config: config.clone(),
+            hub: hub_tx,
+            live: global.live.clone(),
+            next_conn: global.next_conn.clone(),
+            opened: global.opened.clone(),
+            stopping: global.stopping.clone(),
+            tracker: tracker.clone(),
+            gauge: gauge.clone(),
+            metrics: metrics.clone(),
+            bus: bus.clone(),
+        });
+        let hub = hub_task::run(hub_config, clock, gauge, metrics.clone(), hub_rx, links);
+        shard_handles.push(start_shard(shard, hub, state.clone(), stop_rx.clone())?);
+        shared.push(state);
+    }
+    drop(peers);
+    info!(%addr, shards, "listening");
+
+    // A hub task only ends once every connection is gone; one ending
+    // earlier panicked, and the server cannot work without it.
+    let mut hub_failed = None;
+    let senders: Vec<_> = shard_handles.iter().map(|h| h.streams.clone()).collect();
+    {
+        let first_ended = std::future::poll_fn(|cx| {
+            for (shard, handle) in shard_handles.iter_mut().enumerate() {
+                if std::pin::Pin::new(&mut handle.done).poll(cx).is_ready() {
+                    return std::task::Poll::Ready(shard);
+                }
+            }
+            std::task::Poll::Pending
+        });
+        let stop = async {
+            tokio::select! {
+                () = shutdown => {}
+                shard = first_ended => hub_failed = Some(shard),
+            }
+        };
+        accept_loop(&listener, &shared[0], &senders, stop).await;
+    }
+    drop(senders);
     drop(listener);
-    if let Some(ended) = &hub_failed {
-        error!(?ended, "the hub task ended unexpectedly; shutting down");
+    if let Some(shard) = &hub_failed {
+        error!(shard, "a hub task ended unexpectedly; shutting down");
     }
 
     let started = Instant::now();
-    shared.stopping.store(true, Ordering::Release);
-    let open = shared.live.load(Ordering::Acquire);
+    global.stopping.store(true, Ordering::Release);
+    let open = global.live.load(Ordering::Acquire);
     info!(websockets = open, "shutting down: stopped accepting");
     let _ = stop_tx.send(true);
-    let _ = shared.hub.send(Event::Input(Input::Shutdown)).await;
+    for state in &shared {
+        let _ = state.hub.send(Event::Input(Input::Shutdown)).await;
+    }
     let unfinished = tracker.wait(grace).await;
-    let opened = shared.opened.load(Ordering::Relaxed);
+    let opened = global.opened.load(Ordering::Relaxed);
     drop(shared);
-    let stats = match hub_failed {
-        Some(_) => None,
-        None => tokio::time::timeout(HUB_EXIT_WAIT, hub_task)
+    let mut stats: Option<Stats> = Some(Stats::default());
+    for handle in &mut shard_handles {
+        handle.streams = closed_sender();
+        let ended = tokio::time::timeout(HUB_EXIT_WAIT, &mut handle.done)
             .await
             .ok()
-            .and_then(Result::ok),
-    };
+            .and_then(Result::ok);
+        match (&mut stats, ended) {
+            (Some(total), Some(s)) => {
+                total.opened += s.opened;
+                total.messages_in += s.messages_in;
+                total.sends += s.sends;
+                for (t, n) in total.closes.iter_mut().zip(s.closes) {
+                    *t += n;
+                }
+            }
+            _ => stats = None,
+        }
+    }
     let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     if unfinished > 0 {
         warn!(
@@ -172,7 +230,7 @@ pub async fn serve(
             elapsed_ms, "shutdown: connections still open after the grace period were abandoned"
         );
     }
-    match stats {
+    match stats.filter(|_| hub_failed.is_none()) {
         Some(stats) => info!(
             websockets_at_shutdown = open,
             closed_for_shutdown = stats.closes_for(CloseReason::ServerShutdown),
@@ -190,21 +248,79 @@ pub async fn serve(
         ),
     }
     match hub_failed {
-        Some(_) => Err(io::Error::other("the hub task failed")),
+        Some(_) => Err(io::Error::other("a hub task failed")),
         None => Ok(()),
     }
 }
 
+/// The server-wide counters and flags every shard's [`Shared`] points to.
+struct Global {
+    live: Arc<AtomicUsize>,
+    next_conn: Arc<AtomicU64>,
+    opened: Arc<AtomicU64>,
+    stopping: Arc<AtomicBool>,
+}
+
+/// A running shard: a thread with its own runtime, hub task and connections.
+struct ShardHandle {
+    /// Accepted sockets for this shard to serve.
+    streams: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    /// The hub's final counters when it ends (an error if it panicked).
+    done: tokio::sync::oneshot::Receiver<Stats>,
+}
+
+fn closed_sender() -> mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)> {
+    mpsc::unbounded_channel().0
+}
+
+/// Starts shard `shard` on a thread of its own: a single-threaded runtime
+/// running its hub task and every task of the connections it is given, so
+/// a message's work stays on one core and nothing on the delivery path
+/// wakes another thread (except the one message per shard a publication
+/// costs on the bus).
+fn start_shard(
+    shard: usize,
+    hub: impl Future<Output = Stats> + Send + 'static,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) -> io::Result<ShardHandle> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (streams, mut accepted) = mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr)>();
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("hubbub-shard-{shard}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                let hub = tokio::spawn(hub);
+                while let Some((stream, peer)) = accepted.recv().await {
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => spawn_http(stream, peer, &shared, stop.clone()),
+                        Err(e) => debug!(shard, error = %e, "could not adopt a socket"),
+                    }
+                }
+                // The hub ends once every connection (and `shared`) is gone.
+                drop(shared);
+                if let Ok(stats) = hub.await {
+                    let _ = done_tx.send(stats);
+                }
+            });
+        })?;
+    Ok(ShardHandle { streams, done })
+}
 /// Accepts connections until `shutdown` resolves.
 async fn accept_loop(
     listener: &TcpListener,
     shared: &Arc<Shared>,
-    stop: &watch::Receiver<bool>,
+    shards: &[mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>],
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     let mut backoff = MIN_BACKOFF;
     let mut errors = ErrorLog::default();
+    // Round robin: connections spread evenly, so a busy room spans every shard.
+    let mut next = 0;
     loop {
         let accepted = tokio::select! {
             () = &mut shutdown => return,
@@ -213,7 +329,13 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = MIN_BACKOFF;
-                spawn_http(stream, peer, shared, stop.clone());
+                let Ok(stream) = stream.into_std() else {
+                    continue; // it could not be taken off this runtime: drop it
+                };
+                if let Some(shard) = shards.get(next) {
+                    let _ = shard.send((stream, peer));
+                }
+                next = (next + 1) % shards.len().max(1);
             }
             // The client gave up before we accepted: nothing to do.
             Err(e) if is_connection_error(&e) => debug!(error = %e, "accept: connection error"),

@@ -301,6 +301,7 @@ async fn a_write_that_stalls_past_the_write_timeout_drops_the_client() {
             ..hubbub_core::Config::default()
         },
         write_timeout: Duration::from_millis(300),
+        ..config()
     })
     .await;
     let watcher = join(&server, "stall", "watcher").await;

@@ -88,10 +88,13 @@ impl Drop for TestServer {
 }
 
 /// A config for tests: the defaults, with a short write timeout so
-/// shutdown waits stay short.
+/// shutdown waits stay short, and three shards, so that consecutive
+/// connections land on different shards and rooms span them: every
+/// end-to-end test also checks what crosses shards.
 pub fn config() -> ServerConfig {
     ServerConfig {
         write_timeout: Duration::from_secs(5),
+        shards: 3,
         ..ServerConfig::default()
     }
 }
