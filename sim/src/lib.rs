@@ -9,6 +9,8 @@
 //! - [`client`]: a client's end of a connection: how it behaves, what it observed.
 //! - [`centrifuge_check`]: the oracle for Centrifugo clients (one reply per command, replies
 //!   before pushes, contiguous offsets, presence, join/leave).
+//! - [`cluster`]: several shards and the bus between them, with Centrifugo and seed clients;
+//!   channel order, presence and join/leave across shards, a bounded lossless bus, planted bugs.
 //! - [`invariants`]: the oracle, an independent model of the chat rules, and every invariant.
 //! - [`world`]: the hub driven exactly as the transport drives it; safety checks after
 //!   every call, the liveness phase.
@@ -23,6 +25,7 @@
 
 pub mod centrifuge_check;
 pub mod client;
+pub mod cluster;
 pub mod fuzz_targets;
 pub mod invariants;
 pub mod network;
