@@ -2,6 +2,7 @@
 """Side-by-side benchmark of hubbub against the seed Go servers.
 
     scripts/bench.py [--reps 3] [--only T1,T5] [--out bench-results.json]
+                     [--servers hubbub] [--shards 1,2]
 
 Builds hubbub and the load generator (release), builds the seed peers with
 ../shared/peers/build.sh if /tmp/peers is missing, then for every target of
@@ -127,7 +128,18 @@ def main():
     ap.add_argument("--only", default="")
     ap.add_argument("--out", default=os.path.join(ROOT, "target/bench-results.json"))
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--servers", default="", help="comma-separated subset of the servers (hubbub, seed001, seed000)")
+    ap.add_argument("--shards", default="", help="comma-separated shard counts: run hubbub once per count (hubbub-sN)")
     opts = ap.parse_args()
+    if opts.shards:
+        base = SERVERS.pop("hubbub")
+        for n in [int(x) for x in opts.shards.split(",") if x]:
+            SERVERS[f"hubbub-s{n}"] = (lambda port, n=n: ([HUBBUB, "--listen", f"127.0.0.1:{port}", "--shards", str(n)], {"RUST_LOG": "warn"}), base[1])
+    if opts.servers:
+        keep = {x for x in opts.servers.split(",") if x}
+        for name in list(SERVERS):
+            if name not in keep and not (name.startswith("hubbub-s") and "hubbub" in keep):
+                SERVERS.pop(name)
     if not opts.no_build:
         subprocess.run(["cargo", "build", "--release", "-p", "hubbub", "-p", "hubbub-loadgen"], cwd=ROOT, check=True)
     if not (os.path.exists(f"{PEERS}/seed000") and os.path.exists(f"{PEERS}/seed001")):
@@ -159,11 +171,11 @@ def main():
             med[combo] = (statistics.median(vals) if vals else None,
                           max(closed) if closed else None, max(lost) if lost else None,
                           all(complete) if complete else None)
-        peers = [v[0] for c, v in med.items() if c[0] != "hubbub" and v[0] is not None]
+        peers = [v[0] for c, v in med.items() if not c[0].startswith("hubbub") and v[0] is not None]
         best_peer = (max(peers) if better == "high" else min(peers)) if peers else None
         for combo, (value, closed, lost, complete) in med.items():
             ratio = None
-            if combo[0] == "hubbub" and best_peer and value:
+            if combo[0].startswith("hubbub") and best_peer and value:
                 ratio = value / best_peer if better == "high" else best_peer / value
             rows.append((tid, title, f"{combo[0]} ({combo[1]})", metric, value, ratio, closed, lost, complete, goal))
     os.makedirs(os.path.dirname(opts.out), exist_ok=True)

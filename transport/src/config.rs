@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Shards: threads, each with its own runtime, hub and connections.
     pub shards: usize,
+    /// A woken writer waits this long before writing, to send more per
+    /// syscall (`None`: writes at once, the default).
+    pub write_coalesce: Option<Duration>,
 }
 
 /// The most shards a server runs.
@@ -56,6 +59,7 @@ impl Default for ServerConfig {
             hub: Config::default(),
             write_timeout: Duration::from_secs(10),
             shards: 1,
+            write_coalesce: None,
         }
     }
 }

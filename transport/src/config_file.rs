@@ -38,6 +38,7 @@ pub struct FileConfig {
     pub pong_timeout: Option<String>,
     pub write_timeout: Option<String>,
     pub connect_timeout: Option<String>,
+    pub write_coalesce: Option<String>,
     pub max_message_bytes: Option<usize>,
     pub send_queue: Option<usize>,
     pub max_connections: Option<usize>,

@@ -165,6 +165,7 @@ async fn write_until_closed<W>(
         conn,
         &outbox,
         shared.config.write_timeout,
+        shared.config.write_coalesce,
         &shared.hub,
     )
     .await;
