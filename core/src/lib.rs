@@ -10,6 +10,8 @@
 //! - [`codec`]: per-connection wire formats (relay, seed JSON, Centrifugo): decode limits, encode once.
 //! - [`centrifuge`]: the Centrifugo client protocol (JSON): commands in, replies and pushes out.
 //! - [`channel`]: channel names, namespaces and their options.
+//! - [`outbox`]: the per-connection queue policy (bound, presence conflation, flush on
+//!   close), run by the server's writers and the simulation alike.
 //! - [`bus`]: what crosses shards: joins, leaves, publications and queries to a channel's
 //!   home shard, and its deliveries back, once per shard.
 //! - [`route`]: handshake validation: path + query → [`Route`] or an HTTP error.
@@ -24,6 +26,7 @@ pub mod close;
 pub mod codec;
 pub mod config;
 pub mod hub;
+pub mod outbox;
 pub mod route;
 pub mod time;
 

@@ -144,20 +144,8 @@ impl fmt::Display for Violation {
 impl std::error::Error for Violation {}
 
 /// Whether the transport writes out what is queued before a close with this
-/// reason (the peer is still there and reading), or drops the queue (the
-/// peer is gone, dead or too slow to wait for, or was never admitted); the
-/// same table as `flushes_queue` in `transport/src/writer.rs`.
-#[must_use]
-pub const fn close_flushes_queue(reason: CloseReason) -> bool {
-    matches!(
-        reason,
-        CloseReason::ServerShutdown
-            | CloseReason::MessageTooBig
-            | CloseReason::InvalidUtf8
-            | CloseReason::BinaryNotAccepted
-            | CloseReason::ProtocolError
-    )
-}
+/// reason: the core's rule, which the server's writers apply.
+pub use hubbub_core::outbox::flushes_on_close as close_flushes_queue;
 
 /// The protocol's verdict on a client message, from the spec rather than the
 /// core's codec: size first (the transport enforces the limit before looking

@@ -6,10 +6,11 @@
 //!   latency, but never overtakes the one before it: TCP reorders nothing and
 //!   loses nothing inside a connection.
 //! - [`Outbox`]: the transport's bounded per-connection queue between the hub
-//!   and the socket writer, with presence conflation, as the transport has it.
+//!   and the socket writer: the core's outbox policy, the same code the
+//!   server's writers run.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 
 use hubbub_core::{CloseReason, Frame, RoomId, Route, Timestamp};
 
@@ -133,77 +134,38 @@ impl Pipe {
     }
 }
 
-/// A frame waiting in the transport's outbox.
-#[derive(Clone, Debug)]
-pub struct Queued {
-    pub frame: Frame,
-    pub presence: Option<RoomId>,
-}
-
-/// What became of a `Send` offered to an [`Outbox`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Offer {
-    Queued,
-    /// Dropped an unsent, older presence snapshot of the same room and queued
-    /// this one at the back.
-    Conflated,
-    /// The queue holds `capacity` frames: the transport must report `QueueFull`.
-    Full,
-}
+/// A frame waiting in the transport's outbox (the core's type).
+pub use hubbub_core::outbox::{Offer, Queued};
 
 /// The transport's bounded outbox for one connection (`Config::send_queue`
-/// frames), as `transport/src/outbox.rs` keeps it: a presence snapshot
-/// drops an unsent older one of the same room and is queued at the back, so
-/// it never takes an extra slot and always follows the join/leave notices it
-/// already reflects.
-#[derive(Clone, Debug)]
+/// frames): the core's [`hubbub_core::outbox::OutQueue`], the very policy
+/// the server's writers apply (bound, presence conflation), with its
+/// capacity.
+#[derive(Debug)]
 pub struct Outbox {
-    queue: VecDeque<Queued>,
+    queue: hubbub_core::outbox::OutQueue,
     capacity: usize,
-    bytes: usize,
 }
 
 impl Outbox {
     #[must_use]
     pub fn new(capacity: usize) -> Self {
         Self {
-            queue: VecDeque::new(),
+            queue: hubbub_core::outbox::OutQueue::new(),
             capacity,
-            bytes: 0,
         }
     }
 
     pub fn offer(&mut self, frame: Frame, presence: Option<RoomId>) -> Offer {
-        let mut conflated = false;
-        if let Some(room) = presence {
-            // At most one per room is ever queued; queues are short.
-            if let Some(i) = self.queue.iter().position(|q| q.presence == Some(room)) {
-                let old = self.queue.remove(i).expect("position() is in range");
-                self.bytes -= old.frame.payload.len();
-                conflated = true;
-            }
-        }
-        if self.queue.len() >= self.capacity {
-            return Offer::Full;
-        }
-        self.bytes += frame.payload.len();
-        self.queue.push_back(Queued { frame, presence });
-        if conflated {
-            Offer::Conflated
-        } else {
-            Offer::Queued
-        }
+        self.queue.offer(frame, presence, self.capacity)
     }
 
     pub fn pop(&mut self) -> Option<Queued> {
-        let item = self.queue.pop_front()?;
-        self.bytes -= item.frame.payload.len();
-        Some(item)
+        self.queue.pop()
     }
 
     pub fn clear(&mut self) {
         self.queue.clear();
-        self.bytes = 0;
     }
 
     #[must_use]
@@ -219,7 +181,7 @@ impl Outbox {
     /// Payload bytes waiting.
     #[must_use]
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.queue.bytes()
     }
 }
 

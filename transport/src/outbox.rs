@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
+use hubbub_core::outbox::{Offer, OutQueue, Queued};
 use hubbub_core::{CloseReason, Codec, Frame, RoomId};
 use tokio::sync::Notify;
 
@@ -102,15 +103,9 @@ pub struct Outbox {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Data frames in order. `None` marks a presence snapshot superseded by a
-    /// newer one; it is skipped and does not count towards the capacity.
-    queue: VecDeque<Option<Frame>>,
-    /// `Some` entries in `queue`.
-    live: usize,
-    /// `None` entries in `queue`.
-    superseded: usize,
-    /// Per room, the index in `queue` of its unsent presence snapshot.
-    presence: Vec<(RoomId, usize)>,
+    /// Data frames in order, under the core's outbox policy (bound and
+    /// presence conflation).
+    queue: OutQueue,
     ping: bool,
     pongs: VecDeque<Bytes>,
     /// The close frame fastwebsockets' reader obliged us to send (the echo of
@@ -130,34 +125,15 @@ struct State {
 
 impl State {
     fn has_work(&self) -> bool {
-        self.live > 0 || self.ping || !self.pongs.is_empty() || self.close.is_some()
-    }
-
-    /// Drops superseded entries once they outnumber the capacity, keeping the
-    /// presence indices right.
-    fn compact(&mut self, capacity: usize) {
-        if self.superseded <= capacity {
-            return;
-        }
-        for slot in &mut self.presence {
-            let holes = self
-                .queue
-                .iter()
-                .take(slot.1)
-                .filter(|f| f.is_none())
-                .count();
-            slot.1 -= holes;
-        }
-        self.queue.retain(Option::is_some);
-        self.superseded = 0;
+        !self.queue.is_empty() || self.ping || !self.pongs.is_empty() || self.close.is_some()
     }
 }
 
 /// Everything the writer took from the outbox in one go.
 #[derive(Debug, Default)]
 pub struct Work {
-    /// Data frames in order; `None` entries are skipped.
-    pub data: VecDeque<Option<Frame>>,
+    /// Data frames in order; `None` entries (superseded snapshots) are skipped.
+    pub data: VecDeque<Option<Queued>>,
     pub ping: bool,
     pub pongs: Vec<Bytes>,
     /// Set once: the hub's close order. The outbox is finished after it.
@@ -246,29 +222,12 @@ impl Outbox {
             return Push::Dropped;
         }
         let metrics = &self.gauge.metrics;
-        metrics.queue_depth.observe(s.live);
-        if let Some(room) = presence {
-            if let Some(pos) = s.presence.iter().position(|(r, _)| *r == room) {
-                let old = s.presence.swap_remove(pos).1;
-                if let Some(slot) = s.queue.get_mut(old) {
-                    if slot.take().is_some() {
-                        s.live -= 1;
-                        s.superseded += 1;
-                        metrics.count_conflated();
-                    }
-                }
-            }
+        metrics.queue_depth.observe(s.queue.len());
+        match s.queue.offer(frame, presence, self.capacity) {
+            Offer::Full => return Push::Full,
+            Offer::Conflated => metrics.count_conflated(),
+            Offer::Queued => {}
         }
-        // A snapshot that replaced an older one always fits.
-        if s.live >= self.capacity {
-            return Push::Full;
-        }
-        if let Some(room) = presence {
-            s.presence.push((room, s.queue.len()));
-        }
-        s.queue.push_back(Some(frame));
-        s.live += 1;
-        s.compact(self.capacity);
         let wake = self.signal(s);
         drop(guard);
         self.wake(wake);
@@ -336,10 +295,7 @@ impl Outbox {
         if s.idle {
             return false;
         }
-        std::mem::swap(&mut s.queue, &mut work.data);
-        s.live = 0;
-        s.superseded = 0;
-        s.presence.clear();
+        s.queue.take_all(&mut work.data);
         work.ping = std::mem::take(&mut s.ping);
         work.pongs.extend(s.pongs.drain(..));
         if let Some(reason) = s.close.take() {
@@ -362,10 +318,7 @@ impl Outbox {
         self.uncount(s);
         s.idle = false;
         s.finished = true;
-        s.queue = VecDeque::new();
-        s.live = 0;
-        s.superseded = 0;
-        s.presence.clear();
+        s.queue.clear();
         s.pongs.clear();
         s.ping = false;
         s.close = None;
@@ -379,7 +332,7 @@ impl Outbox {
     /// Data messages waiting (for tests and metrics).
     #[must_use]
     pub fn queued(&self) -> usize {
-        self.lock().live
+        self.lock().queue.len()
     }
 }
 
@@ -435,7 +388,7 @@ mod tests {
         work.data
             .iter()
             .flatten()
-            .map(|f| String::from_utf8_lossy(&f.payload).into_owned())
+            .map(|q| String::from_utf8_lossy(&q.frame.payload).into_owned())
             .collect()
     }
 
@@ -524,7 +477,7 @@ mod tests {
         }
         {
             let s = ob.lock();
-            assert!(s.queue.len() <= 2 * 4 + 1, "{}", s.queue.len());
+            assert!(s.queue.slots() <= 2 * 4 + 1, "{}", s.queue.slots());
         }
         let mut w = Work::default();
         assert!(ob.take(&mut w));

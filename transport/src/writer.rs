@@ -50,24 +50,12 @@ impl WriterEnd {
     }
 }
 
-/// Whether queued messages are still written before the close frame.
+/// Whether queued messages are still written before the close frame: the
+/// core's rule ([`hubbub_core::outbox::flushes_on_close`]), which the
+/// simulation applies too.
 #[must_use]
 pub fn flushes_queue(reason: CloseReason) -> bool {
-    match reason {
-        CloseReason::ServerShutdown
-        | CloseReason::MessageTooBig
-        | CloseReason::InvalidUtf8
-        | CloseReason::BinaryNotAccepted
-        | CloseReason::ProtocolError
-        | CloseReason::BadRequest
-        | CloseReason::Stale
-        | CloseReason::NotAvailable => true,
-        CloseReason::PeerClosed
-        | CloseReason::HeartbeatTimeout
-        | CloseReason::SlowConsumer
-        | CloseReason::WriteTimeout
-        | CloseReason::ServerFull => false,
-    }
+    hubbub_core::outbox::flushes_on_close(reason)
 }
 
 /// Writes until the connection is closed or the socket fails. With
@@ -154,7 +142,7 @@ fn encode(work: &Work, codec: Codec, batch: &mut Batch) -> Option<CloseReason> {
     }
     let flush = work.close.is_none_or(flushes_queue);
     if flush {
-        let frames = work.data.iter().flatten();
+        let frames = work.data.iter().flatten().map(|q| &q.frame);
         if codec == Codec::Centrifuge {
             push_joined(batch, frames);
         } else {
