@@ -269,6 +269,56 @@ impl Conn {
     }
 }
 
+/// Members in join order: a vector sorted by join position. Joins come in
+/// order, so adding is a push; a one-member channel costs one small
+/// allocation (a map's node would cost a dozen entries' worth).
+#[derive(Debug)]
+struct JoinOrder<T> {
+    entries: Vec<(u64, T)>,
+}
+
+impl<T> JoinOrder<T> {
+    fn new() -> Self {
+        Self {
+            entries: Vec::new(),
+        }
+    }
+
+    fn insert(&mut self, seq: u64, value: T) {
+        if self.entries.capacity() == 0 {
+            self.entries.reserve_exact(1);
+        }
+        match self.entries.last() {
+            Some(&(last, _)) if last > seq => {
+                let at = self.entries.partition_point(|(s, _)| *s < seq);
+                self.entries.insert(at, (seq, value));
+            }
+            _ => self.entries.push((seq, value)),
+        }
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<T> {
+        let at = self.entries.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
+        let (_, value) = self.entries.remove(at);
+        if self.entries.len() * 4 < self.entries.capacity() {
+            self.entries.shrink_to_fit();
+        }
+        Some(value)
+    }
+
+    fn position(&self, pred: impl Fn(&T) -> bool) -> Option<u64> {
+        self.entries.iter().find(|(_, v)| pred(v)).map(|(s, _)| *s)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &T> + Clone {
+        self.entries.iter().map(|(_, v)| v)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 /// A local member of a channel, with what fan-out needs to know about it.
 #[derive(Clone, Copy, Debug)]
 struct Member {
@@ -283,7 +333,7 @@ struct Member {
 struct LocalRoom {
     /// Names this shard's presence snapshots for conflation.
     id: RoomId,
-    members: BTreeMap<u64, Member>,
+    members: JoinOrder<Member>,
 }
 
 /// A member as the channel's home knows it.
@@ -301,13 +351,13 @@ struct HomeMember {
 struct Room {
     options: Arc<ChannelOptions>,
     /// Members in join order.
-    members: BTreeMap<u64, HomeMember>,
-    /// Members per shard: where deliveries go.
-    shards: BTreeMap<ShardId, u32>,
+    members: JoinOrder<HomeMember>,
+    /// Members per shard, by shard: where deliveries go.
+    shards: Vec<(ShardId, u32)>,
     /// Seed members (who need `online_users` and notices).
-    seed_members: usize,
+    seed_members: u32,
     /// Centrifugo members that get join/leave pushes.
-    join_leave_members: usize,
+    join_leave_members: u32,
     /// Publications accepted so far: the offset of the last one (the stream's top).
     top: u64,
     /// The stream's epoch, fixed when the channel came to be.
@@ -702,8 +752,8 @@ impl Hub {
             *next_room_id += 1;
             Room {
                 options,
-                members: BTreeMap::new(),
-                shards: BTreeMap::new(),
+                members: JoinOrder::new(),
+                shards: Vec::new(),
                 seed_members: 0,
                 join_leave_members: 0,
                 top: 0,
@@ -713,7 +763,15 @@ impl Hub {
                 epoch: mix64(entropy ^ mix64(id ^ (u64::from(shard.0) << 48) ^ 0x0065_706f_6368)),
             }
         });
-        *room.shards.entry(member.shard).or_insert(0) += 1;
+        match room.shards.binary_search_by_key(&member.shard, |(s, _)| *s) {
+            Ok(i) => room.shards[i].1 += 1,
+            Err(i) => {
+                if room.shards.capacity() == 0 {
+                    room.shards.reserve_exact(1);
+                }
+                room.shards.insert(i, (member.shard, 1));
+            }
+        }
         if member.codec == Codec::SeedJson {
             room.seed_members += 1;
         }
@@ -742,21 +800,16 @@ impl Hub {
         let Some(room) = self.rooms.get_mut(channel) else {
             return;
         };
-        let Some(seq) = room
-            .members
-            .iter()
-            .find(|(_, m)| m.conn == conn)
-            .map(|(&seq, _)| seq)
-        else {
+        let Some(seq) = room.members.position(|m| m.conn == conn) else {
             return;
         };
-        let Some(m) = room.members.remove(&seq) else {
+        let Some(m) = room.members.remove(seq) else {
             return;
         };
-        if let Some(n) = room.shards.get_mut(&m.shard) {
-            *n -= 1;
-            if *n == 0 {
-                room.shards.remove(&m.shard);
+        if let Ok(i) = room.shards.binary_search_by_key(&m.shard, |(s, _)| *s) {
+            room.shards[i].1 -= 1;
+            if room.shards[i].1 == 0 {
+                room.shards.remove(i);
             }
         }
         if m.codec == Codec::SeedJson {
@@ -839,7 +892,7 @@ impl Hub {
         let Some(room) = self.rooms.get(channel) else {
             return;
         };
-        let shards: Vec<ShardId> = room.shards.keys().copied().collect();
+        let shards: Vec<ShardId> = room.shards.iter().map(|(s, _)| *s).collect();
         let items: Arc<[Delivery]> = items.into();
         for shard in shards {
             self.send_bus(
@@ -1040,6 +1093,9 @@ impl Hub {
         };
         let attempt = c.next_attempt;
         c.next_attempt = c.next_attempt.wrapping_add(1);
+        if c.pending.capacity() == 0 {
+            c.pending.reserve_exact(1);
+        }
         c.pending.push(Pending {
             channel: channel.clone(),
             attempt,
@@ -1081,9 +1137,16 @@ impl Hub {
             return;
         };
         let pending = c.pending.remove(i);
+        if c.pending.is_empty() {
+            // Idle connections keep no buffer for joins long answered.
+            c.pending = Vec::new();
+        }
         let codec = c.codec;
         let join_leave = pending.join_leave;
         if !pending.cancelled {
+            if c.subs.capacity() == 0 {
+                c.subs.reserve_exact(1); // most connections are in one channel
+            }
             c.subs.push((channel.clone(), seq));
             let next_local_room = &mut self.next_local_room;
             let room = self.local.entry(channel.clone()).or_insert_with(|| {
@@ -1091,7 +1154,7 @@ impl Hub {
                 *next_local_room += 1;
                 LocalRoom {
                     id,
-                    members: BTreeMap::new(),
+                    members: JoinOrder::new(),
                 }
             });
             room.members.insert(
@@ -1224,7 +1287,7 @@ impl Hub {
 
     fn leave_local(&mut self, channel: &ChannelName, seq: u64) {
         if let Some(room) = self.local.get_mut(channel) {
-            room.members.remove(&seq);
+            room.members.remove(seq);
             if room.members.is_empty() {
                 self.local.remove(channel);
             }

@@ -92,16 +92,21 @@ pub struct Cli {
     /// Shards: threads that each own a share of the connections, with
     /// their own runtime and hub; a channel's home shard orders it, and a
     /// publication crosses to each other shard once. Default: the cores
-    /// this process may use. (`--workers`, its name before shards, is an
-    /// alias.)
+    /// this process may use minus one (at least 1), leaving a core for the
+    /// kernel's network work: on 2 cores one shard kept the fan-out tail
+    /// lower than two (BENCHMARKS.md). (`--workers`, its name before
+    /// shards, is an alias.)
     #[arg(long, env = "HUBBUB_SHARDS", alias = "workers", value_parser = parse_workers)]
     pub shards: Option<usize>,
 }
 
-/// One shard per core the process may use.
+/// One shard per core the process may use, but one: the kernel's network
+/// work (loopback and softirq) needs a core of its own under load.
 #[must_use]
 pub fn default_shards() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get().saturating_sub(1))
+        .max(1)
 }
 
 fn parse_workers(s: &str) -> Result<usize, String> {
@@ -210,7 +215,7 @@ impl Cli {
         Ok(self)
     }
 
-    /// Shards to run: `--shards`, or the cores this process may use.
+    /// Shards to run: `--shards`, or the cores this process may use minus one.
     #[must_use]
     pub fn shard_count(&self) -> usize {
         self.shards.unwrap_or_else(default_shards)

@@ -110,7 +110,8 @@ where
         // The shards are behind on their messages to each other: leave the
         // client's input in its socket (TCP pushes back) until they catch up.
         while bus.congested() {
-            tokio::time::sleep(CONGESTION_WAIT).await;
+            // Boxed: an idle reader's state stays small.
+            Box::pin(tokio::time::sleep(CONGESTION_WAIT)).await;
         }
         // Idle: wait for the next frame holding no read buffer.
         if stream.get_mut().wait_readable().await.is_err() {
