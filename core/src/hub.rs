@@ -451,6 +451,23 @@ pub struct Hub {
 /// A Centrifugo command that ends the connection instead of being answered.
 struct Disconnect(CloseReason);
 
+/// Where a connection stands with a channel it sends a command about.
+struct Standing {
+    options: Arc<ChannelOptions>,
+    anonymous: bool,
+    subscribed: bool,
+    user: Option<Name>,
+}
+
+impl Standing {
+    /// Centrifugo's rule for publish, presence and history: an anonymous
+    /// client needs the `*_for_anonymous` option, and then either the
+    /// `*_for_client` one, or `*_for_subscriber` while subscribed.
+    fn may(&self, for_anonymous: bool, for_client: bool, for_subscriber: bool) -> bool {
+        (!self.anonymous || for_anonymous) && (for_client || self.subscribed && for_subscriber)
+    }
+}
+
 type CommandResult = Result<(), Disconnect>;
 
 fn info<'a>(user: Option<&'a Name>, client: &'a str) -> ClientInfo<'a> {
@@ -1581,6 +1598,30 @@ impl Hub {
         Ok(())
     }
 
+    /// The checks every channel command shares, then `conn`'s standing in
+    /// the channel. Answers the error itself: `None` when it did (or the
+    /// connection is gone).
+    fn standing(
+        &mut self,
+        conn: ConnId,
+        id: u32,
+        channel: &str,
+    ) -> Result<Option<Standing>, Disconnect> {
+        let options = match self.channel_options(channel)? {
+            Ok(options) => options,
+            Err(code) => {
+                self.error(conn, id, code);
+                return Ok(None);
+            }
+        };
+        Ok(self.conns.get(&conn).map(|c| Standing {
+            options,
+            anonymous: c.anonymous(),
+            subscribed: c.sub(channel).is_some(),
+            user: c.user.clone(),
+        }))
+    }
+
     fn client_publish(
         &mut self,
         conn: ConnId,
@@ -1588,21 +1629,15 @@ impl Hub {
         channel: &str,
         data: Option<Bytes>,
     ) -> CommandResult {
-        let options = match self.channel_options(channel)? {
-            Ok(options) => options,
-            Err(code) => {
-                self.error(conn, id, code);
-                return Ok(());
-            }
-        };
-        let Some(c) = self.conns.get(&conn) else {
+        let Some(st) = self.standing(conn, id, channel)? else {
             return Ok(());
         };
-        let subscribed = c.sub(channel).is_some();
-        let allowed = (!c.anonymous() || options.allow_publish_for_anonymous)
-            && (options.allow_publish_for_client
-                || subscribed && options.allow_publish_for_subscriber);
-        if !allowed {
+        let o = &st.options;
+        if !st.may(
+            o.allow_publish_for_anonymous,
+            o.allow_publish_for_client,
+            o.allow_publish_for_subscriber,
+        ) {
             self.error(conn, id, ErrorCode::PermissionDenied);
             return Ok(());
         }
@@ -1610,13 +1645,12 @@ impl Hub {
             self.error(conn, id, ErrorCode::BadRequest);
             return Ok(());
         };
-        let user = c.user.clone();
         self.reply(conn, centrifuge::reply(id, "publish", |_| {}));
         let home = self.home(channel);
         let msg = BusMessage::Publish {
             channel: ChannelName::new(channel),
             from: conn,
-            user,
+            user: st.user,
             payload: PubPayload::Json(data),
         };
         self.send_bus(home, msg);
@@ -1637,34 +1671,26 @@ impl Hub {
     }
 
     fn presence(&mut self, conn: ConnId, id: u32, channel: &str, stats: bool) -> CommandResult {
-        let options = match self.channel_options(channel)? {
-            Ok(options) => options,
-            Err(code) => {
-                self.error(conn, id, code);
-                return Ok(());
-            }
-        };
-        let Some(c) = self.conns.get(&conn) else {
+        let Some(st) = self.standing(conn, id, channel)? else {
             return Ok(());
         };
-        if !options.presence {
+        let o = &st.options;
+        if !o.presence {
             self.error(conn, id, ErrorCode::NotAvailable);
-            return Ok(());
-        }
-        let subscribed = c.sub(channel).is_some();
-        let allowed = (!c.anonymous() || options.allow_presence_for_anonymous)
-            && (options.allow_presence_for_client
-                || subscribed && options.allow_presence_for_subscriber);
-        if !allowed {
+        } else if !st.may(
+            o.allow_presence_for_anonymous,
+            o.allow_presence_for_client,
+            o.allow_presence_for_subscriber,
+        ) {
             self.error(conn, id, ErrorCode::PermissionDenied);
-            return Ok(());
-        }
-        let query = if stats {
-            Query::PresenceStats
         } else {
-            Query::Presence
-        };
-        self.ask(conn, id, channel, query);
+            let query = if stats {
+                Query::PresenceStats
+            } else {
+                Query::Presence
+            };
+            self.ask(conn, id, channel, query);
+        }
         Ok(())
     }
 
@@ -1674,33 +1700,25 @@ impl Hub {
         id: u32,
         req: &centrifuge::HistoryRequest,
     ) -> CommandResult {
-        let options = match self.channel_options(&req.channel)? {
-            Ok(options) => options,
-            Err(code) => {
-                self.error(conn, id, code);
-                return Ok(());
-            }
-        };
-        let Some(c) = self.conns.get(&conn) else {
+        let Some(st) = self.standing(conn, id, &req.channel)? else {
             return Ok(());
         };
-        if !options.history() {
+        let o = &st.options;
+        if !o.history() {
             self.error(conn, id, ErrorCode::NotAvailable);
-            return Ok(());
-        }
-        let subscribed = c.sub(&req.channel).is_some();
-        let allowed = (!c.anonymous() || options.allow_history_for_anonymous)
-            && (options.allow_history_for_client
-                || subscribed && options.allow_history_for_subscriber);
-        if !allowed {
+        } else if !st.may(
+            o.allow_history_for_anonymous,
+            o.allow_history_for_client,
+            o.allow_history_for_subscriber,
+        ) {
             self.error(conn, id, ErrorCode::PermissionDenied);
-            return Ok(());
+        } else {
+            let query = Query::History {
+                since: req.since.clone(),
+                reverse: req.reverse,
+            };
+            self.ask(conn, id, &req.channel, query);
         }
-        let query = Query::History {
-            since: req.since.clone(),
-            reverse: req.reverse,
-        };
-        self.ask(conn, id, &req.channel, query);
         Ok(())
     }
 }
