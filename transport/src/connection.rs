@@ -32,9 +32,8 @@ use crate::config::CLOSE_LINGER;
 use crate::hub_task::Event;
 use crate::outbox::Outbox;
 use crate::reader;
-use crate::server::ConnectionSlot;
-use crate::server::Shared;
 use crate::shutdown::TaskToken;
+use crate::state::{ConnectionSlot, Shared};
 use crate::writer::{self, WriterEnd};
 
 /// Everything a connection task starts with.

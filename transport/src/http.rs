@@ -21,7 +21,7 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::connection::{self, Accepted};
-use crate::server::Shared;
+use crate::state::Shared;
 
 pub type Body = Full<Bytes>;
 

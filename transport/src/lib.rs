@@ -25,7 +25,8 @@
 //! - [`writer`]: outbox → vectored writes under a deadline; the close sequence.
 //! - [`outbox`]: the bounded per-connection queue between hub task and writer.
 //! - [`wire`]: server frame encoding and write batches.
-//! - [`hub_task`]: the one task that owns the hub, its clock and its timer.
+//! - [`hub_task`]: per shard, the task that owns its hub, its clock, its timer and its bus links.
+//! - [`state`]: what a shard's handlers and connection tasks share (built by [`server`]).
 //! - [`shutdown`]: task tracking and signals.
 //! - [`config`], [`cli`]: settings and the command line.
 //!
@@ -58,6 +59,7 @@ pub mod outbox;
 pub mod reader;
 pub mod server;
 pub mod shutdown;
+pub mod state;
 pub mod wire;
 pub mod writer;
 
