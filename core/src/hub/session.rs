@@ -1,0 +1,806 @@
+//! The connection side of the hub: each connection's session (its codec,
+//! channels, pending joins and heartbeat), the Centrifugo protocol's
+//! commands, and the fan-out of a home's deliveries to this shard's members.
+
+use super::*;
+
+/// A subscription waiting for its home's answer.
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub(super) channel: ChannelName,
+    pub(super) attempt: u32,
+    /// Centrifugo: the subscribe command to answer, and what it asked.
+    pub(super) request: Option<SubscribeAsk>,
+    /// Centrifugo: whether the subscription gets join/leave pushes.
+    pub(super) join_leave: bool,
+    /// The client unsubscribed meanwhile: answer, but do not register.
+    pub(super) cancelled: bool,
+}
+
+/// What a Centrifugo subscribe asked and was granted, kept until its home answers.
+#[derive(Debug)]
+pub(super) struct SubscribeAsk {
+    pub(super) id: u32,
+    pub(super) positioned: bool,
+    pub(super) recoverable: bool,
+    /// `recover` with the client's offset and epoch.
+    pub(super) recover: Option<(u64, String)>,
+}
+
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub(super) codec: Codec,
+    /// Shown as `user` to others: a seed client's username; `None` for an
+    /// anonymous Centrifugo client (user `""`) and the relay.
+    pub(super) user: Option<Name>,
+    /// Centrifugo: `connect` was accepted. Always true for the other protocols.
+    pub(super) connected: bool,
+    /// The channels this connection is in and its place in each one's join
+    /// order (a seed connection has exactly one: its room). A short list:
+    /// at most `channel_limit`, usually one.
+    pub(super) subs: Vec<(ChannelName, u64)>,
+    /// Joins asked of a home and not answered yet.
+    pub(super) pending: Vec<Pending>,
+    pub(super) next_attempt: u32,
+    pub(super) last_pong: Timestamp,
+    pub(super) next_ping: Timestamp,
+    /// Centrifugo: a ping was sent and its pong has not come.
+    pub(super) ping_outstanding: bool,
+    /// Centrifugo before `connect`: when the connection goes stale (3502).
+    pub(super) stale_at: Timestamp,
+    /// The instant of this connection's entry in `Hub::timers`.
+    pub(super) timer: Timestamp,
+}
+
+impl Conn {
+    pub(super) fn sub(&self, channel: &str) -> Option<u64> {
+        self.subs
+            .iter()
+            .find(|(c, _)| c.as_str() == channel)
+            .map(|&(_, seq)| seq)
+    }
+
+    pub(super) fn subscribing(&self, channel: &str) -> bool {
+        self.pending
+            .iter()
+            .any(|p| !p.cancelled && p.channel.as_str() == channel)
+    }
+
+    pub(super) fn anonymous(&self) -> bool {
+        self.user.is_none()
+    }
+}
+
+/// A local member of a channel, with what fan-out needs to know about it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Member {
+    pub(super) conn: ConnId,
+    pub(super) codec: Codec,
+    /// Centrifugo: gets `join` / `leave` pushes.
+    pub(super) join_leave: bool,
+}
+
+/// A channel's members on this shard, in join order.
+#[derive(Debug)]
+pub(super) struct LocalRoom {
+    /// Names this shard's presence snapshots for conflation.
+    pub(super) id: RoomId,
+    pub(super) members: JoinOrder<Member>,
+}
+
+/// A Centrifugo command that ends the connection instead of being answered.
+pub(super) struct Disconnect(CloseReason);
+
+/// Where a connection stands with a channel it sends a command about.
+pub(super) struct Standing {
+    pub(super) options: Arc<ChannelOptions>,
+    pub(super) anonymous: bool,
+    pub(super) subscribed: bool,
+    pub(super) user: Option<Name>,
+}
+
+impl Standing {
+    /// Centrifugo's rule for publish, presence and history: an anonymous
+    /// client needs the `*_for_anonymous` option, and then either the
+    /// `*_for_client` one, or `*_for_subscriber` while subscribed.
+    pub(super) fn may(&self, for_anonymous: bool, for_client: bool, for_subscriber: bool) -> bool {
+        (!self.anonymous || for_anonymous) && (for_client || self.subscribed && for_subscriber)
+    }
+}
+
+type CommandResult = Result<(), Disconnect>;
+
+impl Hub {
+    // ---- the connection side: sessions and local fan-out ------------------------
+
+    pub(super) fn open(&mut self, now: Timestamp, conn: ConnId, route: Route) {
+        if self.conns.contains_key(&conn) {
+            return; // a driver bug; the existing connection is left alone
+        }
+        if self.shutting_down || self.conns.len() >= self.config.max_connections {
+            let reason = if self.shutting_down {
+                CloseReason::ServerShutdown
+            } else {
+                CloseReason::ServerFull
+            };
+            self.count_close(reason);
+            self.outputs.push_back(Output::Close { conn, reason });
+            return;
+        }
+        self.stats.opened += 1;
+        let next_ping = now.saturating_add(self.config.ping_interval);
+        let stale_at = now.saturating_add(self.config.connect_timeout);
+        let (codec, user, room) = match route {
+            Route::Relay => (Codec::Relay, None, Some(crate::bus::relay_channel())),
+            Route::Room { room, username } => (
+                Codec::SeedJson,
+                Some(username),
+                Some(ChannelName::new(room.as_str())),
+            ),
+            Route::Centrifuge => (Codec::Centrifuge, None, None),
+        };
+        let connected = codec != Codec::Centrifuge;
+        let timer = if connected {
+            next_ping.min(now.saturating_add(self.config.pong_timeout))
+        } else {
+            stale_at
+        };
+        self.conns.insert(
+            conn,
+            Conn {
+                codec,
+                user,
+                connected,
+                subs: Vec::new(),
+                pending: Vec::new(),
+                next_attempt: 0,
+                last_pong: now,
+                next_ping,
+                ping_outstanding: false,
+                stale_at,
+                timer,
+            },
+        );
+        self.timers.insert((timer, conn));
+        if let Some(room) = room {
+            self.ask_join(conn, room, None, false);
+        }
+    }
+
+    /// Asks `channel`'s home to add `conn`.
+    pub(super) fn ask_join(
+        &mut self,
+        conn: ConnId,
+        channel: ChannelName,
+        request: Option<SubscribeAsk>,
+        join_leave: bool,
+    ) {
+        let shard = self.config.shard;
+        let home = self.home(channel.as_str());
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let attempt = c.next_attempt;
+        c.next_attempt = c.next_attempt.wrapping_add(1);
+        if c.pending.capacity() == 0 {
+            c.pending.reserve_exact(1);
+        }
+        c.pending.push(Pending {
+            channel: channel.clone(),
+            attempt,
+            request,
+            join_leave,
+            cancelled: false,
+        });
+        let msg = BusMessage::Join {
+            channel,
+            conn,
+            shard,
+            codec: c.codec,
+            user: c.user.clone(),
+            join_leave,
+            attempt,
+        };
+        self.send_bus(home, msg);
+    }
+
+    /// The home added `conn`: it becomes a local member (and a Centrifugo
+    /// subscribe is answered), unless it went away or gave up meanwhile.
+    pub(super) fn joined(
+        &mut self,
+        channel: &ChannelName,
+        conn: ConnId,
+        attempt: u32,
+        seq: u64,
+        top: u64,
+        epoch: u64,
+    ) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return; // it left; its Leave is on its way to the home
+        };
+        let Some(i) = c
+            .pending
+            .iter()
+            .position(|p| p.attempt == attempt && p.channel == *channel)
+        else {
+            return;
+        };
+        let pending = c.pending.remove(i);
+        if c.pending.is_empty() {
+            // Idle connections keep no buffer for joins long answered.
+            c.pending = Vec::new();
+        }
+        let codec = c.codec;
+        let join_leave = pending.join_leave;
+        if !pending.cancelled {
+            if c.subs.capacity() == 0 {
+                c.subs.reserve_exact(1); // most connections are in one channel
+            }
+            c.subs.push((channel.clone(), seq));
+            let next_local_room = &mut self.next_local_room;
+            let room = self.local.entry(channel.clone()).or_insert_with(|| {
+                let id = RoomId(*next_local_room);
+                *next_local_room += 1;
+                LocalRoom {
+                    id,
+                    members: JoinOrder::new(),
+                }
+            });
+            room.members.insert(
+                seq,
+                Member {
+                    conn,
+                    codec,
+                    join_leave,
+                },
+            );
+        }
+        let Some(ask) = pending.request else {
+            return;
+        };
+        let epoch = epoch_text(epoch);
+        let recovered = ask
+            .recover
+            .as_ref()
+            .is_some_and(|(offset, e)| (e.is_empty() || *e == epoch) && *offset == top);
+        self.reply(
+            conn,
+            centrifuge::reply(ask.id, "subscribe", |r| {
+                if ask.positioned {
+                    r.bool("recoverable", ask.recoverable)
+                        .bool("positioned", true)
+                        .str("epoch", &epoch)
+                        .uint("offset", top);
+                }
+                r.bool("was_recovering", ask.recover.is_some())
+                    .bool("recovered", recovered);
+            }),
+        );
+    }
+
+    /// Frames from a channel's home for this shard's members.
+    pub(super) fn deliver(&mut self, channel: &ChannelName, items: &[Delivery]) {
+        let Some(room) = self.local.get(channel) else {
+            return;
+        };
+        for item in items {
+            let presence = (item.to == Audience::SeedPresence).then_some(room.id);
+            for m in room.members.values() {
+                if item.to.includes(m.codec, m.join_leave) {
+                    self.outputs.push_back(Output::Send {
+                        conn: m.conn,
+                        frame: item.frame.clone(),
+                        presence,
+                    });
+                    self.stats.sends += 1;
+                }
+            }
+        }
+    }
+
+    pub(super) fn message(&mut self, now: Timestamp, conn: ConnId, frame: Frame) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        self.stats.messages_in += 1;
+        let max = if c.codec == Codec::Centrifuge {
+            self.config.max_command_bytes
+        } else {
+            self.config.max_message_bytes
+        };
+        let user = c.user.clone();
+        match c.codec.decode(frame.kind, frame.payload, max) {
+            Err(reason) => self.end(conn, reason),
+            Ok(ClientMessage::Relay(frame)) => {
+                let channel = crate::bus::relay_channel();
+                let home = self.home("");
+                let msg = BusMessage::Publish {
+                    channel,
+                    from: conn,
+                    user: None,
+                    payload: PubPayload::Relay(frame),
+                };
+                self.send_bus(home, msg);
+            }
+            Ok(ClientMessage::Chat(text)) if c.codec == Codec::Centrifuge => {
+                self.centrifuge_frame(now, conn, &text);
+            }
+            Ok(ClientMessage::Chat(text)) => {
+                // Decode checked UTF-8; a failure here would be a core bug, so
+                // fall back to a lossy copy rather than panic.
+                let content: Arc<str> = String::from_utf8_lossy(&text).into();
+                let rooms: Vec<ChannelName> = c
+                    .subs
+                    .iter()
+                    .map(|(r, _)| r.clone())
+                    .chain(c.pending.iter().map(|p| p.channel.clone()))
+                    .collect();
+                for channel in rooms {
+                    let home = self.home(channel.as_str());
+                    let msg = BusMessage::Publish {
+                        channel,
+                        from: conn,
+                        user: user.clone(),
+                        payload: PubPayload::Text(content.clone()),
+                    };
+                    self.send_bus(home, msg);
+                }
+            }
+        }
+    }
+
+    /// Removes `conn` for `reason`: its close first, then its leaves, whose
+    /// notices the homes send the rooms it was in.
+    pub(super) fn end(&mut self, conn: ConnId, reason: CloseReason) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        self.timers.remove(&(c.timer, conn));
+        self.count_close(reason);
+        self.outputs.push_back(Output::Close { conn, reason });
+        for (channel, seq) in &c.subs {
+            self.leave_local(channel, *seq);
+        }
+        // Joins still in flight are left too: the home handles them in order.
+        let channels = c.subs.into_iter().map(|(ch, _)| ch).chain(
+            c.pending
+                .into_iter()
+                .filter(|p| !p.cancelled)
+                .map(|p| p.channel),
+        );
+        for channel in channels {
+            let home = self.home(channel.as_str());
+            self.send_bus(home, BusMessage::Leave { channel, conn });
+        }
+    }
+
+    pub(super) fn leave_local(&mut self, channel: &ChannelName, seq: u64) {
+        if let Some(room) = self.local.get_mut(channel) {
+            room.members.remove(seq);
+            if room.members.is_empty() {
+                self.local.remove(channel);
+            }
+        }
+    }
+
+    pub(super) fn shutdown(&mut self) {
+        self.shutting_down = true;
+        let conns = std::mem::take(&mut self.conns);
+        for conn in conns.into_keys() {
+            self.count_close(CloseReason::ServerShutdown);
+            self.outputs.push_back(Output::Close {
+                conn,
+                reason: CloseReason::ServerShutdown,
+            });
+        }
+        self.local.clear();
+        self.rooms.clear();
+        self.timers.clear();
+        self.bus_self.clear();
+    }
+
+    pub(super) fn count_close(&mut self, reason: CloseReason) {
+        if let Some(i) = CloseReason::ALL.iter().position(|r| *r == reason) {
+            self.stats.closes[i] += 1;
+        }
+    }
+    // ---- the Centrifugo protocol -------------------------------------------
+
+    /// Handles a Centrifugo frame's commands in order, each one through to
+    /// its local effects before the next. A malformed line closes the
+    /// connection (3501) after the commands before it.
+    pub(super) fn centrifuge_frame(&mut self, now: Timestamp, conn: ConnId, payload: &[u8]) {
+        let (lines, malformed) = centrifuge::decode_frame(payload);
+        for line in lines {
+            if let Err(Disconnect(reason)) = self.centrifuge_line(now, conn, line) {
+                self.end(conn, reason);
+                return;
+            }
+            self.pump();
+            if !self.conns.contains_key(&conn) {
+                return;
+            }
+        }
+        if malformed.is_some() {
+            self.end(conn, CloseReason::BadRequest);
+        }
+    }
+
+    pub(super) fn reply(&mut self, conn: ConnId, bytes: Bytes) {
+        self.outputs.push_back(Output::Send {
+            conn,
+            frame: Frame::text(bytes),
+            presence: None,
+        });
+        self.stats.sends += 1;
+    }
+
+    pub(super) fn error(&mut self, conn: ConnId, id: u32, code: ErrorCode) {
+        self.stats.command_errors += 1;
+        self.reply(conn, centrifuge::error_reply(id, code));
+    }
+
+    pub(super) fn centrifuge_line(
+        &mut self,
+        now: Timestamp,
+        conn: ConnId,
+        line: Line,
+    ) -> CommandResult {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        let (id, command) = match line {
+            // Anything before `connect` is a bad request, a pong included.
+            _ if !c.connected
+                && !matches!(
+                    line,
+                    Line::Command {
+                        command: Command::Connect(_),
+                        ..
+                    }
+                ) =>
+            {
+                return Err(Disconnect(CloseReason::BadRequest));
+            }
+            Line::Pong => {
+                if !std::mem::take(&mut c.ping_outstanding) {
+                    return Err(Disconnect(CloseReason::BadRequest));
+                }
+                c.last_pong = now;
+                return Ok(());
+            }
+            Line::Unknown { .. } => return Err(Disconnect(CloseReason::BadRequest)),
+            Line::Command { id, command } => (id, command),
+        };
+        self.stats.commands += 1;
+        match command {
+            Command::Connect(_) => self.connect(now, conn, id),
+            Command::Subscribe(req) => self.subscribe(conn, id, &req),
+            Command::Unsubscribe { channel } => self.unsubscribe(conn, id, &channel),
+            Command::Publish { channel, data } => self.client_publish(conn, id, &channel, data),
+            Command::Presence { channel } => self.presence(conn, id, &channel, false),
+            Command::PresenceStats { channel } => self.presence(conn, id, &channel, true),
+            Command::History(req) => self.history(conn, id, &req),
+            Command::Ping => {
+                self.error(conn, id, ErrorCode::NotAvailable);
+                Ok(())
+            }
+            // No application handler for asynchronous messages: say so, as
+            // Centrifugo does, rather than drop them silently.
+            Command::Send { .. } => Err(Disconnect(CloseReason::NotAvailable)),
+            Command::Rpc { .. } => {
+                self.error(conn, id, ErrorCode::MethodNotFound);
+                Ok(())
+            }
+            Command::Refresh { token } => {
+                if token.is_empty() {
+                    return Err(Disconnect(CloseReason::BadRequest));
+                }
+                // Connections do not expire yet (no tokens): nothing to extend.
+                self.reply(conn, centrifuge::reply(id, "refresh", |_| {}));
+                Ok(())
+            }
+            Command::SubRefresh { channel, token } => {
+                if channel.is_empty() {
+                    return Err(Disconnect(CloseReason::BadRequest));
+                }
+                let subscribed = self.conns.get(&conn).and_then(|c| c.sub(&channel));
+                if subscribed.is_none() {
+                    self.error(conn, id, ErrorCode::PermissionDenied);
+                } else if token.is_empty() {
+                    self.error(conn, id, ErrorCode::BadRequest);
+                } else {
+                    self.reply(conn, centrifuge::reply(id, "sub_refresh", |_| {}));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn connect(&mut self, now: Timestamp, conn: ConnId, id: u32) -> CommandResult {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        if c.connected {
+            return Err(Disconnect(CloseReason::BadRequest));
+        }
+        c.connected = true;
+        c.last_pong = now;
+        c.next_ping = now.saturating_add(self.config.ping_interval);
+        self.timers.remove(&(c.timer, conn));
+        c.timer = c
+            .next_ping
+            .min(now.saturating_add(self.config.pong_timeout));
+        self.timers.insert((c.timer, conn));
+        let client = self.client_id(conn).to_string();
+        let version = self.config.server_version.clone();
+        let ping = self.config.ping_interval.as_secs().max(1);
+        self.reply(
+            conn,
+            centrifuge::reply(id, "connect", |r| {
+                r.str("client", &client)
+                    .str("version", &version)
+                    .uint("ping", ping)
+                    .bool("pong", true);
+            }),
+        );
+        Ok(())
+    }
+
+    /// The checks every channel command shares, in Centrifugo's order:
+    /// empty (3501), too long (107), unknown namespace (102), pattern (107).
+    pub(super) fn channel_options(
+        &self,
+        channel: &str,
+    ) -> Result<Result<Arc<ChannelOptions>, ErrorCode>, Disconnect> {
+        if channel.is_empty() {
+            return Err(Disconnect(CloseReason::BadRequest));
+        }
+        if channel.len() > self.config.max_channel_bytes {
+            return Ok(Err(ErrorCode::BadRequest));
+        }
+        let Ok(options) = self.config.namespaces.resolve(channel) else {
+            return Ok(Err(ErrorCode::UnknownChannel));
+        };
+        if options
+            .channel_regex
+            .as_ref()
+            .is_some_and(|p| !p.is_match(channel))
+        {
+            return Ok(Err(ErrorCode::BadRequest));
+        }
+        Ok(Ok(options.clone()))
+    }
+
+    pub(super) fn subscribe(
+        &mut self,
+        conn: ConnId,
+        id: u32,
+        req: &centrifuge::SubscribeRequest,
+    ) -> CommandResult {
+        if req.channel.is_empty() {
+            return Err(Disconnect(CloseReason::BadRequest));
+        }
+        let Some(c) = self.conns.get(&conn) else {
+            return Ok(());
+        };
+        let channels = c.subs.len() + c.pending.iter().filter(|p| !p.cancelled).count();
+        let refusal = if req.channel.len() > self.config.max_channel_bytes {
+            Some(ErrorCode::BadRequest)
+        } else if c.sub(&req.channel).is_some() || c.subscribing(&req.channel) {
+            Some(ErrorCode::AlreadySubscribed)
+        } else if channels >= self.config.channel_limit {
+            Some(ErrorCode::LimitExceeded)
+        } else {
+            None
+        };
+        if let Some(code) = refusal {
+            self.error(conn, id, code);
+            return Ok(());
+        }
+        let anonymous = c.anonymous();
+        let options = match self.channel_options(&req.channel)? {
+            Ok(options) => options,
+            Err(code) => {
+                self.error(conn, id, code);
+                return Ok(());
+            }
+        };
+        // Private channels need a subscription token; tokens are not
+        // accepted yet, so nobody may subscribe to them.
+        let allowed = !channel::parse(&req.channel).private
+            && options.allow_subscribe_for_client
+            && (!anonymous || options.allow_subscribe_for_anonymous);
+        if !allowed {
+            self.error(conn, id, ErrorCode::PermissionDenied);
+            return Ok(());
+        }
+        let history = options.history();
+        let history_access = history
+            && (!anonymous || options.allow_history_for_anonymous)
+            && (options.allow_history_for_client || options.allow_history_for_subscriber);
+        let presence_access = options.presence
+            && (!anonymous || options.allow_presence_for_anonymous)
+            && (options.allow_presence_for_client || options.allow_presence_for_subscriber);
+        // A resubscribe asks to `recover` without repeating `recoverable`.
+        let asks_recovery = req.recoverable || req.recover;
+        let recoverable = history
+            && (options.force_recovery
+                || asks_recovery && (options.allow_recovery || history_access));
+        let positioned = history
+            && (recoverable
+                || options.force_positioning
+                || req.positioned && (options.allow_positioning || history_access));
+        let join_leave = options.join_leave
+            && (options.force_push_join_leave || req.join_leave && presence_access);
+        // No publications are stored yet, so recovery succeeds only when
+        // nothing was missed; otherwise the client is told plainly.
+        let ask = SubscribeAsk {
+            id,
+            positioned,
+            recoverable,
+            recover: (req.recover && recoverable).then(|| (req.offset, req.epoch.clone())),
+        };
+        self.ask_join(conn, ChannelName::new(&req.channel), Some(ask), join_leave);
+        Ok(())
+    }
+
+    pub(super) fn unsubscribe(&mut self, conn: ConnId, id: u32, channel: &str) -> CommandResult {
+        if channel.is_empty() {
+            return Err(Disconnect(CloseReason::BadRequest));
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        let channel = ChannelName::new(channel);
+        let mut leave = false;
+        if let Some(i) = c.subs.iter().position(|(ch, _)| *ch == channel) {
+            let (_, seq) = c.subs.remove(i);
+            self.leave_local(&channel, seq);
+            leave = true;
+        } else if let Some(p) = c
+            .pending
+            .iter_mut()
+            .find(|p| !p.cancelled && p.channel == channel)
+        {
+            p.cancelled = true;
+            leave = true;
+        }
+        self.reply(conn, centrifuge::reply(id, "unsubscribe", |_| {}));
+        if leave {
+            let home = self.home(channel.as_str());
+            self.send_bus(home, BusMessage::Leave { channel, conn });
+        }
+        Ok(())
+    }
+
+    /// The checks every channel command shares, then `conn`'s standing in
+    /// the channel. Answers the error itself: `None` when it did (or the
+    /// connection is gone).
+    pub(super) fn standing(
+        &mut self,
+        conn: ConnId,
+        id: u32,
+        channel: &str,
+    ) -> Result<Option<Standing>, Disconnect> {
+        let options = match self.channel_options(channel)? {
+            Ok(options) => options,
+            Err(code) => {
+                self.error(conn, id, code);
+                return Ok(None);
+            }
+        };
+        Ok(self.conns.get(&conn).map(|c| Standing {
+            options,
+            anonymous: c.anonymous(),
+            subscribed: c.sub(channel).is_some(),
+            user: c.user.clone(),
+        }))
+    }
+
+    pub(super) fn client_publish(
+        &mut self,
+        conn: ConnId,
+        id: u32,
+        channel: &str,
+        data: Option<Bytes>,
+    ) -> CommandResult {
+        let Some(st) = self.standing(conn, id, channel)? else {
+            return Ok(());
+        };
+        let o = &st.options;
+        if !st.may(
+            o.allow_publish_for_anonymous,
+            o.allow_publish_for_client,
+            o.allow_publish_for_subscriber,
+        ) {
+            self.error(conn, id, ErrorCode::PermissionDenied);
+            return Ok(());
+        }
+        let Some(data) = data else {
+            self.error(conn, id, ErrorCode::BadRequest);
+            return Ok(());
+        };
+        self.reply(conn, centrifuge::reply(id, "publish", |_| {}));
+        let home = self.home(channel);
+        let msg = BusMessage::Publish {
+            channel: ChannelName::new(channel),
+            from: conn,
+            user: st.user,
+            payload: PubPayload::Json(data),
+        };
+        self.send_bus(home, msg);
+        Ok(())
+    }
+
+    /// Sends `query` about `channel` to its home, which answers `id`.
+    pub(super) fn ask(&mut self, conn: ConnId, id: u32, channel: &str, query: Query) {
+        let home = self.home(channel);
+        let msg = BusMessage::Query {
+            channel: ChannelName::new(channel),
+            conn,
+            shard: self.config.shard,
+            id,
+            query,
+        };
+        self.send_bus(home, msg);
+    }
+
+    pub(super) fn presence(
+        &mut self,
+        conn: ConnId,
+        id: u32,
+        channel: &str,
+        stats: bool,
+    ) -> CommandResult {
+        let Some(st) = self.standing(conn, id, channel)? else {
+            return Ok(());
+        };
+        let o = &st.options;
+        if !o.presence {
+            self.error(conn, id, ErrorCode::NotAvailable);
+        } else if !st.may(
+            o.allow_presence_for_anonymous,
+            o.allow_presence_for_client,
+            o.allow_presence_for_subscriber,
+        ) {
+            self.error(conn, id, ErrorCode::PermissionDenied);
+        } else {
+            let query = if stats {
+                Query::PresenceStats
+            } else {
+                Query::Presence
+            };
+            self.ask(conn, id, channel, query);
+        }
+        Ok(())
+    }
+
+    pub(super) fn history(
+        &mut self,
+        conn: ConnId,
+        id: u32,
+        req: &centrifuge::HistoryRequest,
+    ) -> CommandResult {
+        let Some(st) = self.standing(conn, id, &req.channel)? else {
+            return Ok(());
+        };
+        let o = &st.options;
+        if !o.history() {
+            self.error(conn, id, ErrorCode::NotAvailable);
+        } else if !st.may(
+            o.allow_history_for_anonymous,
+            o.allow_history_for_client,
+            o.allow_history_for_subscriber,
+        ) {
+            self.error(conn, id, ErrorCode::PermissionDenied);
+        } else {
+            let query = Query::History {
+                since: req.since.clone(),
+                reverse: req.reverse,
+            };
+            self.ask(conn, id, &req.channel, query);
+        }
+        Ok(())
+    }
+}
