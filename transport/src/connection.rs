@@ -139,7 +139,6 @@ async fn start<R, W>(
         max_message_bytes,
         outbox.clone(),
         shared.hub.clone(),
-        shared.bus.clone(),
     ));
     tokio::spawn(write_until_closed(
         shared, conn, outbox, write, reader, guards,
@@ -164,7 +163,7 @@ async fn write_until_closed<W>(
         conn,
         &outbox,
         shared.config.write_timeout,
-        shared.config.write_coalesce,
+        shared.config.write_coalesce.as_ref(),
         &shared.hub,
     )
     .await;

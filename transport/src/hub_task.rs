@@ -60,6 +60,12 @@ pub struct BusLoad {
     high_water: usize,
 }
 
+impl Default for BusLoad {
+    fn default() -> Self {
+        Self::new(1)
+    }
+}
+
 impl BusLoad {
     #[must_use]
     pub fn new(shards: usize) -> Self {

@@ -37,6 +37,7 @@ use hubbub_core::outbox::{Offer, OutQueue, Queued};
 use hubbub_core::{CloseReason, Codec, Frame, RoomId};
 use tokio::sync::Notify;
 
+use crate::hub_task::BusLoad;
 use crate::metrics::OutboxMetrics;
 
 /// Pongs owed to the client and not yet written. RFC 6455 §5.5.3 allows
@@ -53,15 +54,19 @@ pub struct WriterGauge {
     /// Queue depth at each push, presence snapshots conflated, bytes written
     /// (one set for the whole server: every shard's gauge shares it).
     pub metrics: Arc<OutboxMetrics>,
+    /// The bus between shards, whose load readers consult (reached through
+    /// the outbox, so a reader holds no pointer of its own).
+    pub bus: Arc<BusLoad>,
 }
 
 impl WriterGauge {
     /// A gauge for one shard, counting into the server's `metrics`.
     #[must_use]
-    pub fn sharing(metrics: Arc<OutboxMetrics>) -> Self {
+    pub fn sharing(metrics: Arc<OutboxMetrics>, bus: Arc<BusLoad>) -> Self {
         Self {
             runnable: AtomicUsize::new(0),
             metrics,
+            bus,
         }
     }
 
@@ -170,6 +175,13 @@ impl Outbox {
             gauge,
             codec,
         }
+    }
+
+    /// Whether the shards are behind on their messages to each other, so
+    /// the reader should leave the client's input in the socket for now.
+    #[must_use]
+    pub fn bus_congested(&self) -> bool {
+        self.gauge.bus.congested()
     }
 
     /// The protocol the connection speaks.

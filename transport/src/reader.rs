@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::bounded::{FrameBounded, WaitReadable};
-use crate::hub_task::{BusLoad, Event};
+use crate::hub_task::Event;
 
 /// How long a reader waits before looking at the bus's load again.
 const CONGESTION_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
@@ -39,13 +39,11 @@ pub async fn run<R>(
     max_message_bytes: usize,
     outbox: Arc<Outbox>,
     hub: mpsc::Sender<Event>,
-    bus: Arc<BusLoad>,
 ) where
     R: AsyncRead + WaitReadable + Unpin,
 {
     let mut stream = FrameBounded::new(stream);
-    let Some(reason) =
-        read_messages(&mut stream, conn, max_message_bytes, &outbox, &hub, &bus).await
+    let Some(reason) = read_messages(&mut stream, conn, max_message_bytes, &outbox, &hub).await
     else {
         return; // the hub is gone
     };
@@ -92,7 +90,6 @@ async fn read_messages<R>(
     max_message_bytes: usize,
     outbox: &Outbox,
     hub: &mpsc::Sender<Event>,
-    bus: &BusLoad,
 ) -> Option<CloseReason>
 where
     R: AsyncRead + WaitReadable + Unpin,
@@ -109,7 +106,7 @@ where
     loop {
         // The shards are behind on their messages to each other: leave the
         // client's input in its socket (TCP pushes back) until they catch up.
-        while bus.congested() {
+        while outbox.bus_congested() {
             // Boxed: an idle reader's state stays small.
             Box::pin(tokio::time::sleep(CONGESTION_WAIT)).await;
         }

@@ -80,7 +80,7 @@ pub async fn serve(
     let mut shared = Vec::with_capacity(shards);
     for (shard, inbox) in inboxes.into_iter().enumerate() {
         let (hub_tx, hub_rx) = mpsc::channel(HUB_CHANNEL_CAPACITY);
-        let gauge = Arc::new(WriterGauge::sharing(outbox_metrics.clone()));
+        let gauge = Arc::new(WriterGauge::sharing(outbox_metrics.clone(), bus.clone()));
         let mut hub_config = config.hub.clone();
         hub_config.shards = u16::try_from(shards).unwrap_or(u16::MAX);
         hub_config.shard = hubbub_core::ShardId(u16::try_from(shard).unwrap_or(0));

@@ -67,7 +67,7 @@ pub async fn run<W>(
     conn: ConnId,
     outbox: &Outbox,
     write_timeout: Duration,
-    coalesce: Option<Duration>,
+    coalesce: Option<&Duration>,
     hub: &mpsc::Sender<Event>,
 ) -> WriterEnd
 where
@@ -86,7 +86,7 @@ where
             outbox.wait().await;
             if let Some(delay) = coalesce {
                 // Boxed: an idle writer's state stays small.
-                Box::pin(tokio::time::sleep(delay)).await;
+                Box::pin(tokio::time::sleep(*delay)).await;
             }
             continue;
         }

@@ -415,11 +415,12 @@ impl Hub {
                 continue;
             };
             if !c.connected {
-                if now >= c.stale_at {
+                // Before `connect`, `next_ping` is the stale deadline.
+                if now >= c.next_ping {
                     self.end(conn, CloseReason::Stale);
                     self.pump();
                 } else {
-                    c.timer = c.stale_at;
+                    c.timer = c.next_ping;
                     self.timers.insert((c.timer, conn));
                 }
                 continue;

@@ -17,6 +17,52 @@ pub(super) struct Pending {
     pub(super) cancelled: bool,
 }
 
+/// A connection's joins in flight: no memory at all while there are none,
+/// which is nearly always (an idle connection keeps one pointer).
+#[derive(Debug, Default)]
+// One pointer inline instead of a vector's three words: the box is the point.
+#[allow(clippy::box_collection)]
+pub(super) struct Pendings(Option<Box<Vec<Pending>>>);
+
+impl Pendings {
+    pub(super) fn push(&mut self, pending: Pending) {
+        self.0
+            .get_or_insert_with(|| Box::new(Vec::with_capacity(1)))
+            .push(pending);
+    }
+
+    /// Takes entry `i`, giving the memory back once none is left.
+    pub(super) fn remove(&mut self, i: usize) -> Option<Pending> {
+        let all = self.0.as_mut()?;
+        if i >= all.len() {
+            return None;
+        }
+        let pending = all.remove(i);
+        if all.is_empty() {
+            self.0 = None;
+        }
+        Some(pending)
+    }
+
+    pub(super) fn take(&mut self) -> Vec<Pending> {
+        self.0.take().map(|all| *all).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for Pendings {
+    type Target = [Pending];
+
+    fn deref(&self) -> &[Pending] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+}
+
+impl std::ops::DerefMut for Pendings {
+    fn deref_mut(&mut self) -> &mut [Pending] {
+        self.0.as_deref_mut().map_or(&mut [], Vec::as_mut_slice)
+    }
+}
+
 /// What a Centrifugo subscribe asked and was granted, kept until its home answers.
 #[derive(Debug)]
 pub(super) struct SubscribeAsk {
@@ -40,14 +86,14 @@ pub(super) struct Conn {
     /// at most `channel_limit`, usually one.
     pub(super) subs: Vec<(ChannelName, u64)>,
     /// Joins asked of a home and not answered yet.
-    pub(super) pending: Vec<Pending>,
+    pub(super) pending: Pendings,
     pub(super) next_attempt: u32,
     pub(super) last_pong: Timestamp,
+    /// When the next ping is due; before a Centrifugo `connect`, when the
+    /// connection goes stale (3502).
     pub(super) next_ping: Timestamp,
     /// Centrifugo: a ping was sent and its pong has not come.
     pub(super) ping_outstanding: bool,
-    /// Centrifugo before `connect`: when the connection goes stale (3502).
-    pub(super) stale_at: Timestamp,
     /// The instant of this connection's entry in `Hub::timers`.
     pub(super) timer: Timestamp,
 }
@@ -128,8 +174,6 @@ impl Hub {
             return;
         }
         self.stats.opened += 1;
-        let next_ping = now.saturating_add(self.config.ping_interval);
-        let stale_at = now.saturating_add(self.config.connect_timeout);
         let (codec, user, room) = match route {
             Route::Relay => (Codec::Relay, None, Some(crate::bus::relay_channel())),
             Route::Room { room, username } => (
@@ -140,10 +184,16 @@ impl Hub {
             Route::Centrifuge => (Codec::Centrifuge, None, None),
         };
         let connected = codec != Codec::Centrifuge;
-        let timer = if connected {
-            next_ping.min(now.saturating_add(self.config.pong_timeout))
+        let (next_ping, timer) = if connected {
+            let next_ping = now.saturating_add(self.config.ping_interval);
+            (
+                next_ping,
+                next_ping.min(now.saturating_add(self.config.pong_timeout)),
+            )
         } else {
-            stale_at
+            // No pings before `connect`: the deadline is the stale one.
+            let stale_at = now.saturating_add(self.config.connect_timeout);
+            (stale_at, stale_at)
         };
         self.conns.insert(
             conn,
@@ -152,12 +202,11 @@ impl Hub {
                 user,
                 connected,
                 subs: Vec::new(),
-                pending: Vec::new(),
+                pending: Pendings::default(),
                 next_attempt: 0,
                 last_pong: now,
                 next_ping,
                 ping_outstanding: false,
-                stale_at,
                 timer,
             },
         );
@@ -182,9 +231,6 @@ impl Hub {
         };
         let attempt = c.next_attempt;
         c.next_attempt = c.next_attempt.wrapping_add(1);
-        if c.pending.capacity() == 0 {
-            c.pending.reserve_exact(1);
-        }
         c.pending.push(Pending {
             channel: channel.clone(),
             attempt,
@@ -225,11 +271,9 @@ impl Hub {
         else {
             return;
         };
-        let pending = c.pending.remove(i);
-        if c.pending.is_empty() {
-            // Idle connections keep no buffer for joins long answered.
-            c.pending = Vec::new();
-        }
+        let Some(pending) = c.pending.remove(i) else {
+            return;
+        };
         let codec = c.codec;
         let join_leave = pending.join_leave;
         if !pending.cancelled {
@@ -352,7 +396,7 @@ impl Hub {
     /// Removes `conn` for `reason`: its close first, then its leaves, whose
     /// notices the homes send the rooms it was in.
     pub(super) fn end(&mut self, conn: ConnId, reason: CloseReason) {
-        let Some(c) = self.conns.remove(&conn) else {
+        let Some(mut c) = self.conns.remove(&conn) else {
             return;
         };
         self.timers.remove(&(c.timer, conn));
@@ -364,6 +408,7 @@ impl Hub {
         // Joins still in flight are left too: the home handles them in order.
         let channels = c.subs.into_iter().map(|(ch, _)| ch).chain(
             c.pending
+                .take()
                 .into_iter()
                 .filter(|p| !p.cancelled)
                 .map(|p| p.channel),
