@@ -353,8 +353,10 @@ pub fn decode_line(line: &[u8]) -> Result<Line, Malformed> {
     Ok(Line::Command { id, command })
 }
 
-/// Splits a frame into lines and decodes each, in order, stopping at the
-/// first malformed one. Returns the lines decoded and whether it stopped
+/// Splits a text frame's payload (UTF-8, checked by the codec) into lines
+/// and decodes each, in order, stopping at the first malformed one. Values
+/// are kept as the client wrote them: a string with a lone UTF-16
+/// surrogate escape is valid JSON text and passes through unchanged. Returns the lines decoded and whether it stopped
 /// early: the commands before a bad line are still handled, then the
 /// connection is closed (as Centrifugo's streaming decoder does).
 #[must_use]
