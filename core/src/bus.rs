@@ -25,6 +25,7 @@ use crate::channel::ChannelName;
 use crate::codec::{Codec, Frame};
 use crate::hub::ConnId;
 use crate::route::Name;
+use crate::time::Timestamp;
 
 /// A shard of one process: a thread with its own hub and connections.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -96,12 +97,37 @@ pub struct Delivery {
     pub to: Audience,
 }
 
+/// A publication as a channel's home keeps it in the stream's window, and
+/// sends it to a recovering subscriber.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub offset: u64,
+    /// When the home accepted it (for `history_ttl`).
+    pub at: Timestamp,
+    /// The publication's data as Centrifugo clients see it (raw JSON).
+    pub data: Bytes,
+    /// A seed client's line, as seed clients see it.
+    pub text: Option<Arc<str>>,
+    /// The publisher.
+    pub user: Option<Name>,
+    pub client: ConnId,
+}
+
+/// What the home decided about a subscriber's recovery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    pub recovered: bool,
+    /// The missed publications, oldest first (when recovered).
+    pub publications: Vec<Stored>,
+}
+
 /// A question about a channel only its home can answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Query {
     Presence,
     PresenceStats,
     History {
+        limit: i32,
         since: Option<StreamPosition>,
         reverse: bool,
     },
@@ -121,6 +147,8 @@ pub enum BusMessage {
         user: Option<Name>,
         join_leave: bool,
         attempt: u32,
+        /// The position a recovering subscriber had (offset, epoch).
+        recover: Option<(u64, String)>,
     },
     /// To the home: `conn` left `channel` (or gave up joining it).
     Leave { channel: ChannelName, conn: ConnId },
@@ -148,6 +176,7 @@ pub enum BusMessage {
         seq: u64,
         top: u64,
         epoch: u64,
+        recovery: Option<Recovery>,
     },
     /// From the home, to every shard with members: frames for them, in order.
     Deliver {

@@ -529,14 +529,35 @@ pub fn publication(
     offset: Option<u64>,
 ) -> Bytes {
     push(channel, "pub", |p| {
-        p.raw("data", Some(data));
-        if let Some(info) = info {
-            p.with("info", |out| push_client_info(out, info));
-        }
-        if let Some(offset) = offset {
-            p.uint("offset", offset);
-        }
+        publication_fields(p, data, info, offset);
     })
+}
+
+fn publication_fields(
+    p: &mut Object<'_>,
+    data: &[u8],
+    info: Option<&ClientInfo<'_>>,
+    offset: Option<u64>,
+) {
+    p.raw("data", Some(data));
+    if let Some(info) = info {
+        p.with("info", |out| push_client_info(out, info));
+    }
+    if let Some(offset) = offset {
+        p.uint("offset", offset);
+    }
+}
+
+/// Appends a publication object (as in `history` and recovery replies).
+pub fn push_publication(
+    out: &mut Vec<u8>,
+    data: &[u8],
+    info: Option<&ClientInfo<'_>>,
+    offset: Option<u64>,
+) {
+    let mut p = Object::open(out);
+    publication_fields(&mut p, data, info, offset);
+    p.close();
 }
 
 /// A `join` or `leave` push (`kind`), which always carries `info`.

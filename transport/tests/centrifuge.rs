@@ -226,7 +226,7 @@ async fn publications_carry_offsets_and_the_publisher_and_reach_every_subscriber
     // A publication without data is a bad request; nothing is sent.
     let r = a.call(json!({"publish": {"channel": "news"}})).await;
     assert_eq!(r["error"]["code"], 107);
-    // History is the position only: no publications are stored yet.
+    // History: limit 0 gives the position only.
     let h = b
         .call(json!({"history": {"channel": "news", "limit": 0}}))
         .await;
@@ -243,9 +243,9 @@ async fn publications_carry_offsets_and_the_publisher_and_reach_every_subscriber
 }
 
 #[tokio::test]
-async fn recovery_succeeds_only_when_nothing_was_missed() {
+async fn recovery_returns_exactly_what_was_missed_or_says_it_cannot() {
     let server = server().await;
-    let (mut keeper, _) = Client::connected(&server).await;
+    let (mut keeper, keeper_id) = Client::connected(&server).await;
     keeper.call(json!({"subscribe": {"channel": "r"}})).await;
     let (mut a, _) = Client::connected(&server).await;
     let r = a
@@ -257,7 +257,7 @@ async fn recovery_succeeds_only_when_nothing_was_missed() {
         .await;
     assert_eq!(a.push("r", "pub").await["offset"], 1);
     a.call(json!({"unsubscribe": {"channel": "r"}})).await;
-    // At the top: recovered, offset echoed.
+    // At the top: recovered, offset echoed, nothing to replay.
     let r = a
         .call(json!({"subscribe": {"channel": "r", "recover": true, "offset": 1, "epoch": epoch}}))
         .await;
@@ -266,22 +266,122 @@ async fn recovery_succeeds_only_when_nothing_was_missed() {
         json!({"recoverable":true,"positioned":true,"epoch":epoch,"offset":1,"was_recovering":true,"recovered":true})
     );
     a.call(json!({"unsubscribe": {"channel": "r"}})).await;
-    keeper
-        .call(json!({"publish": {"channel": "r", "data": 2}}))
-        .await;
-    // One missed and nothing stored: told plainly, with the current top.
+    for n in [2, 3] {
+        keeper
+            .call(json!({"publish": {"channel": "r", "data": {"n": n}}}))
+            .await;
+    }
+    // Two missed while away: recovered with exactly those, in order, then live.
     let r = a
         .call(json!({"subscribe": {"channel": "r", "recover": true, "offset": 1, "epoch": epoch}}))
         .await;
-    assert_eq!(r["subscribe"]["recovered"], Value::Null);
-    assert_eq!(r["subscribe"]["was_recovering"], true);
-    assert_eq!(r["subscribe"]["offset"], 2);
+    let result = &r["subscribe"];
+    assert_eq!(result["recovered"], true);
+    assert_eq!(result["offset"], 1, "the client's own offset");
+    let missed = result["publications"].as_array().unwrap();
+    assert_eq!(missed.len(), 2);
+    assert_eq!(
+        missed[0],
+        json!({"data":{"n":2},"info":{"client":keeper_id},"offset":2})
+    );
+    assert_eq!(missed[1]["offset"], 3);
+    keeper
+        .call(json!({"publish": {"channel": "r", "data": {"n": 4}}}))
+        .await;
+    assert_eq!(
+        a.push("r", "pub").await["offset"],
+        4,
+        "live continues at top + 1"
+    );
     a.call(json!({"unsubscribe": {"channel": "r"}})).await;
-    // Another epoch: not recovered.
+    // Another epoch: not recovered, the current position instead.
     let r = a
         .call(json!({"subscribe": {"channel": "r", "recover": true, "offset": 2, "epoch": "x"}}))
         .await;
     assert_eq!(r["subscribe"]["recovered"], Value::Null);
+    assert_eq!(r["subscribe"]["was_recovering"], true);
+    assert_eq!(r["subscribe"]["offset"], 4);
+    assert!(r["subscribe"].get("publications").is_none());
+    // history: forward from a position, backwards, limits.
+    let h = a
+        .call(json!({"history": {"channel": "r", "limit": -1}}))
+        .await;
+    let offsets = |h: &Value| -> Vec<u64> {
+        h["history"]["publications"]
+            .as_array()
+            .map(|p| p.iter().map(|p| p["offset"].as_u64().unwrap()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(offsets(&h), [1, 2, 3, 4]);
+    assert_eq!(
+        (
+            h["history"]["offset"].clone(),
+            h["history"]["epoch"].clone()
+        ),
+        (json!(4), json!(epoch))
+    );
+    let h = a
+        .call(json!({"history": {"channel": "r", "limit": 2, "since": {"offset": 1, "epoch": epoch}}}))
+        .await;
+    assert_eq!(offsets(&h), [2, 3]);
+    let h = a
+        .call(json!({"history": {"channel": "r", "limit": 2, "reverse": true, "since": {"offset": 4, "epoch": epoch}}}))
+        .await;
+    assert_eq!(offsets(&h), [3, 2]);
+    let h = a
+        .call(json!({"history": {"channel": "r", "limit": 0}}))
+        .await;
+    assert!(
+        h["history"].get("publications").is_none(),
+        "limit 0: the position only"
+    );
+}
+
+#[tokio::test]
+async fn recovery_beyond_the_window_is_refused_plainly() {
+    let server = TestServer::start(ServerConfig {
+        hub: hubbub_core::Config {
+            namespaces: hubbub_core::Namespaces {
+                default: std::sync::Arc::new(hubbub_core::ChannelOptions {
+                    history_size: 2,
+                    ..hubbub_core::ChannelOptions::default()
+                }),
+                ..hubbub_core::Namespaces::default()
+            },
+            ..config().hub
+        },
+        ..config()
+    })
+    .await;
+    let (mut keeper, _) = Client::connected(&server).await;
+    let r = keeper
+        .call(json!({"subscribe": {"channel": "w", "recoverable": true}}))
+        .await;
+    let epoch = r["subscribe"]["epoch"].as_str().unwrap().to_owned();
+    for n in 1..=3 {
+        keeper
+            .call(json!({"publish": {"channel": "w", "data": n}}))
+            .await;
+    }
+    // Offset 1 was pushed out of a window of 2: recovering from 0 cannot be whole.
+    let (mut late, _) = Client::connected(&server).await;
+    let r = late
+        .call(json!({"subscribe": {"channel": "w", "recover": true, "offset": 0, "epoch": epoch}}))
+        .await;
+    assert_eq!(r["subscribe"]["was_recovering"], true);
+    assert_eq!(
+        r["subscribe"]["recovered"],
+        Value::Null,
+        "never a partial replay"
+    );
+    assert_eq!(r["subscribe"]["offset"], 3);
+    // From 1 it can: 2 and 3 are still there.
+    let (mut other, _) = Client::connected(&server).await;
+    let r = other
+        .call(json!({"subscribe": {"channel": "w", "recover": true, "offset": 1, "epoch": epoch}}))
+        .await;
+    assert_eq!(r["subscribe"]["recovered"], true);
+    assert_eq!(r["subscribe"]["publications"].as_array().unwrap().len(), 2);
 }
 
 #[tokio::test]

@@ -31,6 +31,38 @@ pub(super) struct Room {
     pub(super) top: u64,
     /// The stream's epoch, fixed when the channel came to be.
     pub(super) epoch: u64,
+    /// The stream's window: the latest publications, at most
+    /// `history_size` and none older than `history_ttl` (kept while the
+    /// channel has members; keeping streams past that is the store's job).
+    pub(super) history: VecDeque<Stored>,
+}
+
+/// The most publications one recovery or one `history` reply carries
+/// (Centrifugo's `recovery_max_publication_limit` and
+/// `history_max_publication_limit`).
+pub(super) const MAX_PUBLICATIONS: usize = 300;
+
+impl Room {
+    /// Drops what is beyond the window's size or age.
+    fn trim(&mut self, now: Timestamp) {
+        let size = self.options.history_size as usize;
+        while self.history.len() > size {
+            self.history.pop_front();
+        }
+        let ttl = self.options.history_ttl;
+        while self.history.front().is_some_and(|p| now.since(p.at) > ttl) {
+            self.history.pop_front();
+        }
+    }
+
+    /// Whether the window still holds every publication after `offset`.
+    fn holds_after(&self, offset: u64) -> bool {
+        offset >= self.top
+            || self
+                .history
+                .front()
+                .is_some_and(|oldest| oldest.offset <= offset + 1)
+    }
 }
 
 impl Room {
@@ -48,7 +80,13 @@ impl Room {
 impl Hub {
     // ---- the home side: a channel's members, order and position ---------------
 
-    pub(super) fn home_join(&mut self, channel: &ChannelName, member: HomeMember, attempt: u32) {
+    pub(super) fn home_join(
+        &mut self,
+        channel: &ChannelName,
+        member: HomeMember,
+        attempt: u32,
+        recover: Option<(u64, String)>,
+    ) {
         let seq = self.next_join_seq;
         self.next_join_seq += 1;
         let next_room_id = &mut self.next_room_id;
@@ -69,6 +107,7 @@ impl Hub {
                 seed_members: 0,
                 join_leave_members: 0,
                 top: 0,
+                history: VecDeque::new(),
                 // A fresh stream: its epoch differs from every earlier stream
                 // of this name, in this run (ids count up per home shard) or
                 // an earlier one (new entropy).
@@ -94,6 +133,30 @@ impl Hub {
         let (conn, to) = (member.conn, member.shard);
         let user = member.user.clone();
         room.members.insert(seq, member);
+        // Registered and answered in one step: the missed publications in
+        // the reply, then live ones from top + 1, none twice, none lost.
+        room.trim(self.now);
+        let recovery = recover.map(|(offset, client_epoch)| {
+            let same_stream = client_epoch.is_empty() || client_epoch == epoch_text(epoch);
+            let missed = top.saturating_sub(offset);
+            let recovered = same_stream
+                && offset <= top
+                && missed <= MAX_PUBLICATIONS as u64
+                && room.holds_after(offset);
+            let publications = if recovered {
+                room.history
+                    .iter()
+                    .filter(|p| p.offset > offset)
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            Recovery {
+                recovered,
+                publications,
+            }
+        });
         self.send_bus(
             to,
             BusMessage::Joined {
@@ -103,6 +166,7 @@ impl Hub {
                 seq,
                 top,
                 epoch,
+                recovery,
             },
         );
         self.announce(channel, conn, user.as_ref(), true);
@@ -241,6 +305,31 @@ impl Hub {
         room.top += 1;
         let offset = room.options.history().then_some(room.top);
         let (seed, centrifuge, relay) = room.codecs();
+        let data = match payload {
+            PubPayload::Text(text) => {
+                let mut data = Vec::with_capacity(text.len() + 12);
+                data.extend_from_slice(b"{\"text\":");
+                crate::codec::push_json_string(&mut data, text);
+                data.push(b'}');
+                Some(Bytes::from(data))
+            }
+            PubPayload::Json(data) => Some(data.clone()),
+            PubPayload::Relay(_) => None,
+        };
+        if let (Some(offset), Some(data)) = (offset, &data) {
+            room.history.push_back(Stored {
+                offset,
+                at: self.now,
+                data: data.clone(),
+                text: match payload {
+                    PubPayload::Text(text) => Some(text.clone()),
+                    _ => None,
+                },
+                user: user.cloned(),
+                client: from,
+            });
+            room.trim(self.now);
+        }
         let mut items = Vec::with_capacity(2);
         if let (true, PubPayload::Relay(frame)) = (relay, payload) {
             items.push(Delivery {
@@ -264,17 +353,6 @@ impl Hub {
         }
         if centrifuge {
             let client = self.client_id(from).to_string();
-            let data = match payload {
-                PubPayload::Text(text) => {
-                    let mut data = Vec::with_capacity(text.len() + 12);
-                    data.extend_from_slice(b"{\"text\":");
-                    crate::codec::push_json_string(&mut data, text);
-                    data.push(b'}');
-                    Some(Bytes::from(data))
-                }
-                PubPayload::Json(data) => Some(data.clone()),
-                PubPayload::Relay(_) => None,
-            };
             if let Some(data) = data {
                 items.push(Delivery {
                     frame: Frame::text(centrifuge::publication(
@@ -315,7 +393,11 @@ impl Hub {
                     }
                 });
             }),
-            Query::History { since, reverse } => {
+            Query::History {
+                limit,
+                since,
+                reverse,
+            } => {
                 // A channel nobody is in has no stream: a fresh, empty one answers.
                 let (top, epoch) = match room {
                     Some(room) => (room.top, epoch_text(room.epoch)),
@@ -332,12 +414,64 @@ impl Hub {
                         return centrifuge::error_reply(id, ErrorCode::BadRequest);
                     }
                 }
-                // Publications are not stored yet: the reply is the position only.
+                // 0: the position only; n: at most n; -1: all; capped.
+                let cap = match *limit {
+                    0 => 0,
+                    n if n < 0 => MAX_PUBLICATIONS,
+                    n => usize::try_from(n)
+                        .unwrap_or(MAX_PUBLICATIONS)
+                        .min(MAX_PUBLICATIONS),
+                };
+                let now = self.now;
+                let ttl = room.map(|r| r.options.history_ttl);
+                let window = room
+                    .into_iter()
+                    .flat_map(|r| r.history.iter())
+                    .filter(|p| ttl.is_some_and(|ttl| now.since(p.at) <= ttl));
+                let chosen: Vec<&Stored> = match (since, *reverse) {
+                    (Some(since), false) => window
+                        .filter(|p| p.offset > since.offset)
+                        .take(cap)
+                        .collect(),
+                    (None, false) => window.take(cap).collect(),
+                    (Some(since), true) => {
+                        let older: Vec<&Stored> =
+                            window.filter(|p| p.offset < since.offset).collect();
+                        older.into_iter().rev().take(cap).collect()
+                    }
+                    (None, true) => {
+                        let all: Vec<&Stored> = window.collect();
+                        all.into_iter().rev().take(cap).collect()
+                    }
+                };
                 centrifuge::reply(id, "history", |r| {
+                    if !chosen.is_empty() {
+                        r.with("publications", |out| self.push_publications(out, &chosen));
+                    }
                     r.str("epoch", &epoch).uint("offset", top);
                 })
             }
         }
+    }
+}
+
+impl Hub {
+    /// Appends `[{"data":…,"info":…,"offset":N},…]`.
+    pub(super) fn push_publications(&self, out: &mut Vec<u8>, publications: &[&Stored]) {
+        out.push(b'[');
+        for (i, p) in publications.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let client = self.client_id(p.client).to_string();
+            centrifuge::push_publication(
+                out,
+                &p.data,
+                Some(&info(p.user.as_ref(), &client)),
+                Some(p.offset),
+            );
+        }
+        out.push(b']');
     }
 }
 

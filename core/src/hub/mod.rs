@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::bus::{Audience, BusMessage, Delivery, PubPayload, Query, ShardId};
+use crate::bus::{Audience, BusMessage, Delivery, PubPayload, Query, Recovery, ShardId, Stored};
 use crate::centrifuge::{self, ClientInfo, Command, ErrorCode, Line};
 use crate::channel::{self, ChannelName, ChannelOptions};
 use crate::close::CloseReason;
@@ -334,6 +334,8 @@ pub struct Hub {
     next_join_seq: u64,
     next_room_id: u64,
     next_local_room: u64,
+    /// The time of the call in progress (what the home stamps publications with).
+    now: Timestamp,
     shutting_down: bool,
     stats: Stats,
 }
@@ -363,6 +365,7 @@ impl Hub {
             next_join_seq: 0,
             next_room_id: 0,
             next_local_room: 0,
+            now: Timestamp::ZERO,
             shutting_down: false,
             stats: Stats::default(),
         }
@@ -376,6 +379,7 @@ impl Hub {
     /// Feeds one event to the hub. Drain [`Hub::poll_output`] and
     /// [`Hub::poll_bus`] afterwards.
     pub fn handle_input(&mut self, now: Timestamp, input: Input) {
+        self.now = self.now.max(now);
         match input {
             Input::Open { conn, route } => self.open(now, conn, route),
             Input::Message { conn, frame } => self.message(now, conn, frame),
@@ -396,7 +400,8 @@ impl Hub {
     }
 
     /// Feeds one message from another shard. Drain the outputs afterwards.
-    pub fn handle_bus(&mut self, _now: Timestamp, msg: BusMessage) {
+    pub fn handle_bus(&mut self, now: Timestamp, msg: BusMessage) {
+        self.now = self.now.max(now);
         self.stats.bus_in += 1;
         self.bus(msg);
         self.pump();
@@ -406,6 +411,7 @@ impl Hub {
     /// whose pong deadline has passed (and Centrifugo connections that never
     /// sent `connect`). Call at [`Hub::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.now = self.now.max(now);
         while let Some(&(at, conn)) = self.timers.first() {
             if at > now {
                 break;
@@ -575,6 +581,7 @@ impl Hub {
                 user,
                 join_leave,
                 attempt,
+                recover,
             } => self.home_join(
                 &channel,
                 HomeMember {
@@ -585,6 +592,7 @@ impl Hub {
                     join_leave,
                 },
                 attempt,
+                recover,
             ),
             BusMessage::Leave { channel, conn } => self.home_leave(&channel, conn),
             BusMessage::Publish {
@@ -610,7 +618,15 @@ impl Hub {
                 seq,
                 top,
                 epoch,
-            } => self.joined(&channel, conn, attempt, seq, top, epoch),
+                recovery,
+            } => self.joined(
+                &channel,
+                conn,
+                attempt,
+                seq,
+                (top, epoch),
+                recovery.as_ref(),
+            ),
             BusMessage::Deliver { channel, items } => self.deliver(&channel, &items),
             BusMessage::Reply { conn, reply } => {
                 if self.conns.contains_key(&conn) {

@@ -238,6 +238,11 @@ impl Hub {
             join_leave,
             cancelled: false,
         });
+        let recover = c
+            .pending
+            .last()
+            .and_then(|p| p.request.as_ref())
+            .and_then(|ask| ask.recover.clone());
         let msg = BusMessage::Join {
             channel,
             conn,
@@ -246,6 +251,7 @@ impl Hub {
             user: c.user.clone(),
             join_leave,
             attempt,
+            recover,
         };
         self.send_bus(home, msg);
     }
@@ -258,8 +264,8 @@ impl Hub {
         conn: ConnId,
         attempt: u32,
         seq: u64,
-        top: u64,
-        epoch: u64,
+        (top, epoch): (u64, u64),
+        recovery: Option<&Recovery>,
     ) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return; // it left; its Leave is on its way to the home
@@ -303,23 +309,32 @@ impl Hub {
             return;
         };
         let epoch = epoch_text(epoch);
-        let recovered = ask
-            .recover
-            .as_ref()
-            .is_some_and(|(offset, e)| (e.is_empty() || *e == epoch) && *offset == top);
-        self.reply(
-            conn,
-            centrifuge::reply(ask.id, "subscribe", |r| {
-                if ask.positioned {
-                    r.bool("recoverable", ask.recoverable)
-                        .bool("positioned", true)
-                        .str("epoch", &epoch)
-                        .uint("offset", top);
-                }
-                r.bool("was_recovering", ask.recover.is_some())
-                    .bool("recovered", recovered);
-            }),
-        );
+        let recovered = recovery.as_ref().is_some_and(|r| r.recovered);
+        // Recovered: the client's own offset, and what it missed (which the
+        // SDK delivers before any live publication). Not: the current top,
+        // and the client reloads its state.
+        let offset = match (&ask.recover, recovered) {
+            (Some((offset, _)), true) => *offset,
+            _ => top,
+        };
+        let missed: Vec<&Stored> = recovery
+            .iter()
+            .flat_map(|r| r.publications.iter())
+            .collect();
+        let reply = centrifuge::reply(ask.id, "subscribe", |r| {
+            if ask.positioned {
+                r.bool("recoverable", ask.recoverable)
+                    .bool("positioned", true)
+                    .str("epoch", &epoch)
+                    .uint("offset", offset);
+            }
+            if !missed.is_empty() {
+                r.with("publications", |out| self.push_publications(out, &missed));
+            }
+            r.bool("was_recovering", ask.recover.is_some())
+                .bool("recovered", recovered);
+        });
+        self.reply(conn, reply);
     }
 
     /// Frames from a channel's home for this shard's members.
@@ -678,8 +693,7 @@ impl Hub {
                 || req.positioned && (options.allow_positioning || history_access));
         let join_leave = options.join_leave
             && (options.force_push_join_leave || req.join_leave && presence_access);
-        // No publications are stored yet, so recovery succeeds only when
-        // nothing was missed; otherwise the client is told plainly.
+        // The home decides: recovered with what was missed, or told plainly.
         let ask = SubscribeAsk {
             id,
             positioned,
@@ -841,6 +855,7 @@ impl Hub {
             self.error(conn, id, ErrorCode::PermissionDenied);
         } else {
             let query = Query::History {
+                limit: req.limit,
                 since: req.since.clone(),
                 reverse: req.reverse,
             };
