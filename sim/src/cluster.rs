@@ -17,6 +17,10 @@
 //! - **order**: per channel, every subscriber on every shard sees offsets
 //!   rise by exactly one, and the same publication at the same offset; a
 //!   seed member sees chat lines in that same order, with no gap;
+//! - **recovery**: a client that left a channel resubscribes from its last
+//!   position; when recovered, the reply echoes its offset and carries
+//!   exactly the missed publications, contiguous and the same as everyone
+//!   saw, and live ones continue from there;
 //! - **reply-before-push**, **one reply** per command id;
 //! - **presence**: at quiescence each channel's home lists exactly the
 //!   model's members, every `presence` reply a client then asks for agrees,
@@ -166,6 +170,9 @@ struct Client {
     next_id: u32,
     /// Channels unsubscribed whose reply has not come: pushes may still arrive.
     leaving: BTreeSet<String>,
+    /// The last position seen in each channel left: a later subscribe
+    /// recovers from it.
+    positions: BTreeMap<String, (String, u64)>,
     /// Seed: the chat lines read, and the latest online_users.
     seed_texts: Vec<String>,
     online_users: Option<String>,
@@ -198,6 +205,8 @@ pub struct Cluster {
     hash: u64,
     actions_left: u32,
     texts: u64,
+    /// Subscribes that recovered (with or without publications to replay).
+    recoveries: u64,
     /// A message held back by a planted reorder, sent after the next one.
     reorder_hold: Option<(u16, ShardId, BusMessage)>,
 }
@@ -254,6 +263,7 @@ impl Cluster {
             hash: 0,
             actions_left,
             texts: 0,
+            recoveries: 0,
             reorder_hold: None,
         }
     }
@@ -284,6 +294,7 @@ impl Cluster {
             max_in_flight: self.max_in_flight,
             deliveries: self.deliveries,
             publications: self.order.values().map(BTreeMap::len).sum(),
+            recoveries: self.recoveries,
         })
     }
 
@@ -472,6 +483,7 @@ impl Cluster {
             subscribed: BTreeMap::new(),
             next_id: 0,
             leaving: BTreeSet::new(),
+            positions: BTreeMap::new(),
             seed_texts: Vec::new(),
             online_users: None,
             up_last: Timestamp::ZERO,
@@ -539,13 +551,20 @@ impl Cluster {
             0..=2 => self.close(conn, None),
             3..=14 if !subscribed && !subscribing && !leaving => {
                 let join_leave = self.rng.below(2) == 0;
-                self.command(
-                    conn,
-                    json!({"subscribe": {"channel": channel, "join_leave": join_leave, "recoverable": true}}),
-                );
+                let mut sub =
+                    json!({"channel": channel, "join_leave": join_leave, "recoverable": true});
+                if let Some((epoch, offset)) = self.clients[i].positions.get(&channel) {
+                    sub["recover"] = json!(true);
+                    sub["epoch"] = json!(epoch);
+                    sub["offset"] = json!(offset);
+                }
+                self.command(conn, json!({ "subscribe": sub }));
             }
             15..=19 if subscribed => {
-                self.clients[i].subscribed.remove(&channel);
+                if let Some(sub) = self.clients[i].subscribed.remove(&channel) {
+                    let position = (sub.epoch, sub.last_offset.unwrap_or(0));
+                    self.clients[i].positions.insert(channel.clone(), position);
+                }
                 self.clients[i].leaving.insert(channel.clone());
                 let id = self.clients[i].client_id.clone();
                 if let Some(m) = self.members.get_mut(&channel) {
@@ -715,11 +734,49 @@ impl Cluster {
                 let join_leave = sub["join_leave"].as_bool().unwrap_or(false);
                 // Positioned: the first publication must be the next offset.
                 let result = &msg["subscribe"];
+                let epoch = result["epoch"].as_str().unwrap_or("").to_owned();
+                let mut last_offset = result["offset"].as_u64().unwrap_or(0);
+                if result["recovered"] == json!(true) {
+                    // Exactly what was missed, in order, from the client's own offset.
+                    let asked = sub["offset"].as_u64().unwrap_or(0);
+                    if last_offset != asked {
+                        return Err(breach(
+                            Rule::Order,
+                            now,
+                            format!("{conn} recovered on {channel} at offset {last_offset}, it asked {asked}"),
+                        ));
+                    }
+                    let stream = format!("{channel}@{epoch}");
+                    for p in result["publications"].as_array().into_iter().flatten() {
+                        let offset = p["offset"].as_u64().unwrap_or(0);
+                        let data = p["data"]["text"].as_str().unwrap_or("").to_owned();
+                        if offset != last_offset + 1 {
+                            return Err(breach(
+                                Rule::Order,
+                                now,
+                                format!("{conn} recovering {channel}: offset {offset} after {last_offset}"),
+                            ));
+                        }
+                        last_offset = offset;
+                        let seen = self.order.entry(stream.clone()).or_default();
+                        if seen.get(&offset).is_some_and(|other| *other != data) {
+                            return Err(breach(
+                                Rule::Order,
+                                now,
+                                format!("{conn} recovered {channel} offset {offset} as {data:?}, others saw otherwise"),
+                            ));
+                        }
+                        seen.entry(offset).or_insert(data);
+                    }
+                    self.recoveries += 1;
+                }
+                let c = &mut self.clients[i];
+                c.positions.remove(&channel);
                 c.subscribed.insert(
                     channel.clone(),
                     Sub {
-                        epoch: result["epoch"].as_str().unwrap_or("").to_owned(),
-                        last_offset: Some(result["offset"].as_u64().unwrap_or(0)),
+                        epoch,
+                        last_offset: Some(last_offset),
                         join_leave,
                         ..Sub::default()
                     },
@@ -940,4 +997,5 @@ pub struct Report {
     pub max_in_flight: usize,
     pub deliveries: u64,
     pub publications: usize,
+    pub recoveries: u64,
 }

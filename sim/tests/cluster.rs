@@ -13,6 +13,7 @@ fn run(params: ClusterParams) -> Result<hubbub_sim::cluster::Report, hubbub_sim:
 fn seeded_runs_over_several_shards_keep_every_rule() {
     let mut bus_messages = 0;
     let mut publications = 0;
+    let mut recoveries = 0;
     for shards in [1u16, 2, 3, 5] {
         for seed in 0..40u64 {
             let params = ClusterParams::derive(seed * 7919 + u64::from(shards), shards);
@@ -21,6 +22,7 @@ fn seeded_runs_over_several_shards_keep_every_rule() {
                 Ok(report) => {
                     bus_messages += report.bus_messages;
                     publications += report.publications;
+                    recoveries += report.recoveries;
                     if shards == 1 {
                         assert_eq!(report.bus_messages, 0, "one shard is its own home");
                     }
