@@ -39,6 +39,10 @@ fn seeded_runs_over_several_shards_keep_every_rule() {
         publications > 1_000,
         "publications were checked: {publications}"
     );
+    assert!(
+        recoveries > 100,
+        "resubscribes recovered across shards: {recoveries}"
+    );
 }
 
 #[test]
