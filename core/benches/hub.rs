@@ -14,6 +14,7 @@ fn room(room: &str, user: &str) -> Route {
     Route::Room {
         room: Name::new(room).unwrap(),
         username: Name::new(user).unwrap(),
+        history: 0,
     }
 }
 

@@ -39,6 +39,7 @@ fn main() {
             Some(room) => Route::Room {
                 room: Name::new(&format!("room{room}")).unwrap(),
                 username: Name::new(&format!("user{c}")).unwrap(),
+                history: 0,
             },
         })
         .collect();

@@ -149,6 +149,8 @@ pub enum BusMessage {
         attempt: u32,
         /// The position a recovering subscriber had (offset, epoch).
         recover: Option<(u64, String)>,
+        /// A seed client's `history=N`: the last N publications, sent first.
+        last: u8,
     },
     /// To the home: `conn` left `channel` (or gave up joining it).
     Leave { channel: ChannelName, conn: ConnId },

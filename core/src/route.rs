@@ -11,6 +11,9 @@ pub const MAX_NAME_BYTES: usize = 64;
 /// The room `GET /ws?username=NAME` joins (seed 002).
 pub const DEFAULT_ROOM: &str = "default";
 
+/// The most chat lines a seed client may ask for with `&history=N`.
+pub const MAX_HISTORY: u8 = 100;
+
 /// A validated room or user name: 1..=64 bytes of UTF-8 without control characters.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Name(Arc<str>);
@@ -64,7 +67,13 @@ pub enum Route {
     /// `GET /ws`: anonymous relay; every message goes verbatim to every relay connection.
     Relay,
     /// `GET /ws/{room}?username=NAME` or `GET /ws?username=NAME`: the seed's JSON room protocol.
-    Room { room: Name, username: Name },
+    /// `history` (`&history=N`, at most [`MAX_HISTORY`]): the room's last N
+    /// chat lines are sent first, before the join notices; 0 without it.
+    Room {
+        room: Name,
+        username: Name,
+        history: u8,
+    },
     /// `GET /connection/websocket`: the Centrifugo client protocol (JSON).
     Centrifuge,
 }
@@ -108,6 +117,8 @@ pub enum HandshakeError {
     MissingUsername,
     /// A room or username that is empty, too long, has control characters or bad encoding: 400.
     InvalidName(Field, NameProblem),
+    /// `history=` that is not a whole number from 0 to 100: 400.
+    BadHistory,
 }
 
 impl HandshakeError {
@@ -116,7 +127,7 @@ impl HandshakeError {
     pub const fn status(self) -> u16 {
         match self {
             Self::NotFound => 404,
-            Self::MissingUsername | Self::InvalidName(..) => 400,
+            Self::MissingUsername | Self::InvalidName(..) | Self::BadHistory => 400,
         }
     }
 
@@ -126,6 +137,9 @@ impl HandshakeError {
         match self {
             Self::NotFound => "not found".to_owned(),
             Self::MissingUsername => "room and username are required".to_owned(),
+            Self::BadHistory => {
+                format!("history must be a whole number from 0 to {MAX_HISTORY}")
+            }
             Self::InvalidName(field, problem) => {
                 let why = match problem {
                     NameProblem::Empty => "must not be empty".to_owned(),
@@ -174,12 +188,24 @@ pub fn route(path: &str, query: Option<&str>) -> Result<Route, HandshakeError> {
                 .map_err(|p| HandshakeError::InvalidName(Field::Username, p)),
         }
     };
+    let history = || -> Result<u8, HandshakeError> {
+        match query_param(query.unwrap_or(""), "history") {
+            None => Ok(0),
+            Some(Ok(raw)) => raw
+                .parse::<u8>()
+                .ok()
+                .filter(|n| *n <= MAX_HISTORY)
+                .ok_or(HandshakeError::BadHistory),
+            Some(Err(())) => Err(HandshakeError::BadHistory),
+        }
+    };
     if path == "/ws" {
         return Ok(match username()? {
             None => Route::Relay,
             Some(username) => Route::Room {
                 room: Name(DEFAULT_ROOM.into()),
                 username,
+                history: history()?,
             },
         });
     }
@@ -195,7 +221,11 @@ pub fn route(path: &str, query: Option<&str>) -> Result<Route, HandshakeError> {
     ))?;
     let room = Name::new(&room).map_err(|p| HandshakeError::InvalidName(Field::Room, p))?;
     let username = username()?.ok_or(HandshakeError::MissingUsername)?;
-    Ok(Route::Room { room, username })
+    Ok(Route::Room {
+        room,
+        username,
+        history: history()?,
+    })
 }
 
 /// The first value of `key` in a `k=v&k=v` query, percent-decoded with `+`
@@ -248,6 +278,7 @@ mod tests {
         Route::Room {
             room: Name::new(room).expect("valid"),
             username: Name::new(user).expect("valid"),
+            history: 0,
         }
     }
 
@@ -330,6 +361,25 @@ mod tests {
             ))
         );
         assert_eq!(route("/wss", None), Err(HandshakeError::NotFound));
+        assert_eq!(
+            route("/ws/r", Some("username=x&history=7")),
+            Ok(Route::Room {
+                room: Name::new("r").expect("valid"),
+                username: Name::new("x").expect("valid"),
+                history: 7,
+            })
+        );
+        for bad in ["history=101", "history=-1", "history=x", "history="] {
+            assert_eq!(
+                route("/ws/r", Some(&format!("username=x&{bad}"))),
+                Err(HandshakeError::BadHistory),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            HandshakeError::BadHistory.message(),
+            "history must be a whole number from 0 to 100"
+        );
         assert_eq!(route(CENTRIFUGE_PATH, Some("x=1")), Ok(Route::Centrifuge));
         assert!(is_websocket_path(CENTRIFUGE_PATH));
         assert_eq!(

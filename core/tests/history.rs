@@ -45,7 +45,12 @@ fn send(hub: &mut Hub, t: u64, conn: u64, frame: &str) -> Vec<Value> {
 }
 
 fn history_offsets(hub: &mut Hub, t: u64) -> Vec<u64> {
-    let replies = send(hub, t, 1, r#"{"id":99,"history":{"channel":"c","limit":-1}}"#);
+    let replies = send(
+        hub,
+        t,
+        1,
+        r#"{"id":99,"history":{"channel":"c","limit":-1}}"#,
+    );
     let reply = replies.iter().find(|m| m["id"] == 99).unwrap();
     reply["history"]["publications"]
         .as_array()
@@ -78,7 +83,10 @@ fn the_window_keeps_the_latest_size_and_forgets_by_age() {
             &mut hub,
             *t,
             1,
-            &format!(r#"{{"id":{},"publish":{{"channel":"c","data":{i}}}}}"#, 10 + i),
+            &format!(
+                r#"{{"id":{},"publish":{{"channel":"c","data":{i}}}}}"#,
+                10 + i
+            ),
         );
     }
     assert_eq!(history_offsets(&mut hub, 5_000), [3, 4, 5], "the latest 3");
@@ -92,7 +100,12 @@ fn recovery_needs_the_whole_gap_in_the_window() {
     let mut hub = hub(2, Duration::from_secs(3_600));
     open(&mut hub, 1);
     let epoch = {
-        let r = send(&mut hub, 0, 1, r#"{"id":3,"history":{"channel":"c","limit":0}}"#);
+        let r = send(
+            &mut hub,
+            0,
+            1,
+            r#"{"id":3,"history":{"channel":"c","limit":0}}"#,
+        );
         r[0]["history"]["epoch"].as_str().unwrap().to_owned()
     };
     for i in 0..3 {
@@ -100,7 +113,10 @@ fn recovery_needs_the_whole_gap_in_the_window() {
             &mut hub,
             1,
             1,
-            &format!(r#"{{"id":{},"publish":{{"channel":"c","data":{i}}}}}"#, 20 + i),
+            &format!(
+                r#"{{"id":{},"publish":{{"channel":"c","data":{i}}}}}"#,
+                20 + i
+            ),
         );
     }
     hub.handle_input(
@@ -119,7 +135,11 @@ fn recovery_needs_the_whole_gap_in_the_window() {
     };
     let r = send(&mut hub, 3, 2, &subscribe(0));
     let reply = &r.iter().find(|m| m["id"] == 5).unwrap()["subscribe"];
-    assert_eq!(reply["recovered"], Value::Null, "offset 1 left the window of 2");
+    assert_eq!(
+        reply["recovered"],
+        Value::Null,
+        "offset 1 left the window of 2"
+    );
     assert_eq!(reply["offset"], 3);
     send(&mut hub, 3, 2, r#"{"id":30,"unsubscribe":{"channel":"c"}}"#);
     let r = send(&mut hub, 4, 2, &subscribe(1));

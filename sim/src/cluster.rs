@@ -494,6 +494,7 @@ impl Cluster {
                 let route = Route::Room {
                     room: Name::new(&room).expect("valid"),
                     username: Name::new(&user).expect("valid"),
+                    history: 0,
                 };
                 self.members.entry(room).or_default().insert(client_id);
                 self.up(conn, Input::Open { conn, route });

@@ -149,7 +149,7 @@ pub fn handshake(data: &[u8]) {
                 is_websocket_path(path),
                 "{path:?} routed but is not a ws path"
             );
-            if let Route::Room { room, username } = route {
+            if let Route::Room { room, username, .. } = route {
                 for name in [room.as_str(), username.as_str()] {
                     assert!(!name.is_empty() && name.len() <= MAX_NAME_BYTES);
                     assert!(!name.chars().any(char::is_control));
@@ -246,6 +246,7 @@ pub fn hub_ops(data: &[u8]) {
                     Route::Room {
                         room: Name::new(room).expect("valid"),
                         username: Name::new(user).expect("valid"),
+                        history: 0,
                     }
                 };
                 routes.insert(conn, route.clone());

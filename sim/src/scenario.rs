@@ -541,6 +541,7 @@ impl<'p> Driver<'p> {
             Route::Room {
                 room,
                 username: client.username.clone(),
+                history: 0,
             }
         };
         let link = Link {

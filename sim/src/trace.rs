@@ -76,7 +76,7 @@ impl Trace {
                 h.write_u64(conn.0);
                 match route {
                     Route::Relay => h.write_u8(0),
-                    Route::Room { room, username } => {
+                    Route::Room { room, username, .. } => {
                         h.write_u8(1);
                         h.write_field(room.as_str().as_bytes());
                         h.write_field(username.as_str().as_bytes());

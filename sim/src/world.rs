@@ -216,7 +216,7 @@ impl World {
         let conn = ConnId(self.conns.len() as u64 + 1);
         let (room, username) = match &route {
             Route::Relay => (None, ""),
-            Route::Room { room, username } => (Some(room.clone()), username.as_str()),
+            Route::Room { room, username, .. } => (Some(room.clone()), username.as_str()),
             Route::Centrifuge => (None, ""),
         };
         let room_protocol = room.is_some();

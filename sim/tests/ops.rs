@@ -163,6 +163,7 @@ fn run_ops(setup: &Setup, ops: &[Op]) -> Result<(), Violation> {
                     Route::Room {
                         room: Name::new(rooms[usize::from(room)]).unwrap(),
                         username: Name::new(&format!("user {user}")).unwrap(),
+                        history: 0,
                     }
                 };
                 conns.push(world.open(route, Link::FAST));

@@ -40,6 +40,7 @@ fn room(user: &str) -> Route {
     Route::Room {
         room: Name::new("lobby").unwrap(),
         username: Name::new(user).unwrap(),
+        history: 0,
     }
 }
 

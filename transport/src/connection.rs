@@ -193,7 +193,7 @@ async fn write_until_closed<W>(
 fn describe(route: &Route) -> String {
     match route {
         Route::Relay => "relay".to_owned(),
-        Route::Room { room, username } => format!("room={room:?} user={username:?}"),
+        Route::Room { room, username, .. } => format!("room={room:?} user={username:?}"),
         Route::Centrifuge => "centrifuge".to_owned(),
     }
 }

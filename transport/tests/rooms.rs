@@ -277,3 +277,42 @@ async fn a_thousand_clients_joining_one_room_at_once_are_not_evicted() {
     drop(clients);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn history_n_sends_the_last_lines_before_the_join_notices() {
+    let server = TestServer::start(config()).await;
+    let mut eren = join(&server, "past", "Eren").await;
+    for line in ["one", "two", "three"] {
+        send_text(&mut eren, line).await;
+        let echo = next_seed(&mut eren).await;
+        assert_eq!(echo.content, line);
+    }
+    let mut mikasa = connect(&server, "/ws/past?username=Mikasa&history=2").await;
+    let got: Vec<(SeedType, String, String)> = {
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let m = next_seed(&mut mikasa).await;
+            got.push((m.kind, m.content, m.username));
+        }
+        got
+    };
+    assert_eq!(
+        got,
+        vec![
+            (SeedType::Chat, "two".into(), "Eren".into()),
+            (SeedType::Chat, "three".into(), "Eren".into()),
+            (SeedType::OnlineUsers, "Eren,Mikasa".into(), String::new()),
+            (
+                SeedType::UserJoined,
+                "Mikasa joined the room".into(),
+                "Mikasa".into()
+            ),
+        ]
+    );
+    // More than 100 is refused before the upgrade, with a JSON error.
+    let refused = get(server.addr, "/ws/past?username=X&history=101", &[]).await;
+    assert_eq!(refused.status, 400);
+    assert!(refused
+        .body
+        .contains("history must be a whole number from 0 to 100"));
+}

@@ -85,7 +85,7 @@ impl Hub {
         channel: &ChannelName,
         member: HomeMember,
         attempt: u32,
-        recover: Option<(u64, String)>,
+        (recover, last): (Option<(u64, String)>, u8),
     ) {
         let seq = self.next_join_seq;
         self.next_join_seq += 1;
@@ -156,6 +156,16 @@ impl Hub {
                 recovered,
                 publications,
             }
+        });
+        // A seed client's `history=N`: the last N lines.
+        let recovery = recovery.or_else(|| {
+            (last > 0).then(|| {
+                let skip = room.history.len().saturating_sub(usize::from(last));
+                Recovery {
+                    recovered: false,
+                    publications: room.history.iter().skip(skip).cloned().collect(),
+                }
+            })
         });
         self.send_bus(
             to,

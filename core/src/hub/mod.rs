@@ -582,6 +582,7 @@ impl Hub {
                 join_leave,
                 attempt,
                 recover,
+                last,
             } => self.home_join(
                 &channel,
                 HomeMember {
@@ -592,7 +593,7 @@ impl Hub {
                     join_leave,
                 },
                 attempt,
-                recover,
+                (recover, last),
             ),
             BusMessage::Leave { channel, conn } => self.home_leave(&channel, conn),
             BusMessage::Publish {

@@ -174,13 +174,21 @@ impl Hub {
             return;
         }
         self.stats.opened += 1;
+        let mut last = 0;
         let (codec, user, room) = match route {
             Route::Relay => (Codec::Relay, None, Some(crate::bus::relay_channel())),
-            Route::Room { room, username } => (
-                Codec::SeedJson,
-                Some(username),
-                Some(ChannelName::new(room.as_str())),
-            ),
+            Route::Room {
+                room,
+                username,
+                history,
+            } => {
+                last = history;
+                (
+                    Codec::SeedJson,
+                    Some(username),
+                    Some(ChannelName::new(room.as_str())),
+                )
+            }
             Route::Centrifuge => (Codec::Centrifuge, None, None),
         };
         let connected = codec != Codec::Centrifuge;
@@ -212,7 +220,7 @@ impl Hub {
         );
         self.timers.insert((timer, conn));
         if let Some(room) = room {
-            self.ask_join(conn, room, None, false);
+            self.ask_join(conn, room, None, false, last);
         }
     }
 
@@ -223,6 +231,7 @@ impl Hub {
         channel: ChannelName,
         request: Option<SubscribeAsk>,
         join_leave: bool,
+        last: u8,
     ) {
         let shard = self.config.shard;
         let home = self.home(channel.as_str());
@@ -252,6 +261,7 @@ impl Hub {
             join_leave,
             attempt,
             recover,
+            last,
         };
         self.send_bus(home, msg);
     }
@@ -306,6 +316,24 @@ impl Hub {
             );
         }
         let Some(ask) = pending.request else {
+            // A seed client that asked for the recent past reads it now,
+            // before the join notices that follow on the same link.
+            if let (Codec::SeedJson, Some(recovery)) = (codec, recovery) {
+                for p in &recovery.publications {
+                    let content = match &p.text {
+                        Some(text) => text.to_string(),
+                        None => home::seed_content(&p.data),
+                    };
+                    let username = p.user.as_ref().map_or("", Name::as_str);
+                    let frame = encode_seed(SeedType::Chat, &content, channel.as_str(), username);
+                    self.outputs.push_back(Output::Send {
+                        conn,
+                        frame,
+                        presence: None,
+                    });
+                    self.stats.sends += 1;
+                }
+            }
             return;
         };
         let epoch = epoch_text(epoch);
@@ -700,7 +728,13 @@ impl Hub {
             recoverable,
             recover: (req.recover && recoverable).then(|| (req.offset, req.epoch.clone())),
         };
-        self.ask_join(conn, ChannelName::new(&req.channel), Some(ask), join_leave);
+        self.ask_join(
+            conn,
+            ChannelName::new(&req.channel),
+            Some(ask),
+            join_leave,
+            0,
+        );
         Ok(())
     }
 
