@@ -148,8 +148,13 @@ pub async fn serve(
     let opened = global.opened.load(Ordering::Relaxed);
     drop(shared);
     let mut stats: Option<Stats> = Some(Stats::default());
-    for handle in &mut shard_handles {
+    for (shard, handle) in shard_handles.iter_mut().enumerate() {
         handle.streams = closed_sender();
+        if hub_failed == Some(shard) {
+            // Its end was already seen (a receiver is polled to its end once).
+            stats = None;
+            continue;
+        }
         let ended = tokio::time::timeout(HUB_EXIT_WAIT, &mut handle.done)
             .await
             .ok()
