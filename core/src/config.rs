@@ -29,6 +29,11 @@ pub struct Config {
     pub channel_limit: usize,
     /// Longest channel name in bytes (107 beyond).
     pub max_channel_bytes: usize,
+    /// Streams (epoch, offsets, window) a home keeps for channels whose
+    /// last member left, so a client that comes back recovers; the least
+    /// recently emptied is forgotten first. 0 forgets a stream with its
+    /// last member.
+    pub idle_streams: usize,
     /// Channel options: the default namespace's and the named ones.
     pub namespaces: Namespaces,
     /// Entropy from the driver, from which client ids and channel epochs
@@ -56,6 +61,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(10),
             channel_limit: 128,
             max_channel_bytes: MAX_CHANNEL_BYTES,
+            idle_streams: 1_000,
             namespaces: Namespaces::default(),
             entropy: 0,
             server_version: concat!("hubbub ", env!("CARGO_PKG_VERSION")).to_owned(),

@@ -192,6 +192,9 @@ impl SimParams {
                 max_connections,
                 // Fixed, so a seed replays its client ids and epochs.
                 entropy: seed,
+                // The oracle's rooms end with their last member (the
+                // cluster simulation covers streams that outlive them).
+                idle_streams: 0,
                 ..Config::default()
             },
             latency_min_ms,

@@ -143,6 +143,7 @@ fn run_ops(setup: &Setup, ops: &[Op]) -> Result<(), Violation> {
         max_message_bytes: setup.max_message_bytes,
         send_queue: setup.send_queue,
         max_connections: setup.max_connections,
+        idle_streams: 0,
         ..Config::default()
     };
     let mut world = World::new(&WorldSettings {

@@ -19,6 +19,7 @@ fn config() -> Config {
         max_message_bytes: 16,
         send_queue: 4,
         max_connections: 8,
+        idle_streams: 0,
         ..Config::default()
     }
 }

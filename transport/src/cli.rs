@@ -72,6 +72,12 @@ pub struct Cli {
     #[arg(long, env = "HUBBUB_CHANNEL_LIMIT", default_value_t = 128)]
     pub channel_limit: usize,
 
+    /// Streams (epoch, offsets, latest publications) kept for channels whose
+    /// last member left, so clients that come back recover; the least
+    /// recently emptied go first. 0: a stream ends with its last member.
+    #[arg(long, env = "HUBBUB_IDLE_STREAMS", default_value_t = 1_000)]
+    pub idle_streams: usize,
+
     /// A TOML file with settings and channel namespaces (see README):
     /// top-level keys are these flags' names with `_`, `[channel]` the
     /// default namespace, `[[namespace]]` the named ones. Flags and
@@ -196,6 +202,7 @@ impl Cli {
                 &mut self.max_command_bytes,
             ),
             ("channel_limit", file.channel_limit, &mut self.channel_limit),
+            ("idle_streams", file.idle_streams, &mut self.idle_streams),
         ] {
             if let (Some(v), true) = (value, unset(id)) {
                 *slot = v;
@@ -234,6 +241,7 @@ impl Cli {
                 max_command_bytes: self.max_command_bytes,
                 connect_timeout: self.connect_timeout,
                 channel_limit: self.channel_limit,
+                idle_streams: self.idle_streams,
                 namespaces: self.namespaces.clone(),
                 entropy: crate::config::entropy(),
                 server_version: concat!("hubbub ", env!("CARGO_PKG_VERSION")).to_owned(),

@@ -44,6 +44,7 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     pub max_command_bytes: Option<usize>,
     pub channel_limit: Option<usize>,
+    pub idle_streams: Option<usize>,
     #[serde(alias = "workers")]
     pub shards: Option<usize>,
     pub channel: Option<NamespaceFile>,

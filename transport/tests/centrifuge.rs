@@ -647,3 +647,37 @@ async fn shutdown_closes_centrifugo_clients_with_3001() {
     server.stop().await;
     assert_eq!(closing.await.unwrap(), (3001, "shutdown".to_owned()));
 }
+
+#[tokio::test]
+async fn a_lone_subscriber_that_comes_back_recovers_the_channels_stream() {
+    let server = server().await;
+    let (mut a, _) = Client::connected(&server).await;
+    let r = a
+        .call(json!({"subscribe": {"channel": "solo", "recoverable": true}}))
+        .await;
+    let epoch = r["subscribe"]["epoch"].as_str().unwrap().to_owned();
+    a.call(json!({"publish": {"channel": "solo", "data": "mine"}}))
+        .await;
+    assert_eq!(a.push("solo", "pub").await["offset"], 1);
+    // The last member goes: the stream stays (bounded by --idle-streams).
+    drop(a);
+    let (mut other, _) = Client::connected(&server).await;
+    // Publications meanwhile are kept too, for whoever comes back.
+    let r = other
+        .call(json!({"publish": {"channel": "solo", "data": "while away"}}))
+        .await;
+    assert_eq!(r["publish"], json!({}));
+    let (mut back, _) = Client::connected(&server).await;
+    let r = back
+        .call(
+            json!({"subscribe": {"channel": "solo", "recover": true, "offset": 1, "epoch": epoch}}),
+        )
+        .await;
+    let result = &r["subscribe"];
+    assert_eq!(result["recovered"], true, "{r}");
+    assert_eq!(result["epoch"], json!(epoch), "the same stream");
+    let missed = result["publications"].as_array().unwrap();
+    assert_eq!(missed.len(), 1);
+    assert_eq!(missed[0]["data"], "while away");
+    assert_eq!(missed[0]["offset"], 2);
+}

@@ -31,6 +31,8 @@ pub(super) struct Room {
     pub(super) top: u64,
     /// The stream's epoch, fixed when the channel came to be.
     pub(super) epoch: u64,
+    /// While the channel has no members: its place in the idle streams' order.
+    pub(super) idle: Option<u64>,
     /// The stream's window: the latest publications, at most
     /// `history_size` and none older than `history_ttl` (kept while the
     /// channel has members; keeping streams past that is the store's job).
@@ -107,6 +109,7 @@ impl Hub {
                 seed_members: 0,
                 join_leave_members: 0,
                 top: 0,
+                idle: None,
                 history: VecDeque::new(),
                 // A fresh stream: its epoch differs from every earlier stream
                 // of this name, in this run (ids count up per home shard) or
@@ -114,6 +117,9 @@ impl Hub {
                 epoch: mix64(entropy ^ mix64(id ^ (u64::from(shard.0) << 48) ^ 0x0065_706f_6368)),
             }
         });
+        if let Some(seq) = room.idle.take() {
+            self.idle.remove(&(seq, channel.clone()));
+        }
         match room.shards.binary_search_by_key(&member.shard, |(s, _)| *s) {
             Ok(i) => room.shards[i].1 += 1,
             Err(i) => {
@@ -205,7 +211,25 @@ impl Hub {
             room.join_leave_members -= 1;
         }
         if room.members.is_empty() {
-            self.rooms.remove(channel);
+            // A positioned stream outlives its last member (bounded), so a
+            // client that comes back recovers; the relay's never does.
+            let keep = self.config.idle_streams > 0
+                && room.options.history()
+                && room.top > 0
+                && !channel.as_str().is_empty();
+            if keep {
+                let seq = self.next_idle;
+                self.next_idle += 1;
+                room.idle = Some(seq);
+                self.idle.insert((seq, channel.clone()));
+                while self.idle.len() > self.config.idle_streams {
+                    if let Some((_, oldest)) = self.idle.pop_first() {
+                        self.rooms.remove(&oldest);
+                    }
+                }
+            } else {
+                self.rooms.remove(channel);
+            }
             return;
         }
         self.announce(channel, conn, m.user.as_ref(), false);

@@ -322,8 +322,11 @@ pub struct Hub {
     conns: BTreeMap<ConnId, Conn>,
     /// Channels with members on this shard.
     local: BTreeMap<ChannelName, LocalRoom>,
-    /// Channels whose home this shard is.
+    /// Channels whose home this shard is (with members, or idle streams).
     rooms: BTreeMap<ChannelName, Room>,
+    /// Homed channels without members whose streams are kept, oldest first.
+    idle: BTreeSet<(u64, ChannelName)>,
+    next_idle: u64,
     /// One entry per connection: when its heartbeat next needs attention.
     timers: BTreeSet<(Timestamp, ConnId)>,
     outputs: VecDeque<Output>,
@@ -358,6 +361,8 @@ impl Hub {
             conns: BTreeMap::new(),
             local: BTreeMap::new(),
             rooms: BTreeMap::new(),
+            idle: BTreeSet::new(),
+            next_idle: 0,
             timers: BTreeSet::new(),
             outputs: VecDeque::new(),
             bus_out: VecDeque::new(),
@@ -474,7 +479,7 @@ impl Hub {
         let relay = usize::from(self.rooms.contains_key(""));
         Stats {
             connections: self.conns.len(),
-            rooms: self.rooms.len() - relay,
+            rooms: self.rooms.len() - relay - self.idle.len(),
             ..self.stats.clone()
         }
     }
@@ -498,9 +503,15 @@ impl Hub {
     /// The names of the channels homed here with at least one member, in order.
     pub fn rooms(&self) -> impl Iterator<Item = &str> {
         self.rooms
-            .keys()
-            .map(ChannelName::as_str)
-            .filter(|r| !r.is_empty())
+            .iter()
+            .filter(|(name, room)| !name.as_str().is_empty() && !room.members.is_empty())
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// Channels homed here whose streams outlive their last member.
+    #[must_use]
+    pub fn idle_streams(&self) -> usize {
+        self.idle.len()
     }
 
     /// A room's members in join order, on every shard (empty if the room
