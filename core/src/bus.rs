@@ -23,7 +23,7 @@ use bytes::Bytes;
 use crate::centrifuge::StreamPosition;
 use crate::channel::ChannelName;
 use crate::codec::{Codec, Frame};
-use crate::hub::ConnId;
+use crate::hub::{ClientId, ConnId};
 use crate::route::Name;
 use crate::time::Timestamp;
 
@@ -108,9 +108,10 @@ pub struct Stored {
     pub data: Bytes,
     /// A seed client's line, as seed clients see it.
     pub text: Option<Arc<str>>,
-    /// The publisher.
+    /// The publisher: its user and its client id (kept as it was, so
+    /// history shows the same publisher after a restart).
     pub user: Option<Name>,
-    pub client: ConnId,
+    pub client: ClientId,
 }
 
 /// What the home decided about a subscriber's recovery.

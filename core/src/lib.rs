@@ -14,6 +14,8 @@
 //!   close), run by the server's writers and the simulation alike.
 //! - [`bus`]: what crosses shards: joins, leaves, publications and queries to a channel's
 //!   home shard, and its deliveries back, once per shard.
+//! - [`store`]: the engine boundary: streams made durable by the driver's engine, and
+//!   [`store::MemoryStore`], the in-memory engine.
 //! - [`route`]: handshake validation: path + query → [`Route`] or an HTTP error.
 //! - [`close`]: why connections end and the close codes for it.
 //! - [`config`], [`time`]: limits and time as plain values.
@@ -28,6 +30,7 @@ pub mod config;
 pub mod hub;
 pub mod outbox;
 pub mod route;
+pub mod store;
 pub mod time;
 
 pub use bus::{BusMessage, ShardId};
@@ -37,4 +40,5 @@ pub use codec::{encode_seed, ClientMessage, Codec, Frame, MessageKind, SeedMessa
 pub use config::Config;
 pub use hub::{ClientId, ConfigError, ConnId, Hub, Input, Output, RoomId, Stats};
 pub use route::{route, HandshakeError, Name, Route};
+pub use store::{MemoryStore, StoreError, StoreEvent, StoreRequest, StreamLimits, StreamState};
 pub use time::Timestamp;

@@ -333,6 +333,7 @@ impl Hub {
         user: Option<&Name>,
         payload: &PubPayload,
     ) {
+        let publisher = self.client_id(from);
         let Some(room) = self.rooms.get_mut(channel) else {
             return;
         };
@@ -360,7 +361,7 @@ impl Hub {
                     _ => None,
                 },
                 user: user.cloned(),
-                client: from,
+                client: publisher,
             });
             room.trim(self.now);
         }
@@ -497,7 +498,7 @@ impl Hub {
             if i > 0 {
                 out.push(b',');
             }
-            let client = self.client_id(p.client).to_string();
+            let client = p.client.to_string();
             centrifuge::push_publication(
                 out,
                 &p.data,
