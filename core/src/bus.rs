@@ -155,12 +155,15 @@ pub enum BusMessage {
     },
     /// To the home: `conn` left `channel` (or gave up joining it).
     Leave { channel: ChannelName, conn: ConnId },
-    /// To the home: a publication from `from`.
+    /// To the home: a publication from `from`. With `reply`, the home
+    /// answers command `id` of `from` (on `shard`) once the publication is
+    /// accepted (durable, when the channel keeps history) or refused.
     Publish {
         channel: ChannelName,
         from: ConnId,
         user: Option<Name>,
         payload: PubPayload,
+        reply: Option<(ShardId, u32)>,
     },
     /// To the home: `id` of `conn` (on `shard`) asks `query`.
     Query {
@@ -180,6 +183,13 @@ pub enum BusMessage {
         top: u64,
         epoch: u64,
         recovery: Option<Recovery>,
+    },
+    /// From the home: `conn` could not join `channel` (attempt `attempt`):
+    /// its stream could not be opened.
+    JoinFailed {
+        channel: ChannelName,
+        conn: ConnId,
+        attempt: u32,
     },
     /// From the home, to every shard with members: frames for them, in order.
     Deliver {

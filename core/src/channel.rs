@@ -160,6 +160,15 @@ impl ChannelOptions {
     pub fn history(&self) -> bool {
         self.history_size > 0 && !self.history_ttl.is_zero()
     }
+
+    /// What the channel's stream retains.
+    #[must_use]
+    pub fn stream_limits(&self) -> crate::store::StreamLimits {
+        crate::store::StreamLimits {
+            size: self.history_size,
+            ttl: self.history_ttl,
+        }
+    }
 }
 
 /// The default namespace's options and every named namespace.

@@ -58,11 +58,15 @@ pub enum CloseReason {
     Stale,
     /// Centrifugo protocol: `send` with no handler for it (3508).
     NotAvailable,
+    /// A seed client's room could not be opened: its stream's store failed
+    /// (1011; the client may reconnect). Centrifugo clients get error 100
+    /// for the subscribe instead, and stay connected.
+    StoreUnavailable,
 }
 
 impl CloseReason {
     /// All reasons, for metrics tables.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::PeerClosed,
         Self::MessageTooBig,
         Self::InvalidUtf8,
@@ -76,6 +80,7 @@ impl CloseReason {
         Self::BadRequest,
         Self::Stale,
         Self::NotAvailable,
+        Self::StoreUnavailable,
     ];
 
     #[must_use]
@@ -94,6 +99,7 @@ impl CloseReason {
             Self::BadRequest => CloseCode(3501),
             Self::Stale => CloseCode(3502),
             Self::NotAvailable => CloseCode(3508),
+            Self::StoreUnavailable => CloseCode::INTERNAL_ERROR,
         }
     }
 
@@ -142,6 +148,7 @@ impl CloseReason {
             Self::BadRequest => "bad request",
             Self::Stale => "stale",
             Self::NotAvailable => "not available",
+            Self::StoreUnavailable => "history store unavailable, try again",
         }
     }
 
@@ -162,6 +169,7 @@ impl CloseReason {
             Self::BadRequest => "bad_request",
             Self::Stale => "stale",
             Self::NotAvailable => "not_available",
+            Self::StoreUnavailable => "store_unavailable",
         }
     }
 }

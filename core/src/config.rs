@@ -34,6 +34,10 @@ pub struct Config {
     /// recently emptied is forgotten first. 0 forgets a stream with its
     /// last member.
     pub idle_streams: usize,
+    /// Publications a home may have waiting for its store at once (appends
+    /// sent and not yet answered); beyond it publishes get error 100
+    /// (temporary) and seed chat lines are dropped and counted.
+    pub store_queue: usize,
     /// Channel options: the default namespace's and the named ones.
     pub namespaces: Namespaces,
     /// Entropy from the driver, from which client ids and channel epochs
@@ -62,6 +66,7 @@ impl Default for Config {
             channel_limit: 128,
             max_channel_bytes: MAX_CHANNEL_BYTES,
             idle_streams: 1_000,
+            store_queue: 10_000,
             namespaces: Namespaces::default(),
             entropy: 0,
             server_version: concat!("hubbub ", env!("CARGO_PKG_VERSION")).to_owned(),

@@ -186,7 +186,8 @@ pub const fn flushes_on_close(reason: CloseReason) -> bool {
         | CloseReason::ProtocolError
         | CloseReason::BadRequest
         | CloseReason::Stale
-        | CloseReason::NotAvailable => true,
+        | CloseReason::NotAvailable
+        | CloseReason::StoreUnavailable => true,
         CloseReason::PeerClosed
         | CloseReason::HeartbeatTimeout
         | CloseReason::SlowConsumer

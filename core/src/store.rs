@@ -171,7 +171,10 @@ impl MemoryStore {
 
     /// The retained publications of `channel`, oldest first.
     pub fn publications(&self, channel: &str) -> impl Iterator<Item = &Stored> {
-        self.streams.get(channel).into_iter().flat_map(|s| s.tail.iter())
+        self.streams
+            .get(channel)
+            .into_iter()
+            .flat_map(|s| s.tail.iter())
     }
 
     /// Forgets every stream (as a deleted store would).

@@ -91,8 +91,8 @@ pub enum BusFault {
     DropDelivery(u64),
     /// The `n`th delivery of a publication is delivered twice.
     DoubleDelivery(u64),
-    /// The `n`th delivery of a publication overtakes the message before it
-    /// on its link.
+    /// The `n`th delivery of a publication is overtaken by the next
+    /// delivery on its link.
     Reorder(u64),
 }
 
@@ -404,9 +404,12 @@ impl Cluster {
                     _ => {}
                 }
             }
+            // The held delivery is overtaken by the next delivery on its
+            // link (a publish's reply between them would hide nothing).
+            let delivery = matches!(msg, BusMessage::Deliver { .. });
             self.send(from, to, msg);
             if let Some((f, t, held)) = self.reorder_hold.take() {
-                if (f, t) == (from, to) {
+                if (f, t) == (from, to) && delivery {
                     self.send(f, t, held);
                 } else {
                     self.reorder_hold = Some((f, t, held));

@@ -280,6 +280,10 @@ pub struct Oracle {
     /// Indexed by `ConnId - 1`: the world numbers connections from 1 without gaps.
     conns: Vec<ConnModel>,
     rooms: BTreeMap<Name, RoomModel>,
+    /// The stream position (chat lines accepted) of rooms that emptied:
+    /// the store keeps a stream past its last member, so a room made again
+    /// goes on counting from there.
+    streams: BTreeMap<Name, u64>,
     relay: BTreeSet<ConnId>,
     open: usize,
     shutting_down: bool,
@@ -349,6 +353,7 @@ impl Oracle {
             max_connections: config.max_connections,
             conns: Vec::new(),
             rooms: BTreeMap::new(),
+            streams: BTreeMap::new(),
             relay: BTreeSet::new(),
             open: 0,
             shutting_down: false,
@@ -491,13 +496,14 @@ impl Oracle {
         let Self {
             conns,
             rooms,
+            streams,
             plan,
             stats,
             ..
         } = self;
         let r = rooms.entry(room.clone()).or_insert_with(|| RoomModel {
             members: Vec::new(),
-            chat_seq: 0,
+            chat_seq: streams.remove(&room).unwrap_or(0),
             presence: "".into(),
         });
         r.members.push(conn);
@@ -667,6 +673,7 @@ impl Oracle {
         let Self {
             conns,
             rooms,
+            streams,
             plan,
             stats,
             relay,
@@ -682,7 +689,9 @@ impl Oracle {
         let r = rooms.get_mut(&room).expect("an open member's room exists");
         r.members.retain(|&m| m != conn);
         if r.members.is_empty() {
-            rooms.remove(&room);
+            if let Some(r) = rooms.remove(&room) {
+                streams.insert(room, r.chat_seq);
+            }
             return;
         }
         if *shutting_down {
@@ -792,12 +801,16 @@ impl Oracle {
             );
             return Err(violation(Invariant::Membership, now, detail));
         }
+        let got = hub.stats();
+        // The store's counters are the store model's to check; with the
+        // hub's own in-memory engine nothing fails or is refused.
         let expected = Stats {
             connections: self.open,
             rooms: self.rooms.len(),
+            store_appends: got.store_appends,
+            store_opens: got.store_opens,
             ..self.stats.clone()
         };
-        let got = hub.stats();
         if got != expected {
             let detail = format!("hub.stats() = {got:?}, expected {expected:?}");
             return Err(violation(Invariant::Stats, now, detail));

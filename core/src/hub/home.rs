@@ -4,6 +4,7 @@
 //! join and leave once per shard with members, encoded once per protocol.
 
 use super::*;
+use crate::store::{StoreError, StreamState};
 
 /// A member as the channel's home knows it.
 #[derive(Clone, Debug)]
@@ -13,6 +14,17 @@ pub(super) struct HomeMember {
     pub(super) codec: Codec,
     pub(super) user: Option<Name>,
     pub(super) join_leave: bool,
+}
+
+/// A publication waiting for the store to make it durable.
+#[derive(Debug)]
+pub(super) struct Appending {
+    from: ConnId,
+    user: Option<Name>,
+    payload: PubPayload,
+    reply: Option<(ShardId, u32)>,
+    /// As the window will keep it, once it has its offset.
+    stored: Stored,
 }
 
 /// A channel homed on this shard: every member on every shard.
@@ -45,16 +57,28 @@ pub(super) struct Room {
 pub(super) const MAX_PUBLICATIONS: usize = 300;
 
 impl Room {
+    pub(super) fn new(
+        options: Arc<ChannelOptions>,
+        top: u64,
+        epoch: u64,
+        tail: Vec<Stored>,
+    ) -> Self {
+        Self {
+            options,
+            members: JoinOrder::new(),
+            shards: Vec::new(),
+            seed_members: 0,
+            join_leave_members: 0,
+            top,
+            epoch,
+            idle: None,
+            history: tail.into(),
+        }
+    }
+
     /// Drops what is beyond the window's size or age.
     fn trim(&mut self, now: Timestamp) {
-        let size = self.options.history_size as usize;
-        while self.history.len() > size {
-            self.history.pop_front();
-        }
-        let ttl = self.options.history_ttl;
-        while self.history.front().is_some_and(|p| now.since(p.at) > ttl) {
-            self.history.pop_front();
-        }
+        crate::store::trim(&mut self.history, self.options.stream_limits(), now);
     }
 
     /// Whether the window still holds every publication after `offset`.
@@ -91,32 +115,21 @@ impl Hub {
     ) {
         let seq = self.next_join_seq;
         self.next_join_seq += 1;
-        let next_room_id = &mut self.next_room_id;
-        let entropy = self.config.entropy;
-        let shard = self.config.shard;
-        let options = self
-            .config
-            .namespaces
-            .resolve_room(channel.as_str())
-            .clone();
-        let room = self.rooms.entry(channel.clone()).or_insert_with(|| {
-            let id = *next_room_id;
-            *next_room_id += 1;
-            Room {
-                options,
-                members: JoinOrder::new(),
-                shards: Vec::new(),
-                seed_members: 0,
-                join_leave_members: 0,
-                top: 0,
-                idle: None,
-                history: VecDeque::new(),
-                // A fresh stream: its epoch differs from every earlier stream
-                // of this name, in this run (ids count up per home shard) or
-                // an earlier one (new entropy).
-                epoch: mix64(entropy ^ mix64(id ^ (u64::from(shard.0) << 48) ^ 0x0065_706f_6368)),
-            }
-        });
+        if !self.rooms.contains_key(channel) {
+            // A channel without a stream (no history, or the relay): its
+            // room is made here. Streams are opened from the store first.
+            let options = self
+                .config
+                .namespaces
+                .resolve_room(channel.as_str())
+                .clone();
+            let epoch = self.new_epoch();
+            self.rooms
+                .insert(channel.clone(), Room::new(options, 0, epoch, Vec::new()));
+        }
+        let Some(room) = self.rooms.get_mut(channel) else {
+            return;
+        };
         if let Some(seq) = room.idle.take() {
             self.idle.remove(&(seq, channel.clone()));
         }
@@ -211,28 +224,48 @@ impl Hub {
             room.join_leave_members -= 1;
         }
         if room.members.is_empty() {
-            // A positioned stream outlives its last member (bounded), so a
-            // client that comes back recovers; the relay's never does.
-            let keep = self.config.idle_streams > 0
-                && room.options.history()
-                && room.top > 0
-                && !channel.as_str().is_empty();
-            if keep {
-                let seq = self.next_idle;
-                self.next_idle += 1;
-                room.idle = Some(seq);
-                self.idle.insert((seq, channel.clone()));
-                while self.idle.len() > self.config.idle_streams {
-                    if let Some((_, oldest)) = self.idle.pop_first() {
-                        self.rooms.remove(&oldest);
-                    }
-                }
-            } else {
-                self.rooms.remove(channel);
-            }
+            self.room_emptied(channel);
             return;
         }
         self.announce(channel, conn, m.user.as_ref(), false);
+    }
+
+    /// `channel` has no members left: a positioned stream stays in memory
+    /// (bounded), so a client that comes back recovers at once; the rest
+    /// go (a stream is still in the store, and is opened again when used).
+    pub(super) fn room_emptied(&mut self, channel: &ChannelName) {
+        let Some(room) = self.rooms.get_mut(channel) else {
+            return;
+        };
+        if !room.members.is_empty() || room.idle.is_some() {
+            return;
+        }
+        let keep = self.config.idle_streams > 0
+            && room.options.history()
+            && room.top > 0
+            && !channel.as_str().is_empty();
+        if keep {
+            let seq = self.next_idle;
+            self.next_idle += 1;
+            room.idle = Some(seq);
+            self.idle.insert((seq, channel.clone()));
+            while self.idle.len() > self.config.idle_streams {
+                if let Some((_, oldest)) = self.idle.pop_first() {
+                    self.rooms.remove(&oldest);
+                }
+            }
+        } else {
+            self.rooms.remove(channel);
+        }
+    }
+
+    /// A fresh stream's epoch: different from every earlier one of this
+    /// hub (a counter) and of earlier runs (new entropy).
+    pub(super) fn new_epoch(&mut self) -> u64 {
+        let id = self.next_room_id;
+        self.next_room_id += 1;
+        let shard = u64::from(self.config.shard.0);
+        mix64(self.config.entropy ^ mix64(id ^ (shard << 48) ^ 0x0065_706f_6368))
     }
 
     /// Tells the channel that `conn` joined (`joined`) or left: Centrifugo
@@ -321,50 +354,204 @@ impl Hub {
         }
     }
 
-    /// Accepts a publication into `channel` from `from` and sends it to
-    /// every shard with members, encoded once per protocol: seed members
-    /// get a `chat` message, Centrifugo members a `pub` push (with the next
-    /// offset when the channel is positioned), relay members the frame.
-    /// Nothing happens when nobody is there.
+    /// Accepts a publication into `channel` from `from`. A channel with a
+    /// stream sends it to the store first and fans it out when it is
+    /// durable ([`Hub::appended`]); any other goes out at once. Nothing
+    /// happens when nobody is there and there is no stream.
     pub(super) fn home_publish(
+        &mut self,
+        channel: &ChannelName,
+        from: ConnId,
+        user: Option<Name>,
+        payload: PubPayload,
+        reply: Option<(ShardId, u32)>,
+    ) {
+        let now = self.now;
+        let Some(room) = self.rooms.get_mut(channel) else {
+            self.publish_reply(from, reply, Ok(()));
+            return;
+        };
+        let data = publication_data(&payload);
+        let (Some(data), true) = (data, room.options.history()) else {
+            room.top += 1;
+            self.fan_out(channel, from, user.as_ref(), &payload, None);
+            self.publish_reply(from, reply, Ok(()));
+            return;
+        };
+        let limits = room.options.stream_limits();
+        if self.appending.len() >= self.config.store_queue {
+            self.stats.store_rejected += 1;
+            self.publish_reply(from, reply, Err(ErrorCode::Internal));
+            return;
+        }
+        let stored = Stored {
+            offset: 0,
+            at: now,
+            data,
+            text: match &payload {
+                PubPayload::Text(text) => Some(text.clone()),
+                _ => None,
+            },
+            user: user.clone(),
+            client: self.client_id(from),
+        };
+        let token = self.next_token;
+        self.next_token += 1;
+        self.store_out.push_back(StoreRequest::Append {
+            channel: channel.clone(),
+            token,
+            publication: stored.clone(),
+            limits,
+        });
+        self.appending.insert(
+            token,
+            Appending {
+                from,
+                user,
+                payload,
+                reply,
+                stored,
+            },
+        );
+    }
+
+    /// The store opened `channel`'s stream (or could not): the messages
+    /// that waited for it are carried out, in order (or refused).
+    pub(super) fn opened(
+        &mut self,
+        channel: &ChannelName,
+        result: Result<StreamState, StoreError>,
+    ) {
+        let waiting = self.loading.remove(channel).unwrap_or_default();
+        match result {
+            Ok(state) => {
+                self.stats.store_opens += 1;
+                if !self.rooms.contains_key(channel) {
+                    let options = self
+                        .config
+                        .namespaces
+                        .resolve_room(channel.as_str())
+                        .clone();
+                    let mut room = Room::new(options, state.top, state.epoch, state.tail);
+                    room.trim(self.now);
+                    self.rooms.insert(channel.clone(), room);
+                }
+                for msg in waiting {
+                    self.home_dispatch(msg);
+                }
+                self.room_emptied(channel);
+            }
+            Err(_) => {
+                self.stats.store_failures += 1;
+                for msg in waiting {
+                    match msg {
+                        BusMessage::Join {
+                            channel,
+                            conn,
+                            shard,
+                            attempt,
+                            ..
+                        } => self.send_bus(
+                            shard,
+                            BusMessage::JoinFailed {
+                                channel,
+                                conn,
+                                attempt,
+                            },
+                        ),
+                        BusMessage::Publish { from, reply, .. } => {
+                            self.publish_reply(from, reply, Err(ErrorCode::Internal));
+                        }
+                        BusMessage::Query {
+                            conn, shard, id, ..
+                        } => {
+                            let reply = centrifuge::error_reply(id, ErrorCode::Internal);
+                            self.send_bus(shard, BusMessage::Reply { conn, reply });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// The store answered an append: a durable publication takes its
+    /// offset in the window and goes out to every member; a failed one is
+    /// refused to its publisher, and nobody sees it.
+    pub(super) fn appended(
+        &mut self,
+        channel: &ChannelName,
+        token: u64,
+        result: Result<(u64, u64), &StoreError>,
+    ) {
+        let Some(appending) = self.appending.remove(&token) else {
+            return;
+        };
+        let Appending {
+            from,
+            user,
+            payload,
+            reply,
+            mut stored,
+        } = appending;
+        let Ok((offset, epoch)) = result else {
+            self.stats.store_failures += 1;
+            self.publish_reply(from, reply, Err(ErrorCode::Internal));
+            return;
+        };
+        self.stats.store_appends += 1;
+        let now = self.now;
+        // A channel nobody is in may have been forgotten meanwhile: the
+        // publication is durable, and whoever opens the stream reads it.
+        if let Some(room) = self.rooms.get_mut(channel) {
+            if room.epoch != epoch {
+                // The stream was lost and started again: what the window
+                // held belongs to the old one.
+                room.epoch = epoch;
+                room.history.clear();
+            }
+            room.top = offset;
+            stored.offset = offset;
+            room.history.push_back(stored);
+            room.trim(now);
+            self.fan_out(channel, from, user.as_ref(), &payload, Some(offset));
+        }
+        self.publish_reply(from, reply, Ok(()));
+    }
+
+    /// Answers a publisher's command, if it asked for an answer.
+    pub(super) fn publish_reply(
+        &mut self,
+        from: ConnId,
+        reply: Option<(ShardId, u32)>,
+        result: Result<(), ErrorCode>,
+    ) {
+        let Some((shard, id)) = reply else {
+            return;
+        };
+        let reply = match result {
+            Ok(()) => centrifuge::reply(id, "publish", |_| {}),
+            Err(code) => centrifuge::error_reply(id, code),
+        };
+        self.send_bus(shard, BusMessage::Reply { conn: from, reply });
+    }
+
+    /// Sends a publication to every shard with members, encoded once per
+    /// protocol: seed members get a `chat` message, Centrifugo members a
+    /// `pub` push (with its offset when the channel is positioned), relay
+    /// members the frame.
+    fn fan_out(
         &mut self,
         channel: &ChannelName,
         from: ConnId,
         user: Option<&Name>,
         payload: &PubPayload,
+        offset: Option<u64>,
     ) {
-        let publisher = self.client_id(from);
-        let Some(room) = self.rooms.get_mut(channel) else {
+        let Some(room) = self.rooms.get(channel) else {
             return;
         };
-        room.top += 1;
-        let offset = room.options.history().then_some(room.top);
         let (seed, centrifuge, relay) = room.codecs();
-        let data = match payload {
-            PubPayload::Text(text) => {
-                let mut data = Vec::with_capacity(text.len() + 12);
-                data.extend_from_slice(b"{\"text\":");
-                crate::codec::push_json_string(&mut data, text);
-                data.push(b'}');
-                Some(Bytes::from(data))
-            }
-            PubPayload::Json(data) => Some(data.clone()),
-            PubPayload::Relay(_) => None,
-        };
-        if let (Some(offset), Some(data)) = (offset, &data) {
-            room.history.push_back(Stored {
-                offset,
-                at: self.now,
-                data: data.clone(),
-                text: match payload {
-                    PubPayload::Text(text) => Some(text.clone()),
-                    _ => None,
-                },
-                user: user.cloned(),
-                client: publisher,
-            });
-            room.trim(self.now);
-        }
         let mut items = Vec::with_capacity(2);
         if let (true, PubPayload::Relay(frame)) = (relay, payload) {
             items.push(Delivery {
@@ -387,8 +574,8 @@ impl Hub {
             }
         }
         if centrifuge {
-            let client = self.client_id(from).to_string();
-            if let Some(data) = data {
+            if let Some(data) = publication_data(payload) {
+                let client = self.client_id(from).to_string();
                 items.push(Delivery {
                     frame: Frame::text(centrifuge::publication(
                         channel.as_str(),
@@ -400,7 +587,9 @@ impl Hub {
                 });
             }
         }
-        self.deliver_everywhere(channel, items);
+        if !items.is_empty() {
+            self.deliver_everywhere(channel, items);
+        }
     }
 
     pub(super) fn home_query(&self, channel: &str, id: u32, query: &Query) -> Bytes {
@@ -507,6 +696,22 @@ impl Hub {
             );
         }
         out.push(b']');
+    }
+}
+
+/// A publication as Centrifugo clients see its `data`: a seed line as
+/// `{"text": line}`, JSON as it came; relay frames have none.
+fn publication_data(payload: &PubPayload) -> Option<Bytes> {
+    match payload {
+        PubPayload::Text(text) => {
+            let mut data = Vec::with_capacity(text.len() + 12);
+            data.extend_from_slice(b"{\"text\":");
+            crate::codec::push_json_string(&mut data, text);
+            data.push(b'}');
+            Some(Bytes::from(data))
+        }
+        PubPayload::Json(data) => Some(data.clone()),
+        PubPayload::Relay(_) => None,
     }
 }
 

@@ -21,6 +21,7 @@ use crate::close::CloseReason;
 use crate::codec::{encode_seed, ClientMessage, Codec, Frame, SeedType};
 use crate::config::Config;
 use crate::route::{Name, Route};
+use crate::store::{StoreEvent, StoreRequest};
 use crate::time::Timestamp;
 
 mod home;
@@ -74,6 +75,10 @@ impl fmt::Display for ClientId {
         )
     }
 }
+
+/// Streams the in-memory engine keeps when the hub runs it itself; the
+/// least recently used is forgotten beyond it (a new epoch if it returns).
+pub const INLINE_STREAMS: usize = 100_000;
 
 /// SplitMix64's finaliser: a bijection that scatters bits.
 #[must_use]
@@ -147,7 +152,7 @@ impl fmt::Display for ConfigError {
             Self::ZeroDuration => {
                 "ping interval, pong timeout and connect timeout must be greater than zero"
             }
-            Self::ZeroLimit => "max message bytes, max command bytes, send queue, max connections, channel limit, max channel bytes and shards must be at least 1",
+            Self::ZeroLimit => "max message bytes, max command bytes, send queue, max connections, channel limit, max channel bytes, shards and store queue must be at least 1",
             Self::ShardOutOfRange => "the hub's shard must be below the number of shards",
         })
     }
@@ -175,6 +180,7 @@ impl Config {
             || self.channel_limit == 0
             || self.max_channel_bytes == 0
             || self.shards == 0
+            || self.store_queue == 0
         {
             Err(ConfigError::ZeroLimit)
         } else if self.shard.0 >= self.shards {
@@ -202,6 +208,14 @@ pub struct Stats {
     /// Messages sent to and received from other shards.
     pub bus_out: u64,
     pub bus_in: u64,
+    /// Publications made durable by the store (appends answered `Ok`).
+    pub store_appends: u64,
+    /// Appends and opens the store answered with an error.
+    pub store_failures: u64,
+    /// Publications refused because `store_queue` appends were waiting.
+    pub store_rejected: u64,
+    /// Streams opened (loaded from the store).
+    pub store_opens: u64,
     /// Closes by [`CloseReason`], indexed like [`CloseReason::ALL`].
     pub closes: [u64; CloseReason::ALL.len()],
 }
@@ -334,6 +348,17 @@ pub struct Hub {
     bus_out: VecDeque<(ShardId, BusMessage)>,
     /// Messages to this shard itself, handled before a call returns.
     bus_self: VecDeque<BusMessage>,
+    /// Requests for the store engine.
+    store_out: VecDeque<StoreRequest>,
+    /// Channels whose streams are being opened, with the messages to their
+    /// home that wait for it, in arrival order.
+    loading: BTreeMap<ChannelName, Vec<BusMessage>>,
+    /// Publications waiting for the store, by append token.
+    appending: BTreeMap<u64, home::Appending>,
+    next_token: u64,
+    /// The in-memory engine, when the hub serves its own store requests
+    /// (the default); `None` when the driver runs an engine.
+    inline_store: Option<crate::store::MemoryStore>,
     next_join_seq: u64,
     next_room_id: u64,
     next_local_room: u64,
@@ -367,12 +392,28 @@ impl Hub {
             outputs: VecDeque::new(),
             bus_out: VecDeque::new(),
             bus_self: VecDeque::new(),
+            store_out: VecDeque::new(),
+            loading: BTreeMap::new(),
+            appending: BTreeMap::new(),
+            next_token: 0,
+            inline_store: Some(crate::store::MemoryStore::new(INLINE_STREAMS)),
             next_join_seq: 0,
             next_room_id: 0,
             next_local_room: 0,
             now: Timestamp::ZERO,
             shutting_down: false,
             stats: Stats::default(),
+        }
+    }
+
+    /// A hub whose store requests the driver carries out with its own
+    /// engine ([`Hub::poll_store`], [`Hub::handle_store`]), instead of the
+    /// in-memory engine it runs itself by default.
+    #[must_use]
+    pub fn with_external_store(config: Config) -> Self {
+        Self {
+            inline_store: None,
+            ..Self::new(config)
         }
     }
 
@@ -410,6 +451,25 @@ impl Hub {
         self.stats.bus_in += 1;
         self.bus(msg);
         self.pump();
+    }
+
+    /// Feeds the store engine's answer to a request from
+    /// [`Hub::poll_store`]. Drain the outputs afterwards.
+    pub fn handle_store(&mut self, now: Timestamp, event: StoreEvent) {
+        self.now = self.now.max(now);
+        self.store_event(event);
+        self.pump();
+    }
+
+    fn store_event(&mut self, event: StoreEvent) {
+        match event {
+            StoreEvent::Opened { channel, result } => self.opened(&channel, result),
+            StoreEvent::Appended {
+                channel,
+                token,
+                result,
+            } => self.appended(&channel, token, result.as_ref().copied()),
+        }
     }
 
     /// Runs the heartbeat: pings connections that are due and closes those
@@ -466,6 +526,19 @@ impl Hub {
     /// The next message for another shard, with its destination.
     pub fn poll_bus(&mut self) -> Option<(ShardId, BusMessage)> {
         self.bus_out.pop_front()
+    }
+
+    /// The next request for the store engine, in order. Answer each with
+    /// [`Hub::handle_store`], in the order they were polled (per channel at
+    /// least), whenever the engine is done: the hub never waits for it.
+    pub fn poll_store(&mut self) -> Option<StoreRequest> {
+        self.store_out.pop_front()
+    }
+
+    /// Publications waiting for the store.
+    #[must_use]
+    pub fn store_pending(&self) -> usize {
+        self.appending.len()
     }
 
     /// When [`Hub::handle_timeout`] must next be called, if ever.
@@ -572,10 +645,21 @@ impl Hub {
         }
     }
 
-    /// Handles the messages this shard sent itself, in order.
+    /// Handles the messages this shard sent itself, in order, and (with
+    /// the in-memory engine) its store requests.
     fn pump(&mut self) {
-        while let Some(msg) = self.bus_self.pop_front() {
-            self.bus(msg);
+        loop {
+            while let Some(msg) = self.bus_self.pop_front() {
+                self.bus(msg);
+            }
+            let Some(store) = self.inline_store.as_mut() else {
+                return;
+            };
+            let Some(request) = self.store_out.pop_front() else {
+                return;
+            };
+            let event = store.execute(request);
+            self.store_event(event);
         }
     }
 
@@ -583,6 +667,93 @@ impl Hub {
         if self.shutting_down {
             return;
         }
+        match msg {
+            BusMessage::Join { .. }
+            | BusMessage::Leave { .. }
+            | BusMessage::Publish { .. }
+            | BusMessage::Query { .. } => self.at_home(msg),
+            BusMessage::Joined {
+                channel,
+                conn,
+                attempt,
+                seq,
+                top,
+                epoch,
+                recovery,
+            } => self.joined(
+                &channel,
+                conn,
+                attempt,
+                seq,
+                (top, epoch),
+                recovery.as_ref(),
+            ),
+            BusMessage::JoinFailed {
+                channel,
+                conn,
+                attempt,
+            } => self.join_failed(&channel, conn, attempt),
+            BusMessage::Deliver { channel, items } => self.deliver(&channel, &items),
+            BusMessage::Reply { conn, reply } => {
+                if self.conns.contains_key(&conn) {
+                    self.reply(conn, reply);
+                }
+            }
+        }
+    }
+
+    /// A message to this shard as the channel's home. One whose channel's
+    /// stream is being opened waits for it, in order; one that needs a
+    /// stream this home has not opened yet starts opening it.
+    fn at_home(&mut self, msg: BusMessage) {
+        let (channel, needs_stream) = match &msg {
+            BusMessage::Join { channel, .. } => (channel, true),
+            BusMessage::Publish {
+                channel, payload, ..
+            } => (channel, !matches!(payload, PubPayload::Relay(_))),
+            BusMessage::Query {
+                channel,
+                query: Query::History { .. },
+                ..
+            } => (channel, true),
+            BusMessage::Leave { channel, .. } | BusMessage::Query { channel, .. } => {
+                (channel, false)
+            }
+            _ => return,
+        };
+        if let Some(waiting) = self.loading.get_mut(channel) {
+            if let BusMessage::Publish { from, reply, .. } = &msg {
+                if waiting.len() >= self.config.store_queue {
+                    let (from, reply) = (*from, *reply);
+                    self.stats.store_rejected += 1;
+                    self.publish_reply(from, reply, Err(ErrorCode::Internal));
+                    return;
+                }
+            }
+            waiting.push(msg);
+            return;
+        }
+        if needs_stream && !self.rooms.contains_key(channel) && !channel.as_str().is_empty() {
+            let options = self.config.namespaces.resolve_room(channel.as_str());
+            if options.history() {
+                let limits = options.stream_limits();
+                let channel = channel.clone();
+                let new_epoch = self.new_epoch();
+                self.store_out.push_back(StoreRequest::Open {
+                    channel: channel.clone(),
+                    new_epoch,
+                    limits,
+                    now: self.now,
+                });
+                self.loading.insert(channel, vec![msg]);
+                return;
+            }
+        }
+        self.home_dispatch(msg);
+    }
+
+    /// Carries out a message to the home of a channel that is ready.
+    fn home_dispatch(&mut self, msg: BusMessage) {
         match msg {
             BusMessage::Join {
                 channel,
@@ -612,7 +783,8 @@ impl Hub {
                 from,
                 user,
                 payload,
-            } => self.home_publish(&channel, from, user.as_ref(), &payload),
+                reply,
+            } => self.home_publish(&channel, from, user, payload, reply),
             BusMessage::Query {
                 channel,
                 conn,
@@ -623,28 +795,7 @@ impl Hub {
                 let reply = self.home_query(channel.as_str(), id, &query);
                 self.send_bus(shard, BusMessage::Reply { conn, reply });
             }
-            BusMessage::Joined {
-                channel,
-                conn,
-                attempt,
-                seq,
-                top,
-                epoch,
-                recovery,
-            } => self.joined(
-                &channel,
-                conn,
-                attempt,
-                seq,
-                (top, epoch),
-                recovery.as_ref(),
-            ),
-            BusMessage::Deliver { channel, items } => self.deliver(&channel, &items),
-            BusMessage::Reply { conn, reply } => {
-                if self.conns.contains_key(&conn) {
-                    self.reply(conn, reply);
-                }
-            }
+            _ => {}
         }
     }
 }

@@ -365,6 +365,30 @@ impl Hub {
         self.reply(conn, reply);
     }
 
+    /// The home could not open `channel`'s stream for `conn`: a Centrifugo
+    /// subscribe gets error 100 (temporary: the SDK tries again); a seed
+    /// client, whose connection is its room, is closed with 1011.
+    pub(super) fn join_failed(&mut self, channel: &ChannelName, conn: ConnId, attempt: u32) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(i) = c
+            .pending
+            .iter()
+            .position(|p| p.attempt == attempt && p.channel == *channel)
+        else {
+            return;
+        };
+        let Some(pending) = c.pending.remove(i) else {
+            return;
+        };
+        match pending.request {
+            Some(ask) => self.error(conn, ask.id, ErrorCode::Internal),
+            None if c.codec == Codec::Centrifuge => {}
+            None => self.end(conn, CloseReason::StoreUnavailable),
+        }
+    }
+
     /// Frames from a channel's home for this shard's members.
     pub(super) fn deliver(&mut self, channel: &ChannelName, items: &[Delivery]) {
         let Some(room) = self.local.get(channel) else {
@@ -406,6 +430,7 @@ impl Hub {
                     from: conn,
                     user: None,
                     payload: PubPayload::Relay(frame),
+                    reply: None,
                 };
                 self.send_bus(home, msg);
             }
@@ -429,6 +454,7 @@ impl Hub {
                         from: conn,
                         user: user.clone(),
                         payload: PubPayload::Text(content.clone()),
+                        reply: None,
                     };
                     self.send_bus(home, msg);
                 }
@@ -814,13 +840,14 @@ impl Hub {
             self.error(conn, id, ErrorCode::BadRequest);
             return Ok(());
         };
-        self.reply(conn, centrifuge::reply(id, "publish", |_| {}));
+        // The home answers, once the publication is accepted (durable).
         let home = self.home(channel);
         let msg = BusMessage::Publish {
             channel: ChannelName::new(channel),
             from: conn,
             user: st.user,
             payload: PubPayload::Json(data),
+            reply: Some((self.config.shard, id)),
         };
         self.send_bus(home, msg);
         Ok(())
