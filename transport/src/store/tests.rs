@@ -585,7 +585,8 @@ fn store_thread_answers_each_shard_in_order_and_drains_at_close() {
 }
 
 /// Appends per second with batches of 1, 10 and 100, both sync modes:
-/// `cargo test -p hubbub --release store_rates -- --ignored --nocapture`.
+/// `cargo test -p hubbub --lib store_rates -- --ignored --nocapture`
+/// (the test profile is opt-level 2).
 #[test]
 #[ignore = "a measurement, not a test"]
 fn store_rates() {

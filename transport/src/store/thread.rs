@@ -23,17 +23,18 @@ pub const MAX_BATCH: usize = 4096;
 /// How often expired publications are swept.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
-enum Command {
-    Request(usize, StoreRequest),
-    Close,
-}
+/// A request and the shard it came from.
+type Command = (usize, StoreRequest);
 
 /// Submits requests to the store thread. Cheap to clone; the thread ends
 /// when [`StoreHandle::close`] is called or every handle is dropped, after
 /// it has answered everything submitted before.
 #[derive(Clone)]
 pub struct StoreHandle {
-    tx: mpsc::Sender<Command>,
+    /// One sender for all clones: `close` drops it, so a request is either
+    /// refused or queued before the thread sees the end of its queue, and
+    /// nothing accepted goes unanswered.
+    tx: Arc<Mutex<Option<mpsc::Sender<Command>>>>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
     stats: Arc<StoreStats>,
 }
@@ -65,7 +66,7 @@ pub fn spawn(
         .name("hubbub-store".into())
         .spawn(move || run(store, &rx, &shards))?;
     Ok(StoreHandle {
-        tx,
+        tx: Arc::new(Mutex::new(Some(tx))),
         thread: Arc::new(Mutex::new(Some(thread))),
         stats,
     })
@@ -78,18 +79,22 @@ impl StoreHandle {
     /// # Errors
     /// The thread has ended; the request is given back.
     pub fn submit(&self, shard: usize, request: StoreRequest) -> Result<(), StoreClosed> {
-        self.tx
-            .send(Command::Request(shard, request))
-            .map_err(|e| match e.0 {
-                Command::Request(_, request) => StoreClosed(Box::new(request)),
-                Command::Close => unreachable!("only requests are submitted"),
-            })
+        let tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
+        match tx.as_ref() {
+            Some(tx) => tx
+                .send((shard, request))
+                .map_err(|e| StoreClosed(Box::new(e.0 .1))),
+            None => Err(StoreClosed(Box::new(request))),
+        }
     }
 
     /// Asks the thread to end once it has answered everything submitted
     /// before (later submits fail with [`StoreClosed`]).
     pub fn close(&self) {
-        let _ = self.tx.send(Command::Close);
+        self.tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 
     /// Waits for the thread to end (after [`Self::close`], or once every
@@ -122,8 +127,7 @@ fn run(
     let mut last_sweep = Instant::now();
     let mut batch = Vec::new();
     let mut origins = Vec::new();
-    let mut closing = false;
-    while !closing {
+    loop {
         // Idle: sweep a step at a time while nothing is queued.
         let first = if store.sweeping() {
             match rx.try_recv() {
@@ -147,17 +151,9 @@ fn run(
             }
         };
         let mut next = Some(first);
-        while let Some(command) = next.take() {
-            match command {
-                Command::Request(shard, request) => {
-                    origins.push(shard);
-                    batch.push(request);
-                }
-                Command::Close => {
-                    closing = true;
-                    break;
-                }
-            }
+        while let Some((shard, request)) = next.take() {
+            origins.push(shard);
+            batch.push(request);
             if batch.len() < MAX_BATCH {
                 next = rx.try_recv().ok();
             }
