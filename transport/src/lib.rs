@@ -60,6 +60,7 @@ pub mod reader;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod store;
 pub mod wire;
 pub mod writer;
 
