@@ -10,7 +10,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use hubbub_core::{Config, Namespaces};
 
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, StoreConfig};
 
 /// hubbub: a WebSocket chat server.
 ///
@@ -77,6 +77,38 @@ pub struct Cli {
     /// recently emptied go first. 0: a stream ends with its last member.
     #[arg(long, env = "HUBBUB_IDLE_STREAMS", default_value_t = 1_000)]
     pub idle_streams: usize,
+
+    /// Where channels' history (offsets, epochs, publications) is kept:
+    /// `sqlite` (durable, under --data-dir) or `memory` (lost on exit).
+    #[arg(long, env = "HUBBUB_STORE", default_value = "sqlite", value_parser = ["sqlite", "memory"])]
+    pub store: String,
+
+    /// The SQLite store's directory (created on first start); the data is
+    /// in `hubbub.db` (and its `-wal` file) there.
+    #[arg(long, env = "HUBBUB_DATA_DIR", default_value = "./hubbub-data")]
+    pub data_dir: std::path::PathBuf,
+
+    /// How the SQLite store syncs a commit before publications are
+    /// acknowledged: `normal` (survives a crash of hubbub; a power loss may
+    /// lose the last commits) or `full` (survives a power loss; slower).
+    #[arg(long, env = "HUBBUB_HISTORY_SYNC", default_value = "normal")]
+    pub history_sync: crate::store::HistorySync,
+
+    /// Publications a shard may have waiting for the store at once; beyond
+    /// it publishes get error 100 (temporary).
+    #[arg(long, env = "HUBBUB_STORE_QUEUE", default_value_t = 10_000)]
+    pub store_queue: usize,
+
+    /// History kept per channel in the default namespace (publications;
+    /// 0 turns history, offsets and recovery off). Default 1000, or the
+    /// config file's `[channel] history_size`.
+    #[arg(long, env = "HUBBUB_HISTORY_SIZE")]
+    pub history_size: Option<u32>,
+
+    /// How long the default namespace keeps a publication (default 7 days:
+    /// `168h`, or the config file's `[channel] history_ttl`).
+    #[arg(long, env = "HUBBUB_HISTORY_TTL", value_parser = parse_duration)]
+    pub history_ttl: Option<Duration>,
 
     /// A TOML file with settings and channel namespaces (see README):
     /// top-level keys are these flags' names with `_`, `[channel]` the
@@ -203,6 +235,7 @@ impl Cli {
             ),
             ("channel_limit", file.channel_limit, &mut self.channel_limit),
             ("idle_streams", file.idle_streams, &mut self.idle_streams),
+            ("store_queue", file.store_queue, &mut self.store_queue),
         ] {
             if let (Some(v), true) = (value, unset(id)) {
                 *slot = v;
@@ -217,6 +250,22 @@ impl Cli {
         if let (Some(v), true) = (file.shards, unset("shards")) {
             self.shards =
                 Some(parse_workers(&v.to_string()).map_err(|e| context(format!("shards: {e}")))?);
+        }
+        if let (Some(v), true) = (&file.store, unset("store")) {
+            if v != "sqlite" && v != "memory" {
+                return Err(context(format!(
+                    "store: {v:?} is not a store (sqlite or memory)"
+                )));
+            }
+            self.store.clone_from(v);
+        }
+        if let (Some(v), true) = (&file.data_dir, unset("data_dir")) {
+            self.data_dir.clone_from(v);
+        }
+        if let (Some(v), true) = (&file.history_sync, unset("history_sync")) {
+            self.history_sync = v
+                .parse()
+                .map_err(|e: String| context(format!("history_sync: {e}")))?;
         }
         self.namespaces = file.namespaces().map_err(context)?;
         Ok(self)
@@ -242,7 +291,8 @@ impl Cli {
                 connect_timeout: self.connect_timeout,
                 channel_limit: self.channel_limit,
                 idle_streams: self.idle_streams,
-                namespaces: self.namespaces.clone(),
+                store_queue: self.store_queue,
+                namespaces: self.namespaces(),
                 entropy: crate::config::entropy(),
                 server_version: concat!("hubbub ", env!("CARGO_PKG_VERSION")).to_owned(),
                 ..Config::default()
@@ -250,7 +300,31 @@ impl Cli {
             write_timeout: self.write_timeout,
             shards: self.shard_count(),
             write_coalesce: self.write_coalesce,
+            store: if self.store == "memory" {
+                StoreConfig::Memory
+            } else {
+                StoreConfig::Sqlite {
+                    dir: self.data_dir.clone(),
+                    sync: self.history_sync,
+                }
+            },
         }
+    }
+
+    /// The namespaces, with `--history-size` and `--history-ttl` applied
+    /// to the default one.
+    fn namespaces(&self) -> Namespaces {
+        let mut namespaces = self.namespaces.clone();
+        if self.history_size.is_some() || self.history_ttl.is_some() {
+            let default = std::sync::Arc::make_mut(&mut namespaces.default);
+            if let Some(size) = self.history_size {
+                default.history_size = size;
+            }
+            if let Some(ttl) = self.history_ttl {
+                default.history_ttl = ttl;
+            }
+        }
+        namespaces
     }
 }
 
@@ -394,6 +468,15 @@ mod tests {
         config.hub.entropy = 0;
         assert_eq!(config.shards, default_shards());
         config.shards = 1;
+        assert_eq!(
+            config.store,
+            StoreConfig::Sqlite {
+                dir: "./hubbub-data".into(),
+                sync: crate::store::HistorySync::Normal,
+            },
+            "durable by default"
+        );
+        config.store = StoreConfig::Memory;
         assert_eq!(config, ServerConfig::default());
         assert_eq!(config.hub, Config::default());
         assert!(config.validate().is_ok());

@@ -35,6 +35,21 @@ pub fn entropy() -> u64 {
     hasher.finish()
 }
 
+/// Where channels' streams (history, offsets, epochs) are kept.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum StoreConfig {
+    /// In memory, in each hub: gone when the process ends.
+    #[default]
+    Memory,
+    /// SQLite under `dir` (file `hubbub.db`), committed in batches on a
+    /// thread of its own; a publication is fanned out and acknowledged once
+    /// its commit is done.
+    Sqlite {
+        dir: std::path::PathBuf,
+        sync: crate::store::HistorySync,
+    },
+}
+
 /// Everything [`crate::serve`] needs to know.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -48,6 +63,9 @@ pub struct ServerConfig {
     /// A woken writer waits this long before writing, to send more per
     /// syscall (`None`: writes at once, the default).
     pub write_coalesce: Option<Duration>,
+    /// Where streams are kept (in memory unless configured: the command
+    /// line defaults to SQLite under `./hubbub-data`).
+    pub store: StoreConfig,
 }
 
 /// The most shards a server runs.
@@ -60,6 +78,7 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(10),
             shards: 1,
             write_coalesce: None,
+            store: StoreConfig::Memory,
         }
     }
 }

@@ -45,6 +45,10 @@ pub struct FileConfig {
     pub max_command_bytes: Option<usize>,
     pub channel_limit: Option<usize>,
     pub idle_streams: Option<usize>,
+    pub store: Option<String>,
+    pub data_dir: Option<std::path::PathBuf>,
+    pub history_sync: Option<String>,
+    pub store_queue: Option<usize>,
     #[serde(alias = "workers")]
     pub shards: Option<usize>,
     pub channel: Option<NamespaceFile>,

@@ -2,8 +2,8 @@
 //!
 //! Connections send [`Event`]s over a bounded channel; this task feeds them
 //! to the hub, carries out its outputs, and runs its heartbeat timer. It is
-//! the only place real time becomes a [`Timestamp`] (milliseconds since the
-//! server started).
+//! the only place real time becomes a [`Timestamp`] (wall-clock milliseconds
+//! since the Unix epoch, advanced monotonically from the start).
 //!
 //! The broadcast path never waits: a `Send` is pushed into the connection's
 //! [`Outbox`] without awaiting; a full outbox is reported back to the hub as
@@ -25,7 +25,8 @@ use std::time::Duration;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hubbub_core::{
-    BusMessage, CloseReason, Config, ConnId, Hub, Input, Output, Route, Stats, Timestamp,
+    BusMessage, CloseReason, Config, ConnId, Hub, Input, Output, Route, Stats, StoreError,
+    StoreEvent, StoreRequest, Timestamp,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -133,23 +134,39 @@ pub enum Event {
     Input(Input),
 }
 
-/// Converts between the tokio clock and the hub's millisecond timestamps.
+/// Converts between the tokio clock and the hub's millisecond timestamps:
+/// wall-clock milliseconds since the Unix epoch, read once at the start and
+/// advanced by the monotonic clock (so they never go back, and a stream's
+/// publication times keep their meaning across restarts for `history_ttl`).
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
     start: Instant,
+    /// The start, in milliseconds since the Unix epoch.
+    origin_ms: u64,
 }
 
 impl Clock {
+    /// A clock whose `start` is now on the wall clock.
     #[must_use]
     pub fn new(start: Instant) -> Self {
-        Self { start }
+        let origin_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Self::with_origin(start, origin_ms)
     }
 
-    /// Milliseconds since the start, rounded down.
+    /// A clock whose `start` is `origin_ms`.
+    #[must_use]
+    pub fn with_origin(start: Instant, origin_ms: u64) -> Self {
+        Self { start, origin_ms }
+    }
+
+    /// The timestamp of `at`, rounded down (never before the start).
     #[must_use]
     pub fn timestamp(&self, at: Instant) -> Timestamp {
         let ms = at.saturating_duration_since(self.start).as_millis();
-        Timestamp::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+        let ms = u64::try_from(ms).unwrap_or(u64::MAX);
+        Timestamp::from_millis(self.origin_ms.saturating_add(ms))
     }
 
     #[must_use]
@@ -160,8 +177,9 @@ impl Clock {
     /// The instant of `ts` (far in the future when it does not fit).
     #[must_use]
     pub fn instant(&self, ts: Timestamp) -> Instant {
+        let ms = ts.as_millis().saturating_sub(self.origin_ms);
         self.start
-            .checked_add(Duration::from_millis(ts.as_millis()))
+            .checked_add(Duration::from_millis(ms))
             .unwrap_or_else(|| far_future(self.start))
     }
 }
@@ -170,6 +188,12 @@ fn far_future(from: Instant) -> Instant {
     // About 30 years: tokio's timer wheel handles it; the guard on the
     // select branch keeps it from ever mattering.
     from + Duration::from_secs(86_400 * 365 * 30)
+}
+
+/// A shard's link to the store engine's thread.
+pub struct StoreLink {
+    pub handle: crate::store::StoreHandle,
+    pub events: mpsc::UnboundedReceiver<StoreEvent>,
 }
 
 /// The hub and where its outputs go.
@@ -183,6 +207,9 @@ struct Driver {
     /// The other shards' inboxes, indexed by shard.
     peers: Vec<mpsc::UnboundedSender<BusMessage>>,
     load: Arc<BusLoad>,
+    shard: usize,
+    /// The store engine's thread (`None`: the hub's own in-memory engine).
+    store: Option<crate::store::StoreHandle>,
 }
 
 impl Driver {
@@ -212,6 +239,13 @@ impl Driver {
         }
     }
 
+    /// The store engine's answer.
+    fn handle_store(&mut self, event: StoreEvent) {
+        let now = self.clock.now();
+        self.hub.handle_store(now, event);
+        self.drain(now);
+    }
+
     /// A message from another shard.
     fn handle_bus(&mut self, msg: BusMessage) {
         self.load.received();
@@ -237,7 +271,17 @@ impl Driver {
                     }
                 }
             }
-            if self.full.is_empty() {
+            let mut refused = false;
+            while let Some(request) = self.hub.poll_store() {
+                let Some(store) = &self.store else { break };
+                if let Err(closed) = store.submit(self.shard, request) {
+                    // The engine is gone (shutting down): refused, not lost.
+                    refused = true;
+                    let event = refusal(*closed.0);
+                    self.hub.handle_store(now, event);
+                }
+            }
+            if self.full.is_empty() && !refused {
                 return;
             }
             for conn in std::mem::take(&mut self.full) {
@@ -273,6 +317,22 @@ impl Driver {
     }
 }
 
+/// The answer to a request the engine can no longer take.
+fn refusal(request: StoreRequest) -> StoreEvent {
+    let error = StoreError::new("the store is closed");
+    match request {
+        StoreRequest::Open { channel, .. } => StoreEvent::Opened {
+            channel,
+            result: Err(error),
+        },
+        StoreRequest::Append { channel, token, .. } => StoreEvent::Appended {
+            channel,
+            token,
+            result: Err(error),
+        },
+    }
+}
+
 /// Publishes the hub's counters into [`Metrics`], throttled.
 struct Publisher {
     metrics: Arc<Metrics>,
@@ -301,6 +361,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut events: mpsc::Receiver<Event>,
     links: ShardLinks,
+    store: Option<StoreLink>,
 ) -> Stats {
     let config_send_queue = config.send_queue;
     let ShardLinks {
@@ -309,13 +370,24 @@ pub async fn run(
         peers,
         load,
     } = links;
+    let (store, mut store_events) = match store {
+        Some(link) => (Some(link.handle), Some(link.events)),
+        None => (None, None),
+    };
+    let hub = if store.is_some() {
+        Hub::with_external_store(config)
+    } else {
+        Hub::new(config)
+    };
     let mut driver = Driver {
-        hub: Hub::new(config),
+        hub,
         clock,
         outboxes: HashMap::new(),
         full: BTreeSet::new(),
         peers,
         load,
+        shard,
+        store,
     };
     let sleep = tokio::time::sleep_until(far_future(Instant::now()));
     tokio::pin!(sleep);
@@ -358,13 +430,31 @@ pub async fn run(
                     }
                 }
             }
+            event = next_store_event(&mut store_events) => {
+                if let Some(event) = event {
+                    driver.handle_store(event);
+                    if let Some(rx) = &mut store_events {
+                        for _ in 1..batch {
+                            match rx.try_recv() {
+                                Ok(event) => driver.handle_store(event),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+            }
             () = &mut sleep, if deadline.is_some() => {
                 // The timer firing only means "look at the clock".
                 armed = None;
             }
         }
         driver.maybe_timeout();
-        publisher.after_batch(&driver.hub, events.is_empty() && inbox.is_empty());
+        let idle = events.is_empty()
+            && inbox.is_empty()
+            && store_events
+                .as_ref()
+                .is_none_or(mpsc::UnboundedReceiver::is_empty);
+        publisher.after_batch(&driver.hub, idle);
         // Let the writers this batch woke start on it before producing more.
         let mut yields = 0;
         while gauge.runnable() > 0 && yields < MAX_YIELDS {
@@ -375,6 +465,23 @@ pub async fn run(
     let stats = driver.hub.stats();
     publisher.metrics.publish_shard(shard, stats.clone());
     stats
+}
+
+/// The next answer from the store engine; pending for ever without one
+/// (and once its thread is gone: the hub keeps running without it).
+async fn next_store_event(
+    events: &mut Option<mpsc::UnboundedReceiver<StoreEvent>>,
+) -> Option<StoreEvent> {
+    match events {
+        Some(rx) => match rx.recv().await {
+            Some(event) => Some(event),
+            None => {
+                *events = None;
+                None
+            }
+        },
+        None => std::future::pending().await,
+    }
 }
 
 impl Drop for Driver {
@@ -397,17 +504,18 @@ mod tests {
     #[test]
     fn clock_round_trips_milliseconds() {
         let start = Instant::now();
-        let clock = Clock::new(start);
+        let clock = Clock::with_origin(start, 1_000_000);
         let at = start + Duration::from_millis(1234) + Duration::from_micros(999);
-        assert_eq!(clock.timestamp(at), Timestamp::from_millis(1234));
+        assert_eq!(clock.timestamp(at), Timestamp::from_millis(1_001_234));
         assert_eq!(
-            clock.instant(Timestamp::from_millis(1234)),
+            clock.instant(Timestamp::from_millis(1_001_234)),
             start + Duration::from_millis(1234)
         );
         assert_eq!(
             clock.timestamp(start - Duration::from_millis(5)),
-            Timestamp::ZERO
+            Timestamp::from_millis(1_000_000)
         );
+        assert_eq!(clock.instant(Timestamp::ZERO), start, "before the start");
         assert!(clock.instant(Timestamp::from_millis(u64::MAX)) > start);
     }
 
@@ -423,6 +531,7 @@ mod tests {
             metrics.clone(),
             rx,
             ShardLinks::single(),
+            None,
         ));
         let outbox = Arc::new(Outbox::new(8, gauge.clone()));
         tx.send(Event::Open {
@@ -473,6 +582,7 @@ mod tests {
             metrics.clone(),
             rx,
             ShardLinks::single(),
+            None,
         ));
         let slow = Arc::new(Outbox::new(2, gauge.clone()));
         let fast = Arc::new(Outbox::new(2, gauge));

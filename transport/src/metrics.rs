@@ -19,7 +19,7 @@
 
 use std::fmt::{Display, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use hubbub_core::{CloseReason, Stats};
@@ -176,6 +176,8 @@ pub struct Metrics {
     hub: Mutex<Vec<Stats>>,
     rejections: [AtomicU64; REJECTIONS.len()],
     accept_errors: AtomicU64,
+    /// The SQLite store's counters, when it runs.
+    store: std::sync::OnceLock<Arc<crate::store::StoreStats>>,
 }
 
 impl Default for Metrics {
@@ -193,7 +195,13 @@ impl Metrics {
             hub: Mutex::new(Vec::new()),
             rejections: Default::default(),
             accept_errors: AtomicU64::new(0),
+            store: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Shows the store engine's counters (set once, at start).
+    pub fn set_store(&self, stats: Arc<crate::store::StoreStats>) {
+        let _ = self.store.set(stats);
     }
 
     fn hub_stats(&self) -> MutexGuard<'_, Vec<Stats>> {
@@ -247,6 +255,10 @@ impl Metrics {
             sum.command_errors += s.command_errors;
             sum.bus_out += s.bus_out;
             sum.bus_in += s.bus_in;
+            sum.store_appends += s.store_appends;
+            sum.store_failures += s.store_failures;
+            sum.store_rejected += s.store_rejected;
+            sum.store_opens += s.store_opens;
             for (total, n) in sum.closes.iter_mut().zip(s.closes) {
                 *total += n;
             }
@@ -334,6 +346,54 @@ impl Metrics {
             "Centrifugo protocol commands answered with an error reply.",
             hub.command_errors,
         );
+        out.counter(
+            "hubbub_publications_stored_total",
+            "Publications the store made durable (then fanned out and acknowledged).",
+            hub.store_appends,
+        );
+        out.counter(
+            "hubbub_store_failures_total",
+            "Stream opens and appends the store failed (publishers got error 100).",
+            hub.store_failures,
+        );
+        out.counter(
+            "hubbub_store_rejected_total",
+            "Publications refused because the store's queue was full (error 100).",
+            hub.store_rejected,
+        );
+        out.counter(
+            "hubbub_streams_opened_total",
+            "Channel streams loaded from the store.",
+            hub.store_opens,
+        );
+        if let Some(store) = self.store.get() {
+            use crate::store::StoreStats as S;
+            out.counter(
+                "hubbub_store_commits_total",
+                "SQLite transactions committed (each a batch of requests: group commit).",
+                S::get(&store.commits),
+            );
+            out.counter(
+                "hubbub_store_failed_commits_total",
+                "SQLite transactions that failed and were rolled back.",
+                S::get(&store.failed_commits),
+            );
+            out.counter(
+                "hubbub_store_batched_requests_total",
+                "Requests executed in batches (divide by commits for the mean batch).",
+                S::get(&store.batched_requests),
+            );
+            out.counter(
+                "hubbub_store_commit_seconds_total",
+                "Time spent executing batches, in whole seconds.",
+                S::get(&store.commit_micros) / 1_000_000,
+            );
+            out.counter(
+                "hubbub_store_swept_total",
+                "Publications removed by the retention sweep (older than history_ttl).",
+                S::get(&store.swept),
+            );
+        }
 
         out.family(
             "hubbub_closes_total",
@@ -539,7 +599,7 @@ mod tests {
         );
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!((helps, types), (17, 17));
+        assert_eq!((helps, types), (21, 21), "the store's families show only with SQLite");
         assert!(text.ends_with('\n'));
     }
 }

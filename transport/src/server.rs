@@ -70,6 +70,10 @@ pub async fn serve(
         opened: Arc::new(AtomicU64::new(0)),
         stopping: Arc::new(AtomicBool::new(false)),
     };
+    let (store, mut store_links) = start_store(&config, shards)?;
+    if let Some(store) = &store {
+        metrics.set_store(store.stats().clone());
+    }
     let (inboxes, peers): (Vec<_>, Vec<_>) = (0..shards)
         .map(|_| {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -102,7 +106,16 @@ pub async fn serve(
             metrics: metrics.clone(),
             bus: bus.clone(),
         });
-        let hub = hub_task::run(hub_config, clock, gauge, metrics.clone(), hub_rx, links);
+        let store_link = store_links.next();
+        let hub = hub_task::run(
+            hub_config,
+            clock,
+            gauge,
+            metrics.clone(),
+            hub_rx,
+            links,
+            store_link,
+        );
         shard_handles.push(start_shard(shard, hub, state.clone(), stop_rx.clone())?);
         shared.push(state);
     }
@@ -171,6 +184,12 @@ pub async fn serve(
             _ => stats = None,
         }
     }
+    if let Some(store) = store {
+        // Every hub is done: the engine finishes what is queued (nothing
+        // acknowledged is ever lost; this only completes the last batch).
+        store.close();
+        let _ = tokio::task::spawn_blocking(move || store.join()).await;
+    }
     let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     if unfinished > 0 {
         warn!(
@@ -199,6 +218,37 @@ pub async fn serve(
         Some(_) => Err(io::Error::other("a hub task failed")),
         None => Ok(()),
     }
+}
+
+/// Opens the configured store and starts its thread: its handle, and each
+/// shard's link to it (none with the in-memory store).
+///
+/// # Errors
+/// The store cannot be opened (the message names the file and the problem).
+fn start_store(
+    config: &ServerConfig,
+    shards: usize,
+) -> io::Result<(
+    Option<crate::store::StoreHandle>,
+    std::vec::IntoIter<crate::hub_task::StoreLink>,
+)> {
+    let crate::config::StoreConfig::Sqlite { dir, sync } = &config.store else {
+        return Ok((None, Vec::new().into_iter()));
+    };
+    let store = crate::store::SqliteStore::open(dir, *sync)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    info!(path = %store.path().display(), sync = %sync, "history store opened");
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..shards).map(|_| mpsc::unbounded_channel()).unzip();
+    let handle = crate::store::spawn(store, senders)?;
+    let links: Vec<_> = receivers
+        .into_iter()
+        .map(|events| crate::hub_task::StoreLink {
+            handle: handle.clone(),
+            events,
+        })
+        .collect();
+    Ok((Some(handle), links.into_iter()))
 }
 
 /// The server-wide counters and flags every shard's [`Shared`] points to.

@@ -4,6 +4,8 @@
 #![allow(dead_code)] // each test binary uses a subset
 #![allow(clippy::unwrap_used)]
 
+pub mod process;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,0 +1,377 @@
+//! Durable history against the real binary: SIGKILL in the middle of a
+//! publishing load, a restart on the same data directory, and what must
+//! hold after it (every acknowledged publication in history with its
+//! offset, no offset reused, exact recovery for a client from before the
+//! kill); and the store's refusals at start.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::process::{Process, BIN};
+use common::{within, STEP};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A Centrifugo client by hand: frames split on `\n`, pings answered.
+struct Sdk {
+    ws: Ws,
+    pending: VecDeque<Value>,
+    next_id: u64,
+}
+
+impl Sdk {
+    async fn connect(addr: SocketAddr) -> Self {
+        let url = format!("ws://{addr}/connection/websocket");
+        let (ws, _) = within(STEP, "connect", tokio_tungstenite::connect_async(url))
+            .await
+            .unwrap();
+        let mut sdk = Self {
+            ws,
+            pending: VecDeque::new(),
+            next_id: 0,
+        };
+        let reply = sdk.call(json!({"connect": {"name": "durability"}})).await;
+        assert!(reply.get("connect").is_some(), "{reply}");
+        sdk
+    }
+
+    async fn send(&mut self, mut command: Value) -> u64 {
+        self.next_id += 1;
+        command["id"] = json!(self.next_id);
+        within(
+            STEP,
+            "send",
+            self.ws.send(Message::text(command.to_string())),
+        )
+        .await
+        .unwrap();
+        self.next_id
+    }
+
+    async fn call(&mut self, command: Value) -> Value {
+        let id = self.send(command).await;
+        self.until(|m| m["id"] == json!(id)).await
+    }
+
+    /// The next message; `None` once the connection is gone.
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(m) = self.pending.pop_front() {
+                return Some(m);
+            }
+            match within(STEP, "next frame", self.ws.next()).await {
+                Some(Ok(Message::Text(t))) => {
+                    for line in t.as_str().split('\n') {
+                        let m: Value = serde_json::from_str(line).unwrap();
+                        if m == json!({}) {
+                            let _ = self.ws.send(Message::text("{}")).await;
+                        } else {
+                            self.pending.push_back(m);
+                        }
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                _ => return None,
+            }
+        }
+    }
+
+    async fn until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        let mut skipped = VecDeque::new();
+        loop {
+            let m = self.next().await.expect("connection ended while waiting");
+            if pred(&m) {
+                skipped.extend(self.pending.drain(..));
+                self.pending = skipped;
+                return m;
+            }
+            skipped.push_back(m);
+        }
+    }
+
+    /// Subscribes to `channel` and reads every publication in its history,
+    /// oldest first, in pages with `since`; and the stream's (top, epoch).
+    async fn whole_history(&mut self, channel: &str) -> (Vec<(u64, Value)>, u64, String) {
+        // History is for subscribers (the default namespace's permissions).
+        let reply = self.call(json!({"subscribe": {"channel": channel}})).await;
+        assert!(reply.get("error").is_none(), "{reply}");
+        let first = self
+            .call(json!({"history": {"channel": channel, "limit": 0}}))
+            .await;
+        let epoch = first["history"]["epoch"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{first}"))
+            .to_owned();
+        let top = first["history"]["offset"].as_u64().unwrap_or(0);
+        let mut all = Vec::new();
+        let mut since = 0;
+        loop {
+            let page = self
+                .call(json!({"history": {"channel": channel, "limit": 300,
+                    "since": {"offset": since, "epoch": epoch}}}))
+                .await;
+            let publications = page["history"]["publications"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if publications.is_empty() {
+                break;
+            }
+            for p in publications {
+                since = p["offset"].as_u64().unwrap();
+                all.push((since, p["data"].clone()));
+            }
+        }
+        (all, top, epoch)
+    }
+}
+
+/// A fresh, empty directory under the system's temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path =
+            std::env::temp_dir().join(format!("hubbub-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start(data: &TempDir) -> Process {
+    Process::start(&[
+        "--store",
+        "sqlite",
+        "--data-dir",
+        data.arg(),
+        "--shards",
+        "2",
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_publications_survive_sigkill_and_recovery_is_exact() {
+    let data = TempDir::new("sigkill");
+    let mut server = start(&data);
+    let channel = "durable";
+
+    // A subscriber reads the first publications, then goes away: it will
+    // recover the rest after the restart.
+    let mut subscriber = Sdk::connect(server.addr).await;
+    let reply = subscriber
+        .call(json!({"subscribe": {"channel": channel, "recoverable": true, "positioned": true}}))
+        .await;
+    let epoch = reply["subscribe"]["epoch"].as_str().unwrap().to_owned();
+
+    // The publisher pipelines 400 publishes, 32 in flight; its acks say
+    // which are durable. The kill comes while it is still publishing.
+    let mut publisher = Sdk::connect(server.addr).await;
+    let total = 400u64;
+    let kill_after_acks = 330;
+    let mut acked: Vec<u64> = Vec::new();
+    let mut in_flight: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut next = 0u64;
+    let mut seen_by_subscriber: Vec<u64> = Vec::new();
+    while acked.len() < kill_after_acks {
+        while in_flight.len() < 32 && next < total {
+            let id = publisher
+                .send(json!({"publish": {"channel": channel, "data": {"n": next}}}))
+                .await;
+            in_flight.insert(id, next);
+            next += 1;
+        }
+        let m = publisher.next().await.unwrap();
+        if let Some(n) = m["id"].as_u64().and_then(|id| in_flight.remove(&id)) {
+            assert!(m.get("error").is_none(), "publish {n} refused: {m}");
+            acked.push(n);
+        }
+        // The subscriber keeps up for the first 100, then stops reading.
+        while seen_by_subscriber.len() < 100 && !subscriber.pending.is_empty() {
+            let m = subscriber.next().await.unwrap();
+            if let Some(p) = m["push"].get("pub") {
+                seen_by_subscriber.push(p["offset"].as_u64().unwrap());
+            }
+        }
+    }
+    while seen_by_subscriber.len() < 100 {
+        let m = subscriber.next().await.unwrap();
+        if let Some(p) = m["push"].get("pub") {
+            seen_by_subscriber.push(p["offset"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(seen_by_subscriber, (1..=100).collect::<Vec<u64>>());
+    server.signal("KILL");
+    server.wait(Duration::from_secs(5));
+    drop(publisher);
+    drop(subscriber);
+
+    let server = start(&data);
+    let mut reader = Sdk::connect(server.addr).await;
+    let (history, top, epoch_after) = reader.whole_history(channel).await;
+    assert_eq!(
+        epoch_after, epoch,
+        "the stream is the same one after a crash"
+    );
+    // No offset reused or skipped: 1..=top, each once.
+    let offsets: Vec<u64> = history.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (1..=top).collect::<Vec<u64>>());
+    // Every acknowledged publication is there; anything else stored is a
+    // publication whose ack the kill cut off (never an unknown one).
+    let stored: Vec<u64> = history
+        .iter()
+        .map(|(_, d)| d["n"].as_u64().unwrap())
+        .collect();
+    for n in &acked {
+        assert!(stored.contains(n), "acknowledged publication {n} was lost");
+    }
+    assert!(stored.iter().all(|n| *n < next), "{stored:?}");
+    let mut distinct = stored.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), stored.len(), "a publication stored twice");
+    assert!(top >= kill_after_acks as u64);
+
+    // The subscriber from before the kill recovers exactly what it missed.
+    let mut back = Sdk::connect(server.addr).await;
+    let reply = back
+        .call(json!({"subscribe": {"channel": channel, "recover": true,
+            "offset": 100, "epoch": epoch, "recoverable": true, "positioned": true}}))
+        .await;
+    let sub = &reply["subscribe"];
+    assert_eq!(sub["recovered"], json!(true), "{reply}");
+    let recovered: Vec<(u64, Value)> = sub["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["offset"].as_u64().unwrap(), p["data"].clone()))
+        .collect();
+    assert_eq!(recovered, history[100..].to_vec());
+
+    // And the stream goes on from there: the next offset is top + 1.
+    let ack = back
+        .call(json!({"publish": {"channel": channel, "data": {"n": "after"}}}))
+        .await;
+    assert!(ack.get("error").is_none(), "{ack}");
+    let push = back.until(|m| m["push"].get("pub").is_some()).await;
+    assert_eq!(push["push"]["pub"]["offset"], json!(top + 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_restart_keeps_seed_history_and_offsets() {
+    let data = TempDir::new("restart");
+    let mut server = start(&data);
+    let url = format!("ws://{}/ws/lobby?username=ann", server.addr);
+    let (mut ann, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    for i in 0..5 {
+        ann.send(Message::text(format!("line {i}"))).await.unwrap();
+    }
+    // Each line comes back once it is stored.
+    let mut echoed = 0;
+    while echoed < 5 {
+        let Some(Ok(Message::Text(t))) = within(STEP, "echo", ann.next()).await else {
+            panic!("ann's connection ended");
+        };
+        if t.as_str().contains("\"type\":\"chat\"") {
+            echoed += 1;
+        }
+    }
+    server.signal("TERM");
+    assert_eq!(server.wait(Duration::from_secs(10)), Some(0));
+
+    let server = start(&data);
+    let url = format!("ws://{}/ws/lobby?username=bob&history=3", server.addr);
+    let (mut bob, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut lines = Vec::new();
+    while lines.len() < 3 {
+        let Some(Ok(Message::Text(t))) = within(STEP, "history", bob.next()).await else {
+            panic!("bob's connection ended");
+        };
+        let m: Value = serde_json::from_str(t.as_str()).unwrap();
+        assert_eq!(m["type"], "chat", "history comes first: {m}");
+        assert_eq!(m["username"], "ann");
+        lines.push(m["content"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(lines, ["line 2", "line 3", "line 4"]);
+    let mut sdk = Sdk::connect(server.addr).await;
+    let (history, top, _) = sdk.whole_history("lobby").await;
+    assert_eq!(top, 5);
+    assert_eq!(history.len(), 5);
+    assert_eq!(history[0].1, json!({"text": "line 0"}));
+}
+
+/// Starts the binary on `data` and expects it to refuse: a non-zero exit
+/// and a message naming the database file.
+fn refused_at_start(data: &TempDir, what: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--store", "sqlite", "--data-dir"])
+        .arg(data.arg())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{what}: started anyway: {stderr}");
+    let file = data.path().join("hubbub.db");
+    assert!(
+        stderr.contains(file.to_str().unwrap()),
+        "{what}: the message does not name the file: {stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn a_corrupt_or_newer_store_is_refused_at_start_and_left_alone() {
+    let data = TempDir::new("corrupt");
+    let file = data.path().join("hubbub.db");
+    let garbage = b"this is not an SQLite database, but somebody's data".repeat(100);
+    std::fs::write(&file, &garbage).unwrap();
+    let stderr = refused_at_start(&data, "garbage");
+    assert!(stderr.contains("not a database"), "{stderr}");
+    assert_eq!(std::fs::read(&file).unwrap(), garbage, "left as it was");
+
+    // A store written by a newer hubbub: its schema version is higher.
+    let newer = TempDir::new("newer");
+    {
+        let mut server = start(&newer);
+        server.signal("TERM");
+        server.wait(Duration::from_secs(10));
+    }
+    let status = Command::new("sqlite3")
+        .arg(newer.path().join("hubbub.db"))
+        .arg("PRAGMA user_version = 99;")
+        .status();
+    match status {
+        Ok(s) if s.success() => {
+            let stderr = refused_at_start(&newer, "newer schema");
+            assert!(stderr.contains("99"), "{stderr}");
+        }
+        // The store's own tests cover a newer schema without the shell.
+        _ => eprintln!("sqlite3 shell not installed: newer-schema refusal checked in unit tests"),
+    }
+}
