@@ -152,6 +152,7 @@ function join(name) {
     },
     onLeave: info => {
       room.members.delete(info.client);
+      room.names.delete(info.client);
       room.typing.delete(info.client);
       if (room === active) {
         renderOnline();
@@ -275,12 +276,12 @@ async function loadOlder(room) {
   }
   room.loading = true;
   const log = room.log;
-  const fromBottom = log.scrollHeight - log.scrollTop;
   try {
     const r = await client.history(room.name, {
       limit: PAGE, reverse: true, since: { offset: room.oldest, epoch: room.epoch },
     });
     const pubs = r.publications || [];
+    const fromBottom = log.scrollHeight - log.scrollTop;
     for (const pub of pubs) addPublication(room, pub, { live: false });
     const lowest = pubs.reduce((m, p) => Math.min(m, p.offset || m), room.oldest);
     room.hasMore = pubs.length === PAGE && lowest > 1;
@@ -334,7 +335,7 @@ function readPublication(room, pub, live) {
   }
   // A name the server vouches for (a seed client's username, a token's user) wins.
   if (info.user) user = info.user;
-  if (user && info.client && !info.user) room.names.set(info.client, user);
+  if (user && info.client && !info.user) learnName(room, info.client, user);
   if (!ts && live) ts = Date.now();
   return { text, user: user || 'anonymous', ts, mine: !!info.client && info.client === client.clientId };
 }
@@ -437,8 +438,7 @@ function onSignal(room, pub) {
   if (data === null || typeof data !== 'object' || typeof data.user !== 'string') return;
   const user = info.user || cleanName(data.user);
   if (!user) return;
-  const known = room.names.get(info.client) === user;
-  room.names.set(info.client, user);
+  learnName(room, info.client, user);
   if (data.kind === 'hello' && !room.hereTimer) {
     // Answer newcomers, several at once with one message.
     room.hereTimer = setTimeout(() => {
@@ -450,7 +450,13 @@ function onSignal(room, pub) {
     setTimeout(() => expireTyping(room), TYPING_SHOWN_MS + 50);
     if (room === active) renderTyping();
   }
-  if (!known && room === active) renderOnline();
+}
+
+/** What an anonymous connection says its name is (shown in the online list). */
+function learnName(room, clientId, name) {
+  if (room.names.get(clientId) === name) return;
+  room.names.set(clientId, name);
+  if (room === active && room.members.has(clientId)) renderOnline();
 }
 
 function expireTyping(room) {

@@ -217,7 +217,16 @@ export class Client {
     if (msg.error) {
       p.reject(new CommandError(msg.error.code, msg.error.message || 'error'));
     } else {
-      p.resolve(msg[p.method] || {});
+      const result = msg[p.method] || {};
+      // Before the next line of the frame: a subscribe reply's pushes may follow in it.
+      if (p.onResult) {
+        try {
+          p.onResult(result);
+        } catch (e) {
+          console.error('subscribe handler failed', e);
+        }
+      }
+      p.resolve(result);
     }
   }
 
@@ -250,7 +259,7 @@ export class Client {
   }
 
   /** Sends one command; resolves with its result, rejects with a CommandError. */
-  command(method, params, { beforeConnect = false, timeoutMs = 10000 } = {}) {
+  command(method, params, { beforeConnect = false, timeoutMs = 10000, onResult } = {}) {
     if (!beforeConnect && this.state !== 'connected') {
       return Promise.reject(new CommandError(0, 'not connected'));
     }
@@ -260,7 +269,7 @@ export class Client {
         this.pending.delete(id);
         reject(new CommandError(0, 'timed out'));
       }, timeoutMs);
-      this.pending.set(id, { method, resolve, reject, timer });
+      this.pending.set(id, { method, resolve, reject, timer, onResult });
       if (!this.send({ id, [method]: params })) {
         clearTimeout(timer);
         this.pending.delete(id);
@@ -303,16 +312,18 @@ export class Client {
       params.epoch = sub.epoch;
       params.offset = sub.offset;
     }
-    let reply;
     try {
-      reply = await this.command('subscribe', params);
+      await this.command('subscribe', params, { onResult: reply => this.onSubscribed(sub, reply, recovering) });
     } catch (e) {
       if (!sub.wanted) return;
       if (e.code === 0) return; // the connection went; a reconnect retries
       this.subs.delete(sub.channel);
       if (sub.handlers.onError) sub.handlers.onError(e);
-      return;
     }
+  }
+
+  /** A subscribe reply, handled before any push that follows it. */
+  onSubscribed(sub, reply, recovering) {
     if (!sub.wanted) return;
     const publications = reply.publications || [];
     const recovered = !!reply.recovered;
