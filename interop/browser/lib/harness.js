@@ -78,15 +78,15 @@ function canConnect(port) {
 }
 
 /**
- * Starts `HUBBUB_BIN --listen 127.0.0.1:PORT --config hubbub.toml ...args` and
- * resolves once the port accepts TCP connections.
+ * Starts `HUBBUB_BIN --listen 127.0.0.1:PORT --config hubbub.toml ...args`
+ * (`config: null`: no file) and resolves once the port accepts TCP connections.
  */
-async function startServer({ port, args = [], timeoutMs = 10000 } = {}) {
+async function startServer({ port, args = [], config = CONFIG, timeoutMs = 10000 } = {}) {
   if (!fs.existsSync(HUBBUB_BIN)) {
     throw new Error(`server binary not found: ${HUBBUB_BIN} (set HUBBUB_BIN)`);
   }
   if (port === undefined) port = await freePort();
-  const argv = ['--listen', `127.0.0.1:${port}`, '--config', CONFIG, ...args];
+  const argv = ['--listen', `127.0.0.1:${port}`, ...(config ? ['--config', config] : []), ...args];
   const child = spawn(HUBBUB_BIN, argv, {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { RUST_LOG: 'info', ...process.env },
