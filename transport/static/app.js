@@ -14,6 +14,8 @@
 import { Client } from './centrifuge-client.js';
 
 const PAGE = 30; // publications per history page
+const KEEP = 1000; // messages kept in a room's log; older ones reload on scroll
+const ANSWER_UP_TO = 100; // rooms bigger than this do not answer "hello" (see onSignal)
 const TYPING_EVERY_MS = 2000; // at most one typing signal per room this often
 const TYPING_SHOWN_MS = 4500; // a typing signal shows this long unless renewed
 const NAME_MAX = 64;
@@ -311,6 +313,7 @@ function onChat(room, pub) {
   if (room === active) renderTyping();
   const shown = addPublication(room, pub, { live: true });
   if (!shown) return;
+  if (atBottom || room !== active) trim(room);
   if (room !== active) {
     if (info.client !== client.clientId) room.unread += 1;
     renderRooms();
@@ -329,7 +332,8 @@ function readPublication(room, pub, live) {
   if (data !== null && typeof data === 'object' && typeof data.text === 'string') {
     text = data.text;
     if (typeof data.user === 'string') user = cleanName(data.user);
-    if (typeof data.ts === 'number' && Number.isFinite(data.ts)) ts = data.ts;
+    // Any number may arrive; Date throws beyond ±8.64e15 ms.
+    if (typeof data.ts === 'number' && Math.abs(data.ts) < 8.64e15) ts = data.ts;
   } else {
     text = JSON.stringify(data);
   }
@@ -371,6 +375,24 @@ function addPublication(room, pub, { live }) {
   }
   room.log.insertBefore(li, before);
   return true;
+}
+
+/** Keeps a long-running room's log bounded: drops the oldest, which scrolling up reloads. */
+function trim(room) {
+  let extra = room.log.childElementCount - KEEP;
+  if (extra <= 0) return;
+  while (extra-- > 0 && room.log.firstElementChild) {
+    const o = Number(room.log.firstElementChild.dataset.offset || 0);
+    if (o) room.seen.delete(o);
+    room.log.firstElementChild.remove();
+  }
+  const first = room.log.firstElementChild;
+  const o = first ? Number(first.dataset.offset || 0) : 0;
+  if (o > 1) {
+    room.oldest = o;
+    room.hasMore = true;
+    if (room === active) ui.older.hidden = false;
+  }
 }
 
 async function sendMessage() {
@@ -439,8 +461,11 @@ function onSignal(room, pub) {
   const user = info.user || cleanName(data.user);
   if (!user) return;
   learnName(room, info.client, user);
-  if (data.kind === 'hello' && !room.hereTimer) {
-    // Answer newcomers, several at once with one message.
+  if (data.kind === 'hello' && !room.hereTimer && room.members.size <= ANSWER_UP_TO) {
+    // Answer newcomers, several at once with one message. Every member
+    // answers, so a big room stops answering (its browser users then show
+    // as anonymous until they speak): names belong in the server's
+    // connection info, which needs tokens or a core change.
     room.hereTimer = setTimeout(() => {
       room.hereTimer = null;
       signal(room, 'here');

@@ -38,6 +38,17 @@ test('markup in names, rooms and messages stays inert text', { timeout: 30000 },
   assert.equal(await victim.page.locator('#room-title').textContent(), ROOM);
   assert.equal(await victim.page.locator('.room-btn .room-name').textContent(), ROOM);
 
+  // Odd data from another client is shown as text and breaks nothing.
+  const raw = await h.rawCentrifuge(srv);
+  for (const data of [{ text: 'bad time', ts: 1e300, user: 42 }, '<b>a string</b>', [1, '<i>']]) {
+    await raw.command('publish', { channel: ROOM, data });
+  }
+  raw.close();
+  const odd = await h.eventually(() => h.messages(victim.page), m => m.length === 5, { what: 'odd data' });
+  assert.deepEqual(odd.slice(2).map(m => [m.who, m.text]), [
+    ['anonymous', 'bad time'], ['anonymous', '"<b>a string</b>"'], ['anonymous', '[1,"<i>"]'],
+  ]);
+
   for (const who of [mallory, victim]) {
     const page = who.page;
     // No element came out of anyone's input...
