@@ -109,6 +109,9 @@ function onState(state, detail) {
     for (const room of rooms.values()) {
       room.members.clear();
       room.typing.clear();
+      // Who left meanwhile is unknown; the others say their names again
+      // when we say hello after the reconnect.
+      room.names.clear();
     }
     renderOnline();
     renderTyping();
@@ -205,6 +208,7 @@ function show(room) {
   room.log.hidden = false;
   room.unread = 0;
   ui.roomTitle.textContent = room.name;
+  ui.leave.setAttribute('aria-label', `Leave room ${room.name}`);
   ui.notice.textContent = room.notice;
   ui.older.hidden = !room.hasMore;
   if (room.atBottom !== false) scrollToBottom(room.log);
@@ -554,6 +558,10 @@ ui.older.addEventListener('click', () => {
   if (active) loadOlder(active);
 });
 ui.reconnect.addEventListener('click', () => client && client.connect());
+// Back online: try now rather than when the back-off says.
+window.addEventListener('online', () => {
+  if (client && client.state === 'reconnecting') client.connect();
+});
 ui.signout.addEventListener('click', () => {
   if (client) client.disconnect();
   location.reload();
