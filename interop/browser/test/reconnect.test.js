@@ -86,6 +86,8 @@ test('a dropped connection recovers exactly what it missed, and says so', { time
   await other.command('subscribe', { channel: 'tunnel' });
   await other.command('publish', { channel: 'tunnel', data: { text: 'seen live', user: 'uma' } });
   await h.eventually(() => h.messages(page), m => m.length === 1, { what: 'live message' });
+  const ugo = await h.openChat(browser, srv, { name: 'ugo', room: 'tunnel' });
+  await h.eventually(() => h.onlineNames(page), n => n.join() === 'tess,ugo,uma', { what: 'online before' });
 
   await page.evaluate(() => window.__sockets.at(-1).close());
   await h.eventually(() => state(page), s => s === 'reconnecting', { what: 'reconnecting' });
@@ -96,6 +98,10 @@ test('a dropped connection recovers exactly what it missed, and says so', { time
   const msgs = await h.eventually(() => h.messages(page), m => m.length === 3, { what: 'recovered' });
   assert.deepEqual(msgs.map(m => m.text), ['seen live', 'missed one', 'missed two']);
   assert.equal(await page.locator('#notice').innerText(), 'Reconnected: recovered 2 missed messages.');
+  // Who is online is read again, names included; ugo sees tess's new connection once.
+  await h.eventually(() => h.onlineNames(page), n => n.join() === 'tess,ugo,uma', { what: 'online after' });
+  await h.eventually(() => h.onlineNames(ugo.page), n => n.join() === 'tess,ugo,uma', { what: 'ugo\'s list' });
+  assert.deepEqual(ugo.problems, []);
   other.close();
   await context.close();
 });
