@@ -536,10 +536,16 @@ ui.loginForm.addEventListener('submit', ev => {
     ui.loginName.reportValidity();
     return;
   }
+  if (!room) {
+    ui.loginRoom.setCustomValidity('Name a room to join.');
+    ui.loginRoom.reportValidity();
+    return;
+  }
   start(name, ui.loginToken.value.trim(), room);
   ui.message.focus();
 });
 ui.loginName.addEventListener('input', () => ui.loginName.setCustomValidity(''));
+ui.loginRoom.addEventListener('input', () => ui.loginRoom.setCustomValidity(''));
 ui.joinForm.addEventListener('submit', ev => {
   ev.preventDefault();
   join(ui.joinRoom.value);
