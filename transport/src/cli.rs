@@ -138,6 +138,19 @@ pub struct Cli {
     pub shards: Option<usize>,
 }
 
+/// `typing:ROOM`: short-lived signals such as "alice is typing" (the
+/// browser page's): no offsets, no history, no join/leave pushes; the
+/// default namespace's permissions otherwise.
+#[must_use]
+pub fn typing_namespace() -> std::sync::Arc<hubbub_core::ChannelOptions> {
+    std::sync::Arc::new(hubbub_core::ChannelOptions {
+        history_size: 0,
+        history_ttl: Duration::ZERO,
+        join_leave: false,
+        ..hubbub_core::ChannelOptions::default()
+    })
+}
+
 /// One shard per core the process may use, but one: the kernel's network
 /// work (loopback and softirq) needs a core of its own under load.
 #[must_use]
@@ -312,9 +325,14 @@ impl Cli {
     }
 
     /// The namespaces, with `--history-size` and `--history-ttl` applied
-    /// to the default one.
+    /// to the default one, and the built-in `typing` namespace unless the
+    /// config file declares its own.
     fn namespaces(&self) -> Namespaces {
         let mut namespaces = self.namespaces.clone();
+        namespaces
+            .named
+            .entry("typing".to_owned())
+            .or_insert_with(typing_namespace);
         if self.history_size.is_some() || self.history_ttl.is_some() {
             let default = std::sync::Arc::make_mut(&mut namespaces.default);
             if let Some(size) = self.history_size {
@@ -477,6 +495,9 @@ mod tests {
             "durable by default"
         );
         config.store = StoreConfig::Memory;
+        let typing = config.hub.namespaces.named.remove("typing");
+        assert_eq!(typing, Some(typing_namespace()), "typing:ROOM is built in");
+        assert!(!typing_namespace().history());
         assert_eq!(config, ServerConfig::default());
         assert_eq!(config.hub, Config::default());
         assert!(config.validate().is_ok());

@@ -1,7 +1,8 @@
 //! HTTP routing and handshake validation, before any upgrade.
 //!
 //! Every refusal is a JSON body `{"error": "…"}` with a status that says
-//! what to fix, decided in this order: `/health` and `/metrics`; unknown
+//! what to fix, decided in this order: `/health`, `/metrics` and the
+//! browser page's files (`/`, `/app.js`, …: [`crate::static_files`]); unknown
 //! path (404); wrong method (405); the core's route validation (400, naming
 //! the field and the problem); not a WebSocket upgrade (426); shutting down
 //! or `max_connections` reached (503); a malformed upgrade (400). Only then
@@ -22,6 +23,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::connection::{self, Accepted};
 use crate::state::Shared;
+use crate::static_files;
 
 pub type Body = Full<Bytes>;
 
@@ -52,6 +54,12 @@ fn respond(shared: &Arc<Shared>, peer: SocketAddr, req: &mut Request<Incoming>) 
             return method_not_allowed();
         }
         return metrics(shared);
+    }
+    if let Some(asset) = static_files::find(path) {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return method_not_allowed();
+        }
+        return asset.respond(req.headers());
     }
     if !is_websocket_path(path) {
         return error(StatusCode::NOT_FOUND, "not found");

@@ -18,7 +18,8 @@
 //!
 //! ## Layout
 //! - [`server`]: [`serve`], the accept loop with back-off, HTTP connection tasks, graceful shutdown.
-//! - [`http`]: routes (`/health`, `/metrics`, `/ws…`) and pre-upgrade validation (JSON errors: 400/404/405/426/503).
+//! - [`http`]: routes (`/health`, `/metrics`, the page, `/ws…`) and pre-upgrade validation (JSON errors: 400/404/405/426/503).
+//! - [`static_files`]: the browser chat page at `/`, embedded, with its CSP and cache headers.
 //! - [`metrics`]: `GET /metrics` in the Prometheus text format: the hub's published counters, outbox and writer atomics.
 //! - [`connection`]: one WebSocket's life: upgrade, socket split, reader and writer, logs.
 //! - [`reader`]: client frames → hub inputs; fragment reassembly and limits.
@@ -60,6 +61,7 @@ pub mod reader;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod static_files;
 pub mod store;
 pub mod wire;
 pub mod writer;

@@ -599,7 +599,11 @@ mod tests {
         );
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!((helps, types), (21, 21), "the store's families show only with SQLite");
+        assert_eq!(
+            (helps, types),
+            (21, 21),
+            "the store's families show only with SQLite"
+        );
         assert!(text.ends_with('\n'));
     }
 }

@@ -21,7 +21,14 @@ async fn health_is_ok() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_paths_are_404() {
     let mut server = TestServer::start(config()).await;
-    for path in ["/", "/nope", "/wss", "/ws/a/b?username=x", "/health/x"] {
+    // `/` is the chat page now (tests/static_page.rs).
+    for path in [
+        "/nope",
+        "/index.html",
+        "/wss",
+        "/ws/a/b?username=x",
+        "/health/x",
+    ] {
         let r = get(server.addr, path, UPGRADE).await;
         assert_eq!(r.status, 404, "{path}");
         assert_eq!(r.error(), "not found", "{path}");

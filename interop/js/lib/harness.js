@@ -20,6 +20,19 @@ const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
 const HUBBUB_BIN = path.resolve(REPO_ROOT, process.env.HUBBUB_BIN || 'target/release/hubbub');
 const EXTRA_ARGS = (process.env.HUBBUB_EXTRA_ARGS || '').split(/\s+/).filter(Boolean);
 
+// Each server keeps its history (the SQLite store) in a directory of its
+// own under one temporary root, named by its port: a server restarted on
+// the same port finds its data again. Removed when this process exits.
+const os = require('node:os');
+const DATA_ROOT = fs.mkdtempSync(path.join(os.tmpdir(), 'hubbub-interop-'));
+process.on('exit', () => {
+  try { fs.rmSync(DATA_ROOT, { recursive: true, force: true }); } catch (_) { /* best effort */ }
+});
+function storeArgs(port, args) {
+  if (args.includes('--store') || args.includes('--data-dir')) return [];
+  return ['--data-dir', path.join(DATA_ROOT, String(port))];
+}
+
 // Every server process this file started and has not yet seen exit.
 const live = new Set();
 
@@ -86,6 +99,7 @@ async function startServer({ port, args = [], timeoutMs = 10000 } = {}) {
   }
   const argv = ['--listen', `127.0.0.1:${port}`, '--ping-interval', '2s', '--pong-timeout', '4s',
     ...args, ...EXTRA_ARGS];
+  argv.push(...storeArgs(port, argv));
   const child = spawn(HUBBUB_BIN, argv, {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { RUST_LOG: 'info', ...process.env },

@@ -76,6 +76,10 @@ class Server:
             *(args or []),
             *EXTRA_ARGS,
         ]
+        if "--store" not in self.argv and "--data-dir" not in self.argv:
+            # Its history in a directory of its own, gone with this process.
+            self._data = tempfile.TemporaryDirectory(prefix="hubbub-interop-")
+            self.argv += ["--data-dir", self._data.name]
         self.url = f"ws://127.0.0.1:{self.port}/connection/websocket"
         self.proc: Optional[subprocess.Popen] = None
         self._log = None
