@@ -3,6 +3,7 @@
 
     scripts/bench.py [--reps 3] [--only T1,T5] [--out bench-results.json]
                      [--servers hubbub] [--shards 1,2]
+                     [--stores sqlite,memory,off]
 
 Builds hubbub and the load generator (release), builds the seed peers with
 ../shared/peers/build.sh if /tmp/peers is missing, then for every target of
@@ -10,6 +11,11 @@ issue 4 runs each server in turn (alternating, a fresh process per run, so
 RSS and CPU figures are the run's own), `--reps` times, with the same
 `hubbub-load` invocation. Prints a Markdown table of medians and ratios
 and writes every raw JSON line to --out.
+
+hubbub runs on its defaults: history in the SQLite store, in a fresh
+temporary --data-dir per run. `--stores` runs hubbub once per store instead:
+sqlite (the default), full (sqlite with --history-sync full), memory
+(--store memory) and off (--history-size 0: no history at all).
 
 Loopback only; every run is bounded by the load generator's own limits.
 """
@@ -22,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,9 +36,24 @@ PEERS = os.environ.get("PEERS_OUT", "/tmp/peers")
 HUBBUB = os.path.join(ROOT, "target/release/hubbub")
 LOAD = os.path.join(ROOT, "target/release/hubbub-load")
 
+# hubbub's history store flags per --stores name.
+STORES = {
+    "sqlite": [],
+    "full": ["--history-sync", "full"],
+    "memory": ["--store", "memory"],
+    "off": ["--history-size", "0"],
+}
+
+
+def hubbub_cmd(port, extra=()):
+    """hubbub on `port` with a fresh data directory (its store starts empty)."""
+    data = tempfile.mkdtemp(prefix="hubbub-bench-")
+    return ([HUBBUB, "--listen", f"127.0.0.1:{port}", "--data-dir", data, *extra], {"RUST_LOG": "warn"})
+
+
 # name -> (command builder, protocols it speaks)
 SERVERS = {
-    "hubbub": (lambda port: ([HUBBUB, "--listen", f"127.0.0.1:{port}"], {"RUST_LOG": "warn"}), {"room", "relay"}),
+    "hubbub": (lambda port: hubbub_cmd(port), {"room", "relay", "centrifuge"}),
     "seed001": (lambda port: ([f"{PEERS}/seed001"], {"PORT": str(port), "GIN_MODE": "release"}), {"room"}),
     "seed000": (lambda port: ([f"{PEERS}/seed000"], {"PORT": str(port)}), {"relay"}),
 }
@@ -59,6 +81,18 @@ TARGETS = [
     ("T7", "join burst: 1,000 clients into one room",
      ["--scenario", "join-burst", "--clients", "1000", "--duration", "20"],
      "join_kept", "high", "all 1,000 kept, every online_users complete"),
+    # Durable history (issue 9): SDK clients publishing, each alone in its
+    # channel, so every publication is one append and one delivery (its own
+    # copy, sent in the same step as the publisher's reply, after the commit).
+    ("D1", "publish 1,000/s: 100 SDK clients × 10/s, one channel each",
+     ["--scenario", "rooms", "--clients", "100", "--rooms", "100", "--rate", "10", "--duration", "5"],
+     "latency.p99", "low", "publish → durable → own copy, p99"),
+    ("D2", "publish 10,000/s: 500 SDK clients × 20/s, one channel each",
+     ["--scenario", "rooms", "--clients", "500", "--rooms", "500", "--rate", "20", "--duration", "5"],
+     "latency.p99", "low", "p99 ≤ 5 ms with --history-sync normal"),
+    ("D3", "publish flat out: 100 SDK clients, one channel each, 64 in flight",
+     ["--scenario", "rooms", "--clients", "100", "--rooms", "100", "--rate", "0", "--duration", "5"],
+     "deliveries_per_s", "high", "durable publications per second"),
 ]
 
 
@@ -112,6 +146,8 @@ def run_one(server, protocol, args):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if "--data-dir" in cmd:
+            shutil.rmtree(cmd[cmd.index("--data-dir") + 1], ignore_errors=True)
 
 
 def fmt(v):
@@ -130,15 +166,20 @@ def main():
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--servers", default="", help="comma-separated subset of the servers (hubbub, seed001, seed000)")
     ap.add_argument("--shards", default="", help="comma-separated shard counts: run hubbub once per count (hubbub-sN)")
+    ap.add_argument("--stores", default="", help="comma-separated history stores: run hubbub once per store (hubbub-STORE): " + ",".join(STORES))
     opts = ap.parse_args()
     if opts.shards:
         base = SERVERS.pop("hubbub")
         for n in [int(x) for x in opts.shards.split(",") if x]:
-            SERVERS[f"hubbub-s{n}"] = (lambda port, n=n: ([HUBBUB, "--listen", f"127.0.0.1:{port}", "--shards", str(n)], {"RUST_LOG": "warn"}), base[1])
+            SERVERS[f"hubbub-s{n}"] = (lambda port, n=n: hubbub_cmd(port, ["--shards", str(n)]), base[1])
+    if opts.stores:
+        base = SERVERS.pop("hubbub")
+        for name in [x for x in opts.stores.split(",") if x]:
+            SERVERS[f"hubbub-{name}"] = (lambda port, f=STORES[name]: hubbub_cmd(port, f), base[1])
     if opts.servers:
         keep = {x for x in opts.servers.split(",") if x}
         for name in list(SERVERS):
-            if name not in keep and not (name.startswith("hubbub-s") and "hubbub" in keep):
+            if name not in keep and not (name.startswith("hubbub-") and "hubbub" in keep):
                 SERVERS.pop(name)
     if not opts.no_build:
         subprocess.run(["cargo", "build", "--release", "-p", "hubbub", "-p", "hubbub-loadgen"], cwd=ROOT, check=True)
@@ -151,7 +192,12 @@ def main():
         if only and tid not in only:
             continue
         # The rooms and join-burst scenarios only mean something with rooms.
-        protocols = ("room",) if tid in ("T4", "T7") else ("room", "relay")
+        if tid.startswith("D"):
+            protocols = ("centrifuge",)
+        elif tid in ("T4", "T7"):
+            protocols = ("room",)
+        else:
+            protocols = ("room", "relay")
         combos = [(s, p) for s in SERVERS for p in protocols if p in SERVERS[s][1]]
         results = {c: [] for c in combos}
         for rep in range(opts.reps):

@@ -317,7 +317,12 @@ fn centrifuge_frame(u: &mut Unstructured<'_>, next_id: &mut u32, rooms: &[&str])
             n => rooms[n % rooms.len()],
         }
     };
-    let op = u.int_in_range(0u8..=12).unwrap_or(0);
+    let op = u.int_in_range(0u8..=13).unwrap_or(0);
+    // An epoch a client could send: empty, made up, or read from a reply
+    // earlier (not known here: the fuzzer finds made-up ones refused).
+    let epoch = |u: &mut Unstructured<'_>| -> &'static str {
+        ["", "0000000000000000", "nonsense"][usize::from(u.int_in_range(0u8..=2).unwrap_or(0))]
+    };
     let one = |u: &mut Unstructured<'_>, op: u8, id: u32| -> Value {
         let ch = channel(u);
         let flag = u.arbitrary::<bool>().unwrap_or(false);
@@ -330,19 +335,36 @@ fn centrifuge_frame(u: &mut Unstructured<'_>, next_id: &mut u32, rooms: &[&str])
             4 | 5 => json!({"id": id, "publish": {"channel": ch, "data": {"text": "hi", "n": id}}}),
             6 => json!({"id": id, "presence": {"channel": ch}}),
             7 => json!({"id": id, "presence_stats": {"channel": ch}}),
-            8 => json!({"id": id, "history": {"channel": ch, "limit": 0}}),
+            8 => {
+                // Every shape of history query: limit 0 / n / -1, since a
+                // position (the right epoch or a stale one), reverse.
+                let limit = [0, 1, 3, -1][usize::from(u.int_in_range(0u8..=3).unwrap_or(0))];
+                let mut history = json!({"channel": ch, "limit": limit, "reverse": flag});
+                if u.arbitrary::<bool>().unwrap_or(false) {
+                    let offset = u.int_in_range(0u64..=6).unwrap_or(0);
+                    history["since"] = json!({"offset": offset, "epoch": epoch(u)});
+                }
+                json!({"id": id, "history": history})
+            }
+            9 => {
+                // A subscribe that recovers from a position: maybe the
+                // stream's, maybe one it never had.
+                let offset = u.int_in_range(0u64..=6).unwrap_or(0);
+                json!({"id": id, "subscribe": {"channel": ch, "recover": true,
+                    "offset": offset, "epoch": epoch(u), "recoverable": true}})
+            }
             _ => json!({"id": id, "rpc": {"method": "m"}}),
         }
     };
     match op {
-        10 => "{}".to_owned(),
-        11 => {
+        11 => "{}".to_owned(),
+        12 => {
             let len = u.int_in_range(0..=12).unwrap_or(0);
             (0..len)
                 .map(|_| u.arbitrary::<char>().unwrap_or('x'))
                 .collect()
         }
-        12 => {
+        13 => {
             let connect = one(u, 0, id());
             let subscribe = one(u, 1, id());
             format!("{connect}\n{subscribe}")
