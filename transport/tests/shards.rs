@@ -171,6 +171,30 @@ async fn relay_reaches_every_shard_verbatim() {
     for _ in 0..SHARDS * 2 {
         clients.push(connect(&server, "/ws").await);
     }
+    // A relay connection joins at the relay's home over the bus, after its
+    // handshake: wait until every one of them hears a probe (re-sent until
+    // they all have), so none is still joining when the test's frames go.
+    let mut ready = vec![false; clients.len()];
+    for round in 0.. {
+        assert!(round < 100, "relay connections never all joined");
+        clients[0]
+            .send(Message::text(format!("probe {round}")))
+            .await
+            .unwrap();
+        for (i, ws) in clients.iter_mut().enumerate() {
+            while !ready[i] {
+                let Ok(Some(Ok(m))) =
+                    tokio::time::timeout(std::time::Duration::from_millis(50), ws.next()).await
+                else {
+                    break;
+                };
+                ready[i] = matches!(m, Message::Text(ref t) if t.as_str().starts_with("probe"));
+            }
+        }
+        if ready.iter().all(|r| *r) {
+            break;
+        }
+    }
     clients[1]
         .send(Message::text("over the bus"))
         .await
@@ -182,7 +206,14 @@ async fn relay_reaches_every_shard_verbatim() {
     for ws in &mut clients {
         let mut got = Vec::new();
         while got.len() < 2 {
-            if let m @ (Message::Text(_) | Message::Binary(_)) = ws.next().await.unwrap().unwrap() {
+            let m = within(STEP, "relayed frame", ws.next())
+                .await
+                .unwrap()
+                .unwrap();
+            if matches!(&m, Message::Text(t) if t.as_str().starts_with("probe")) {
+                continue; // a probe sent before everyone was ready
+            }
+            if let m @ (Message::Text(_) | Message::Binary(_)) = m {
                 got.push(m);
             }
         }
