@@ -368,6 +368,25 @@ impl Hub {
     ) {
         let now = self.now;
         let Some(room) = self.rooms.get_mut(channel) else {
+            if !matches!(payload, PubPayload::Relay(_))
+                && !channel.as_str().is_empty()
+                && self
+                    .config
+                    .namespaces
+                    .resolve_room(channel.as_str())
+                    .history()
+            {
+                // The channel keeps a stream but its room went away (its
+                // last member left while this waited): open the stream again.
+                self.at_home(BusMessage::Publish {
+                    channel: channel.clone(),
+                    from,
+                    user,
+                    payload,
+                    reply,
+                });
+                return;
+            }
             self.publish_reply(from, reply, Ok(()));
             return;
         };
@@ -432,7 +451,21 @@ impl Hub {
                         .namespaces
                         .resolve_room(channel.as_str())
                         .clone();
-                    let mut room = Room::new(options, state.top, state.epoch, state.tail);
+                    // Only a contiguous run ending at the top can be read
+                    // as what a client missed: an engine's tail with a hole
+                    // is cut after it, so recovery across it says it cannot.
+                    let mut tail = state.tail;
+                    let mut expected = state.top;
+                    let mut keep = tail.len();
+                    for p in tail.iter().rev() {
+                        if p.offset != expected || expected == 0 {
+                            break;
+                        }
+                        expected -= 1;
+                        keep -= 1;
+                    }
+                    tail.drain(..keep);
+                    let mut room = Room::new(options, state.top, state.epoch, tail);
                     room.trim(self.now);
                     self.rooms.insert(channel.clone(), room);
                 }

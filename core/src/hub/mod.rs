@@ -705,7 +705,7 @@ impl Hub {
     /// A message to this shard as the channel's home. One whose channel's
     /// stream is being opened waits for it, in order; one that needs a
     /// stream this home has not opened yet starts opening it.
-    fn at_home(&mut self, msg: BusMessage) {
+    pub(super) fn at_home(&mut self, msg: BusMessage) {
         let (channel, needs_stream) = match &msg {
             BusMessage::Join { channel, .. } => (channel, true),
             BusMessage::Publish {
