@@ -32,5 +32,6 @@ pub mod network;
 pub mod rng;
 pub mod scenario;
 pub mod soak;
+pub mod store_model;
 pub mod trace;
 pub mod world;
