@@ -8,6 +8,16 @@
 //! protocol, in the same channels, on every shard. Virtual time jumps from
 //! event to event; a seed replays a run exactly.
 //!
+//! Hubs keep their streams in an external store engine
+//! ([`crate::store_model`]): every request is answered after a seeded
+//! latency, in order per hub, with slow commits and failures; a publication
+//! is durable once its `Append` is answered. With `crash_every_ms` the whole
+//! server crashes now and then: every hub is replaced by a fresh one (new
+//! entropy), bus messages, store answers and client traffic in flight are
+//! lost, clients see their connection end and connect again (new
+//! connections), subscribing again with recovery from their last position;
+//! the store survives.
+//!
 //! The bus is bounded the way the server bounds it: while more than
 //! `bus_high_water` messages are in flight, client input waits in its
 //! connection (TCP pushes back) instead of reaching a hub; nothing is ever
@@ -16,11 +26,21 @@
 //! What a run checks ([`Rule`]), after every event and at quiescence:
 //! - **order**: per channel, every subscriber on every shard sees offsets
 //!   rise by exactly one, and the same publication at the same offset; a
-//!   seed member sees chat lines in that same order, with no gap;
-//! - **recovery**: a client that left a channel resubscribes from its last
-//!   position; when recovered, the reply echoes its offset and carries
-//!   exactly the missed publications, contiguous and the same as everyone
-//!   saw, and live ones continue from there;
+//!   seed member sees chat lines in that same order, with no gap; across
+//!   crashes too (positions continue from the store);
+//! - **offsets-once**: an offset of a stream (channel, epoch) is given to
+//!   one publication only, over the whole run, crashes included: checked
+//!   where the store answers an `Append` and wherever a client reads one;
+//! - **recovery-exact** (and retention): a client that left a channel, or
+//!   whose connection a crash ended, resubscribes from its last position;
+//!   when recovered, the reply echoes its offset and carries exactly the
+//!   missed publications, contiguous, as the store holds them (same data at
+//!   the same offsets), and live ones continue from there; when not, it
+//!   carries none;
+//! - **durable-ack**: when a publisher reads an Ok publish reply, the store
+//!   holds the publication at that moment;
+//! - **failed-publish-unseen**: a publication the store refused (its
+//!   publisher got error 100) is never delivered to anybody, nor stored;
 //! - **reply-before-push**, **one reply** per command id;
 //! - **presence**: at quiescence each channel's home lists exactly the
 //!   model's members, every `presence` reply a client then asks for agrees,
@@ -29,10 +49,12 @@
 //!   presence reply after subscribing, then the joins and leaves after it)
 //!   equals the members;
 //! - **bus**: in flight never beyond the bound plus one call's output, and
-//!   every message sent was delivered once.
+//!   every message sent was delivered once (or lost with a crashed server).
 //!
 //! [`BusFault`] plants bugs in the bus (a lost, doubled or reordered
-//! message); tests check each one is caught.
+//! message), [`StoreFault`] in the store (an ack before the write, an
+//! offset reused after a crash, a hole in an opened tail); tests check each
+//! one is caught (sim/tests/cluster.rs, sim/tests/store.rs).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -85,6 +107,9 @@ pub struct Breach {
     pub rule: Rule,
     pub at: Timestamp,
     pub detail: String,
+    /// Events carried out until it was caught (client actions among them).
+    pub events: u64,
+    pub actions: u64,
 }
 
 impl fmt::Display for Breach {
@@ -285,12 +310,19 @@ pub struct Cluster {
     failed_texts: BTreeSet<String>,
     /// Ok publish replies that found their publication in the store.
     durable_acks: u64,
-    /// Recoveries after a crash that carried publications.
+    events_done: u64,
+    /// Publications carried by recovering subscribe replies.
     store_recoveries: u64,
 }
 
 fn breach(rule: Rule, at: Timestamp, detail: String) -> Breach {
-    Breach { rule, at, detail }
+    Breach {
+        rule,
+        at,
+        detail,
+        events: 0,
+        actions: 0,
+    }
 }
 
 /// One hub per shard, each with the store outside it.
@@ -376,6 +408,7 @@ impl Cluster {
             seen_texts: BTreeSet::new(),
             failed_texts: BTreeSet::new(),
             durable_acks: 0,
+            events_done: 0,
             store_recoveries: 0,
         }
     }
@@ -400,12 +433,16 @@ impl Cluster {
     pub fn run(&mut self) -> Result<Report, Breach> {
         self.events.push(Timestamp::ZERO, Event::Act);
         self.schedule_crash();
-        while let Some((at, event)) = self.events.pop() {
-            self.now = self.now.max(at);
-            self.step(event)?;
-        }
-        self.flush_held()?;
-        self.quiescence()?;
+        let result = self.run_events();
+        let (events, actions) = (
+            self.events_done,
+            u64::from(self.params.actions - self.actions_left),
+        );
+        result.map_err(|mut b| {
+            b.events = events;
+            b.actions = actions;
+            b
+        })?;
         Ok(Report {
             hash: self.hash,
             bus_messages: self.sent,
@@ -419,6 +456,16 @@ impl Cluster {
             recovered_publications: self.store_recoveries,
             failed_publishes: self.failed_texts.len() as u64,
         })
+    }
+
+    fn run_events(&mut self) -> Result<(), Breach> {
+        while let Some((at, event)) = self.events.pop() {
+            self.now = self.now.max(at);
+            self.events_done += 1;
+            self.step(event)?;
+        }
+        self.flush_held()?;
+        self.quiescence()
     }
 
     fn schedule_crash(&mut self) {
@@ -650,6 +697,7 @@ impl Cluster {
             match self.events.pop() {
                 Some((at, event)) => {
                     self.now = self.now.max(at);
+                    self.events_done += 1;
                     self.step(event)?;
                 }
                 None if self.held.is_empty() => return Ok(()),

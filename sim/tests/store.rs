@@ -181,7 +181,10 @@ fn bugs_planted_in_the_store_are_caught() {
             });
             if let Err(breach) = result {
                 assert!(rules.contains(&breach.rule), "{fault:?}: {breach}");
-                println!("{fault:?} (seed {seed}): {breach}");
+                println!(
+                    "{fault:?} (seed {seed}): after {} actions, {} events: {breach}",
+                    breach.actions, breach.events
+                );
                 caught += 1;
             }
         }
