@@ -8,6 +8,16 @@
 //! protocol, in the same channels, on every shard. Virtual time jumps from
 //! event to event; a seed replays a run exactly.
 //!
+//! Hubs keep their streams in an external store engine
+//! ([`crate::store_model`]): every request is answered after a seeded
+//! latency, in order per hub, with slow commits and failures; a publication
+//! is durable once its `Append` is answered. With `crash_every_ms` the whole
+//! server crashes now and then: every hub is replaced by a fresh one (new
+//! entropy), bus messages, store answers and client traffic in flight are
+//! lost, clients see their connection end and connect again (new
+//! connections), subscribing again with recovery from their last position;
+//! the store survives.
+//!
 //! The bus is bounded the way the server bounds it: while more than
 //! `bus_high_water` messages are in flight, client input waits in its
 //! connection (TCP pushes back) instead of reaching a hub; nothing is ever
@@ -16,11 +26,21 @@
 //! What a run checks ([`Rule`]), after every event and at quiescence:
 //! - **order**: per channel, every subscriber on every shard sees offsets
 //!   rise by exactly one, and the same publication at the same offset; a
-//!   seed member sees chat lines in that same order, with no gap;
-//! - **recovery**: a client that left a channel resubscribes from its last
-//!   position; when recovered, the reply echoes its offset and carries
-//!   exactly the missed publications, contiguous and the same as everyone
-//!   saw, and live ones continue from there;
+//!   seed member sees chat lines in that same order, with no gap; across
+//!   crashes too (positions continue from the store);
+//! - **offsets-once**: an offset of a stream (channel, epoch) is given to
+//!   one publication only, over the whole run, crashes included: checked
+//!   where the store answers an `Append` and wherever a client reads one;
+//! - **recovery-exact** (and retention): a client that left a channel, or
+//!   whose connection a crash ended, resubscribes from its last position;
+//!   when recovered, the reply echoes its offset and carries exactly the
+//!   missed publications, contiguous, as the store holds them (same data at
+//!   the same offsets), and live ones continue from there; when not, it
+//!   carries none;
+//! - **durable-ack**: when a publisher reads an Ok publish reply, the store
+//!   holds the publication at that moment;
+//! - **failed-publish-unseen**: a publication the store refused (its
+//!   publisher got error 100) is never delivered to anybody, nor stored;
 //! - **reply-before-push**, **one reply** per command id;
 //! - **presence**: at quiescence each channel's home lists exactly the
 //!   model's members, every `presence` reply a client then asks for agrees,
@@ -29,10 +49,12 @@
 //!   presence reply after subscribing, then the joins and leaves after it)
 //!   equals the members;
 //! - **bus**: in flight never beyond the bound plus one call's output, and
-//!   every message sent was delivered once.
+//!   every message sent was delivered once (or lost with a crashed server).
 //!
 //! [`BusFault`] plants bugs in the bus (a lost, doubled or reordered
-//! message); tests check each one is caught.
+//! message), [`StoreFault`] in the store (an ack before the write, an
+//! offset reused after a crash, a hole in an opened tail); tests check each
+//! one is caught (sim/tests/cluster.rs, sim/tests/store.rs).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -40,12 +62,14 @@ use std::time::Duration;
 
 use hubbub_core::{
     BusMessage, Config, ConnId, Frame, Hub, Input, Name, Output, Route, SeedMessage, SeedType,
-    ShardId, Timestamp,
+    ShardId, StoreEvent, StoreRequest, Timestamp,
 };
 use serde_json::{json, Value};
 
 use crate::network::EventQueue;
 use crate::rng::SimRng;
+pub use crate::store_model::StoreFault;
+use crate::store_model::{text_of, StoreCounts, StoreModel, StoreParams};
 use crate::trace::fnv1a;
 
 /// What a cluster run found wrong.
@@ -56,6 +80,10 @@ pub enum Rule {
     OneReply,
     Presence,
     Bus,
+    DurableAck,
+    OffsetsOnce,
+    RecoveryExact,
+    FailedUnseen,
 }
 
 impl fmt::Display for Rule {
@@ -66,6 +94,10 @@ impl fmt::Display for Rule {
             Self::OneReply => "one-reply-per-command",
             Self::Presence => "presence-across-shards",
             Self::Bus => "bus-bounded-and-lossless",
+            Self::DurableAck => "durable-before-ack",
+            Self::OffsetsOnce => "offsets-once",
+            Self::RecoveryExact => "recovery-exact",
+            Self::FailedUnseen => "failed-publish-unseen",
         })
     }
 }
@@ -75,6 +107,9 @@ pub struct Breach {
     pub rule: Rule,
     pub at: Timestamp,
     pub detail: String,
+    /// Events carried out until it was caught (client actions among them).
+    pub events: u64,
+    pub actions: u64,
 }
 
 impl fmt::Display for Breach {
@@ -111,12 +146,22 @@ pub struct ClusterParams {
     pub client_latency_max_ms: u64,
     pub bus_high_water: usize,
     pub fault: BusFault,
+    /// The store engine: each answer takes `0..=store_latency_max_ms`.
+    pub store_latency_max_ms: u64,
+    /// Of 1000 store requests, how many are slow commits (50–500 ms more).
+    pub slow_commit_permille: u64,
+    /// Of 1000 store answers, how many are errors.
+    pub store_fail_permille: u64,
+    /// The whole server crashes and restarts about this often (0: never).
+    pub crash_every_ms: u64,
+    pub store_fault: StoreFault,
 }
 
 impl ClusterParams {
     #[must_use]
     pub fn derive(seed: u64, shards: u16) -> Self {
         let mut r = SimRng::stream(seed, "cluster");
+        let mut s = SimRng::stream(seed, "cluster-store");
         Self {
             seed,
             shards,
@@ -128,6 +173,26 @@ impl ClusterParams {
             client_latency_max_ms: r.between(0, 30),
             bus_high_water: usize::try_from(r.between(8, 200)).unwrap_or(8),
             fault: BusFault::None,
+            // From a stream of their own, so the knobs above keep their values.
+            store_latency_max_ms: s.between(0, 20),
+            slow_commit_permille: s.between(0, 10),
+            store_fail_permille: 0,
+            crash_every_ms: 0,
+            store_fault: StoreFault::None,
+        }
+    }
+
+    /// Restart-heavy: a slow, failing store and a server that crashes
+    /// every few hundred milliseconds of virtual time.
+    #[must_use]
+    pub fn restart_heavy(seed: u64, shards: u16) -> Self {
+        let mut s = SimRng::stream(seed, "cluster-restarts");
+        Self {
+            store_latency_max_ms: s.between(0, 30),
+            slow_commit_permille: s.between(5, 40),
+            store_fail_permille: s.between(5, 40),
+            crash_every_ms: s.between(150, 600),
+            ..Self::derive(seed, shards)
         }
     }
 }
@@ -136,8 +201,18 @@ impl ClusterParams {
 enum Event {
     /// Client input reaches its shard's hub.
     ToHub { conn: ConnId, input: Input },
-    /// A bus message reaches a shard.
-    Bus { to: ShardId, msg: BusMessage },
+    /// A bus message reaches a shard (of the server's run `gen`).
+    Bus {
+        to: ShardId,
+        msg: BusMessage,
+        gen: u64,
+    },
+    /// The store answers the oldest request of a shard's hub.
+    Store { shard: usize, gen: u64 },
+    /// The whole server crashes and restarts.
+    Crash,
+    /// A client whose connection a crash ended connects again.
+    Reconnect { client: usize },
     /// Hub output reaches a client.
     ToClient { conn: ConnId, out: Output },
     /// The driver's next client action.
@@ -179,6 +254,8 @@ struct Client {
     /// Upstream FIFO: when the last message sent arrives.
     up_last: Timestamp,
     down_last: Timestamp,
+    /// Channels to subscribe to again after a crash ended the connection.
+    resume: Vec<String>,
 }
 
 /// The shards, the bus, the clients, and the model.
@@ -209,10 +286,60 @@ pub struct Cluster {
     recoveries: u64,
     /// A message held back by a planted reorder, sent after the next one.
     reorder_hold: Option<(u16, ShardId, BusMessage)>,
+    /// The hubs' configuration (a restart builds them again from it).
+    config: Config,
+    store: StoreModel,
+    /// The server's run: bumped by every crash; what was in flight for an
+    /// earlier run is gone.
+    gen: u64,
+    crashes: u64,
+    /// Bus messages lost with a crashed server.
+    bus_lost: u64,
+    /// Connection → client; the connections of a crashed server are gone.
+    conns: BTreeMap<u64, usize>,
+    next_conn: u64,
+    /// What the store acknowledged, as the hubs were told: (channel, epoch,
+    /// offset) → text. An offset is given to one publication only.
+    acked: BTreeMap<(String, u64, u64), String>,
+    /// Texts the hubs asked the store to append.
+    submitted: BTreeSet<String>,
+    /// Appends the store has not answered: (shard, token) → text.
+    appending: BTreeMap<(usize, u64), String>,
+    /// Texts some client saw published, and texts refused to their publisher.
+    seen_texts: BTreeSet<String>,
+    failed_texts: BTreeSet<String>,
+    /// Ok publish replies that found their publication in the store.
+    durable_acks: u64,
+    events_done: u64,
+    /// Publications carried by recovering subscribe replies.
+    store_recoveries: u64,
 }
 
 fn breach(rule: Rule, at: Timestamp, detail: String) -> Breach {
-    Breach { rule, at, detail }
+    Breach {
+        rule,
+        at,
+        detail,
+        events: 0,
+        actions: 0,
+    }
+}
+
+/// One hub per shard, each with the store outside it.
+fn build_hubs(config: &Config) -> Vec<Hub> {
+    (0..config.shards)
+        .map(|s| {
+            Hub::with_external_store(Config {
+                shard: ShardId(s),
+                ..config.clone()
+            })
+        })
+        .collect()
+}
+
+/// A stream's epoch as Centrifugo clients are told it.
+fn epoch_of(text: &str) -> u64 {
+    u64::from_str_radix(text, 16).unwrap_or(u64::MAX)
 }
 
 fn plus(t: Timestamp, ms: u64) -> Timestamp {
@@ -234,16 +361,19 @@ impl Cluster {
             shards: params.shards,
             ..Config::default()
         };
-        let hubs = (0..params.shards)
-            .map(|s| {
-                Hub::new(Config {
-                    shard: ShardId(s),
-                    ..config.clone()
-                })
-            })
-            .collect();
+        let hubs = build_hubs(&config);
         let rng = SimRng::stream(params.seed, "cluster-run");
         let actions_left = params.actions;
+        let store = StoreModel::new(
+            StoreParams {
+                latency_max_ms: params.store_latency_max_ms,
+                slow_permille: params.slow_commit_permille,
+                fail_permille: params.store_fail_permille,
+                fault: params.store_fault,
+            },
+            params.shards,
+            params.seed,
+        );
         Self {
             params,
             now: Timestamp::ZERO,
@@ -265,7 +395,27 @@ impl Cluster {
             texts: 0,
             recoveries: 0,
             reorder_hold: None,
+            config,
+            store,
+            gen: 0,
+            crashes: 0,
+            bus_lost: 0,
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            acked: BTreeMap::new(),
+            appending: BTreeMap::new(),
+            submitted: BTreeSet::new(),
+            seen_texts: BTreeSet::new(),
+            failed_texts: BTreeSet::new(),
+            durable_acks: 0,
+            events_done: 0,
+            store_recoveries: 0,
         }
+    }
+
+    /// The client that `conn` is (or was) of.
+    fn index(&self, conn: ConnId) -> Option<usize> {
+        self.conns.get(&conn.0).copied()
     }
 
     fn shard_of(&self, conn: ConnId) -> usize {
@@ -282,12 +432,17 @@ impl Cluster {
     /// The first rule broken.
     pub fn run(&mut self) -> Result<Report, Breach> {
         self.events.push(Timestamp::ZERO, Event::Act);
-        while let Some((at, event)) = self.events.pop() {
-            self.now = self.now.max(at);
-            self.step(event)?;
-        }
-        self.flush_held()?;
-        self.quiescence()?;
+        self.schedule_crash();
+        let result = self.run_events();
+        let (events, actions) = (
+            self.events_done,
+            u64::from(self.params.actions - self.actions_left),
+        );
+        result.map_err(|mut b| {
+            b.events = events;
+            b.actions = actions;
+            b
+        })?;
         Ok(Report {
             hash: self.hash,
             bus_messages: self.sent,
@@ -295,7 +450,169 @@ impl Cluster {
             deliveries: self.deliveries,
             publications: self.order.values().map(BTreeMap::len).sum(),
             recoveries: self.recoveries,
+            crashes: self.crashes,
+            store: self.store.counts,
+            durable_acks: self.durable_acks,
+            recovered_publications: self.store_recoveries,
+            failed_publishes: self.failed_texts.len() as u64,
         })
+    }
+
+    fn run_events(&mut self) -> Result<(), Breach> {
+        while let Some((at, event)) = self.events.pop() {
+            self.now = self.now.max(at);
+            self.events_done += 1;
+            self.step(event)?;
+        }
+        self.flush_held()?;
+        self.quiescence()
+    }
+
+    fn schedule_crash(&mut self) {
+        let every = self.params.crash_every_ms;
+        if every > 0 {
+            let gap = self.rng.between(every / 2, every + every / 2);
+            self.events.push(plus(self.now, gap), Event::Crash);
+        }
+    }
+
+    /// The whole server dies and starts again: new hubs with new entropy,
+    /// every connection and everything in flight gone; the store survives.
+    /// Clients see their connection end and connect again a little later.
+    fn crash(&mut self) {
+        self.crashes += 1;
+        self.gen += 1;
+        self.hash ^= fnv1a(format!("{}crash{}", self.now, self.gen).as_bytes());
+        self.store.crash();
+        self.appending.clear();
+        self.bus_lost += self.in_flight as u64;
+        self.in_flight = 0;
+        self.links.clear();
+        self.reorder_hold = None;
+        self.held.clear();
+        self.config.entropy =
+            crate::rng::mix64(self.params.seed ^ (self.gen << 40) ^ 0x7265_626f_6f74);
+        self.hubs = build_hubs(&self.config);
+        self.members.clear();
+        self.conns.clear();
+        for i in 0..self.clients.len() {
+            let c = &mut self.clients[i];
+            if !c.open {
+                continue;
+            }
+            c.open = false;
+            c.pending.clear();
+            c.leaving.clear();
+            let mut resume: Vec<String> = c.subscribing.keys().cloned().collect();
+            c.subscribing.clear();
+            for (channel, sub) in std::mem::take(&mut c.subscribed) {
+                let position = (sub.epoch, sub.last_offset.unwrap_or(0));
+                c.positions.insert(channel.clone(), position);
+                resume.push(channel);
+            }
+            resume.sort();
+            resume.dedup();
+            c.resume = resume;
+            let delay = self.rng.between(0, 50);
+            self.events
+                .push(plus(self.now, delay), Event::Reconnect { client: i });
+        }
+    }
+
+    /// A client whose connection died connects again (a new connection)
+    /// and subscribes again to what it had, recovering from where it was.
+    fn reconnect(&mut self, i: usize) {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.conns.insert(conn.0, i);
+        let client_id = self.hubs[0].client_id(conn).to_string();
+        let c = &mut self.clients[i];
+        c.conn = conn;
+        c.client_id.clone_from(&client_id);
+        c.open = true;
+        let resume = std::mem::take(&mut c.resume);
+        match c.seed.clone() {
+            Some((room, user)) => {
+                // A new member: what it reads is judged from here.
+                c.seed_texts.clear();
+                c.online_users = None;
+                let route = Route::Room {
+                    room: Name::new(&room).expect("valid"),
+                    username: Name::new(&user).expect("valid"),
+                    history: 0,
+                };
+                self.members.entry(room).or_default().insert(client_id);
+                self.up(conn, Input::Open { conn, route });
+            }
+            None => {
+                self.up(
+                    conn,
+                    Input::Open {
+                        conn,
+                        route: Route::Centrifuge,
+                    },
+                );
+                self.command(conn, json!({"connect": {}}));
+                for channel in resume {
+                    self.subscribe(i, &channel);
+                }
+            }
+        }
+    }
+
+    fn subscribe(&mut self, i: usize, channel: &str) {
+        let join_leave = self.rng.below(2) == 0;
+        let mut sub = json!({"channel": channel, "join_leave": join_leave, "recoverable": true});
+        if let Some((epoch, offset)) = self.clients[i].positions.get(channel) {
+            sub["recover"] = json!(true);
+            sub["epoch"] = json!(epoch);
+            sub["offset"] = json!(offset);
+        }
+        let conn = self.clients[i].conn;
+        self.command(conn, json!({ "subscribe": sub }));
+    }
+
+    /// The store's answer, as the hub is about to be told it: an offset is
+    /// given to one publication only; a refused one must stay unseen.
+    fn check_answer(&mut self, shard: usize, event: &StoreEvent) -> Result<(), Breach> {
+        let StoreEvent::Appended {
+            channel,
+            token,
+            result,
+        } = event
+        else {
+            return Ok(());
+        };
+        let Some(text) = self.appending.remove(&(shard, *token)) else {
+            return Ok(());
+        };
+        match result {
+            Ok((offset, epoch)) => {
+                let key = (channel.as_str().to_owned(), *epoch, *offset);
+                match self.acked.get(&key) {
+                    Some(other) if *other != text => Err(breach(
+                        Rule::OffsetsOnce,
+                        self.now,
+                        format!("{channel}@{epoch:016x} offset {offset} given to {text:?}, already to {other:?}"),
+                    )),
+                    _ => {
+                        self.acked.insert(key, text);
+                        Ok(())
+                    }
+                }
+            }
+            Err(_) => {
+                if self.seen_texts.contains(&text) {
+                    return Err(breach(
+                        Rule::FailedUnseen,
+                        self.now,
+                        format!("{text:?} refused by the store, already seen"),
+                    ));
+                }
+                self.failed_texts.insert(text);
+                Ok(())
+            }
+        }
     }
 
     fn step(&mut self, event: Event) -> Result<(), Breach> {
@@ -320,7 +637,11 @@ impl Cluster {
                 }
                 self.deliver_input(conn, input)
             }
-            Event::Bus { to, msg } => {
+            Event::Bus { to, msg, gen } => {
+                if gen != self.gen {
+                    // Lost with the server that sent it (counted then).
+                    return Ok(());
+                }
                 self.in_flight -= 1;
                 self.delivered += 1;
                 self.hash ^= fnv1a(format!("{}{to:?}{msg:?}", self.now).as_bytes()).rotate_left(7);
@@ -333,6 +654,30 @@ impl Cluster {
                 Ok(())
             }
             Event::ToClient { conn, out } => self.observe(conn, &out),
+            Event::Store { shard, gen } => {
+                if gen != self.gen {
+                    return Ok(());
+                }
+                let Some(event) = self.store.deliver(shard) else {
+                    return Ok(());
+                };
+                self.check_answer(shard, &event)?;
+                self.hash ^=
+                    fnv1a(format!("{}{shard}{event:?}", self.now).as_bytes()).rotate_left(3);
+                self.hubs[shard].handle_store(self.now, event);
+                self.drain(shard)
+            }
+            Event::Crash => {
+                if self.actions_left > 0 {
+                    self.crash();
+                    self.schedule_crash();
+                }
+                Ok(())
+            }
+            Event::Reconnect { client } => {
+                self.reconnect(client);
+                Ok(())
+            }
         }
     }
 
@@ -352,6 +697,7 @@ impl Cluster {
             match self.events.pop() {
                 Some((at, event)) => {
                     self.now = self.now.max(at);
+                    self.events_done += 1;
                     self.step(event)?;
                 }
                 None if self.held.is_empty() => return Ok(()),
@@ -365,6 +711,10 @@ impl Cluster {
     }
 
     fn deliver_input(&mut self, conn: ConnId, input: Input) -> Result<(), Breach> {
+        if self.index(conn).is_none() {
+            // Sent over a connection that died with the server.
+            return Ok(());
+        }
         let shard = self.shard_of(conn);
         self.hash ^= fnv1a(format!("{}{input:?}", self.now).as_bytes());
         self.hubs[shard].handle_input(self.now, input);
@@ -377,10 +727,26 @@ impl Cluster {
         while let Some(out) = self.hubs[shard].poll_output() {
             let conn = out.conn();
             let latency = self.rng.between(0, self.params.client_latency_max_ms);
-            let c = &mut self.clients[usize::try_from(conn.0 - 1).unwrap_or(0)];
+            let Some(i) = self.index(conn) else {
+                continue;
+            };
+            let c = &mut self.clients[i];
             let at = plus(self.now, latency).max(c.down_last);
             c.down_last = at;
             self.events.push(at, Event::ToClient { conn, out });
+        }
+        while let Some(request) = self.hubs[shard].poll_store() {
+            if let StoreRequest::Append {
+                token, publication, ..
+            } = &request
+            {
+                let text = text_of(&publication.data);
+                self.submitted.insert(text.clone());
+                self.appending.insert((shard, *token), text);
+            }
+            let due = self.store.submit(shard, self.now, request);
+            let gen = self.gen;
+            self.events.push(due, Event::Store { shard, gen });
         }
         while let Some((to, msg)) = self.hubs[shard].poll_bus() {
             let from = u16::try_from(shard).unwrap_or(0);
@@ -435,21 +801,28 @@ impl Cluster {
         self.in_flight += 1;
         self.max_in_flight = self.max_in_flight.max(self.in_flight);
         self.sent += 1;
-        self.events.push(at, Event::Bus { to, msg });
+        let gen = self.gen;
+        self.events.push(at, Event::Bus { to, msg, gen });
     }
 
     // ---- clients --------------------------------------------------------------
 
     fn up(&mut self, conn: ConnId, input: Input) {
         let latency = self.rng.between(0, self.params.client_latency_max_ms);
-        let c = &mut self.clients[usize::try_from(conn.0 - 1).unwrap_or(0)];
+        let Some(i) = self.index(conn) else {
+            return;
+        };
+        let c = &mut self.clients[i];
         let at = plus(self.now, latency).max(c.up_last);
         c.up_last = at;
         self.events.push(at, Event::ToHub { conn, input });
     }
 
     fn command(&mut self, conn: ConnId, body: Value) {
-        let c = &mut self.clients[usize::try_from(conn.0 - 1).unwrap_or(0)];
+        let Some(i) = self.index(conn) else {
+            return;
+        };
+        let c = &mut self.clients[i];
         c.next_id += 1;
         let id = c.next_id;
         let mut command = body;
@@ -469,7 +842,9 @@ impl Cluster {
     }
 
     fn open_client(&mut self) {
-        let conn = ConnId(self.clients.len() as u64 + 1);
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.conns.insert(conn.0, self.clients.len());
         let seed = self.rng.below(100) < u64::from(self.params.seed_percent);
         let client_id = self.hubs[0].client_id(conn).to_string();
         let seed = seed.then(|| {
@@ -491,6 +866,7 @@ impl Cluster {
             online_users: None,
             up_last: Timestamp::ZERO,
             down_last: Timestamp::ZERO,
+            resume: Vec::new(),
         });
         match seed {
             Some((room, user)) => {
@@ -529,7 +905,9 @@ impl Cluster {
             return;
         }
         let conn = *self.rng.pick(&open);
-        let i = usize::try_from(conn.0 - 1).unwrap_or(0);
+        let Some(i) = self.index(conn) else {
+            return;
+        };
         let roll = self.rng.below(100);
         if let Some((room, _)) = self.clients[i].seed.clone() {
             if roll < 3 {
@@ -553,17 +931,7 @@ impl Cluster {
         let leaving = self.clients[i].leaving.contains(&channel);
         match roll {
             0..=2 => self.close(conn, None),
-            3..=14 if !subscribed && !subscribing && !leaving => {
-                let join_leave = self.rng.below(2) == 0;
-                let mut sub =
-                    json!({"channel": channel, "join_leave": join_leave, "recoverable": true});
-                if let Some((epoch, offset)) = self.clients[i].positions.get(&channel) {
-                    sub["recover"] = json!(true);
-                    sub["epoch"] = json!(epoch);
-                    sub["offset"] = json!(offset);
-                }
-                self.command(conn, json!({ "subscribe": sub }));
-            }
+            3..=14 if !subscribed && !subscribing && !leaving => self.subscribe(i, &channel),
             15..=19 if subscribed => {
                 if let Some(sub) = self.clients[i].subscribed.remove(&channel) {
                     let position = (sub.epoch, sub.last_offset.unwrap_or(0));
@@ -591,7 +959,9 @@ impl Cluster {
     }
 
     fn close(&mut self, conn: ConnId, room: Option<String>) {
-        let i = usize::try_from(conn.0 - 1).unwrap_or(0);
+        let Some(i) = self.index(conn) else {
+            return;
+        };
         let c = &mut self.clients[i];
         c.open = false;
         c.pending.clear();
@@ -620,13 +990,30 @@ impl Cluster {
     /// A client reads an output.
     fn observe(&mut self, conn: ConnId, out: &Output) -> Result<(), Breach> {
         let now = self.now;
-        let i = usize::try_from(conn.0 - 1).unwrap_or(0);
-        if !self.clients[i].open {
-            return Ok(());
-        }
-        let Output::Send { frame, .. } = out else {
+        let Some(i) = self.index(conn) else {
+            // A connection of a server that crashed: gone.
             return Ok(());
         };
+        if !self.clients[i].open || self.clients[i].conn != conn {
+            return Ok(());
+        }
+        let out = match out {
+            Output::Send { frame, .. } => frame,
+            Output::Close { .. } => {
+                // The server ended the connection (a seed member whose
+                // room's stream could not be opened): it is nobody's member.
+                let c = &mut self.clients[i];
+                c.open = false;
+                c.pending.clear();
+                let id = c.client_id.clone();
+                for m in self.members.values_mut() {
+                    m.remove(&id);
+                }
+                return Ok(());
+            }
+            Output::Ping { .. } => return Ok(()),
+        };
+        let frame = out;
         let text = String::from_utf8_lossy(&frame.payload).into_owned();
         if self.clients[i].seed.is_some() {
             let msg: SeedMessage = serde_json::from_str(&text)
@@ -670,11 +1057,19 @@ impl Cluster {
             }
             sub.last_offset = Some(offset);
             let stream = format!("{channel}@{}", sub.epoch);
+            if self.failed_texts.contains(&data) {
+                return Err(breach(
+                    Rule::FailedUnseen,
+                    now,
+                    format!("{conn} on {channel}: got {data:?}, which was refused"),
+                ));
+            }
+            self.seen_texts.insert(data.clone());
             let seen = self.order.entry(stream).or_default();
             match seen.get(&offset) {
                 Some(other) if *other != data => {
                     return Err(breach(
-                        Rule::Order,
+                        Rule::OffsetsOnce,
                         now,
                         format!("{conn} on {channel}: offset {offset} is {data:?}, others saw {other:?}"),
                     ));
@@ -727,6 +1122,39 @@ impl Cluster {
                 format!("{conn}: reply to {id}, which is not pending: {msg}"),
             ));
         };
+        if let Some(publish) = command.get("publish") {
+            let channel = publish["channel"].as_str().unwrap_or("").to_owned();
+            let text = publish["data"]["text"].as_str().unwrap_or("").to_owned();
+            if msg.get("error").is_some() {
+                // Refused: nobody may ever see it.
+                if self.seen_texts.contains(&text) {
+                    return Err(breach(
+                        Rule::FailedUnseen,
+                        now,
+                        format!("{conn}: {text:?} refused ({msg}), yet somebody saw it"),
+                    ));
+                }
+                self.failed_texts.insert(text);
+            } else {
+                // Acknowledged: the store holds it, now.
+                if self.store.durable_at(&channel, &text).is_none() {
+                    return Err(breach(
+                        Rule::DurableAck,
+                        now,
+                        format!(
+                            "{conn}: {text:?} in {channel} acknowledged, the store does not hold it ({})",
+                            if self.submitted.contains(&text) {
+                                "the store was asked to append it"
+                            } else {
+                                "the hub never asked the store to append it"
+                            }
+                        ),
+                    ));
+                }
+                self.durable_acks += 1;
+            }
+            return Ok(());
+        }
         if let Some(unsub) = command.get("unsubscribe") {
             // Nothing of the old subscription follows its reply.
             c.leaving.remove(unsub["channel"].as_str().unwrap_or(""));
@@ -740,12 +1168,22 @@ impl Cluster {
                 let result = &msg["subscribe"];
                 let epoch = result["epoch"].as_str().unwrap_or("").to_owned();
                 let mut last_offset = result["offset"].as_u64().unwrap_or(0);
+                let publications = result["publications"].as_array();
+                if result["recovered"] != json!(true) && publications.is_some_and(|p| !p.is_empty())
+                {
+                    return Err(breach(
+                        Rule::RecoveryExact,
+                        now,
+                        format!("{conn} on {channel}: not recovered, yet publications: {msg}"),
+                    ));
+                }
                 if result["recovered"] == json!(true) {
-                    // Exactly what was missed, in order, from the client's own offset.
+                    // Exactly what was missed, in order, from the client's own
+                    // offset: what the store holds at those offsets.
                     let asked = sub["offset"].as_u64().unwrap_or(0);
                     if last_offset != asked {
                         return Err(breach(
-                            Rule::Order,
+                            Rule::RecoveryExact,
                             now,
                             format!("{conn} recovered on {channel} at offset {last_offset}, it asked {asked}"),
                         ));
@@ -756,16 +1194,33 @@ impl Cluster {
                         let data = p["data"]["text"].as_str().unwrap_or("").to_owned();
                         if offset != last_offset + 1 {
                             return Err(breach(
-                                Rule::Order,
+                                Rule::RecoveryExact,
                                 now,
                                 format!("{conn} recovering {channel}: offset {offset} after {last_offset}"),
                             ));
                         }
                         last_offset = offset;
+                        let held = self.store.durable(&channel, epoch_of(&epoch), offset);
+                        if held != Some(data.as_str()) {
+                            return Err(breach(
+                                Rule::RecoveryExact,
+                                now,
+                                format!("{conn} recovered {channel}@{epoch} offset {offset} as {data:?}, the store holds {held:?}"),
+                            ));
+                        }
+                        if self.failed_texts.contains(&data) {
+                            return Err(breach(
+                                Rule::FailedUnseen,
+                                now,
+                                format!("{conn} recovered {data:?}, which was refused"),
+                            ));
+                        }
+                        self.seen_texts.insert(data.clone());
+                        self.store_recoveries += 1;
                         let seen = self.order.entry(stream.clone()).or_default();
                         if seen.get(&offset).is_some_and(|other| *other != data) {
                             return Err(breach(
-                                Rule::Order,
+                                Rule::OffsetsOnce,
                                 now,
                                 format!("{conn} recovered {channel} offset {offset} as {data:?}, others saw otherwise"),
                             ));
@@ -818,7 +1273,17 @@ impl Cluster {
             SeedType::OnlineUsers => c.online_users = Some(msg.content.clone()),
             // Judged at quiescence, against the order the Centrifugo
             // subscribers saw by then.
-            SeedType::Chat => c.seed_texts.push(msg.content.clone()),
+            SeedType::Chat => {
+                if self.failed_texts.contains(&msg.content) {
+                    return Err(breach(
+                        Rule::FailedUnseen,
+                        self.now,
+                        format!("{}: read {:?}, which was refused", c.conn, msg.content),
+                    ));
+                }
+                self.seen_texts.insert(msg.content.clone());
+                c.seed_texts.push(msg.content.clone());
+            }
             SeedType::UserJoined | SeedType::UserLeft => {}
         }
         Ok(())
@@ -827,14 +1292,21 @@ impl Cluster {
     /// Everything delivered: the homes, the clients' views and the model agree.
     fn quiescence(&mut self) -> Result<(), Breach> {
         let now = self.now;
-        if self.sent != self.delivered || self.in_flight != 0 {
+        if self.sent != self.delivered + self.bus_lost || self.in_flight != 0 {
             return Err(breach(
                 Rule::Bus,
                 now,
                 format!(
-                    "{} bus messages sent, {} delivered",
-                    self.sent, self.delivered
+                    "{} bus messages sent, {} delivered, {} lost in crashes",
+                    self.sent, self.delivered, self.bus_lost
                 ),
+            ));
+        }
+        if let Some(text) = self.failed_texts.iter().find(|t| self.store.holds_text(t)) {
+            return Err(breach(
+                Rule::FailedUnseen,
+                now,
+                format!("{text:?} was refused, yet the store holds it"),
             ));
         }
         for c in &self.clients {
@@ -870,9 +1342,8 @@ impl Cluster {
             let names: Vec<String> = listed
                 .iter()
                 .filter_map(|conn| {
-                    self.clients[usize::try_from(conn.0 - 1).unwrap_or(0)]
-                        .seed
-                        .as_ref()
+                    self.index(*conn)
+                        .and_then(|i| self.clients[i].seed.as_ref())
                 })
                 .map(|(_, user)| user.clone())
                 .collect();
@@ -997,6 +1468,14 @@ impl Cluster {
 #[derive(Clone, Debug)]
 pub struct Report {
     pub hash: u64,
+    pub crashes: u64,
+    pub store: StoreCounts,
+    /// Ok publish replies whose publication the store held.
+    pub durable_acks: u64,
+    /// Publications carried by recovering subscribe replies.
+    pub recovered_publications: u64,
+    /// Publications refused to their publisher (or by the store).
+    pub failed_publishes: u64,
     pub bus_messages: u64,
     pub max_in_flight: usize,
     pub deliveries: u64,

@@ -10,7 +10,10 @@
 //! - [`centrifuge_check`]: the oracle for Centrifugo clients (one reply per command, replies
 //!   before pushes, contiguous offsets, presence, join/leave).
 //! - [`cluster`]: several shards and the bus between them, with Centrifugo and seed clients;
-//!   channel order, presence and join/leave across shards, a bounded lossless bus, planted bugs.
+//!   channel order, presence and join/leave across shards, a bounded lossless bus, planted bugs;
+//!   a store engine and crashes/restarts.
+//! - [`store_model`]: the store engine the cluster runs: latency, slow commits, failures,
+//!   crashes, planted store bugs.
 //! - [`invariants`]: the oracle, an independent model of the chat rules, and every invariant.
 //! - [`world`]: the hub driven exactly as the transport drives it; safety checks after
 //!   every call, the liveness phase.
@@ -32,5 +35,6 @@ pub mod network;
 pub mod rng;
 pub mod scenario;
 pub mod soak;
+pub mod store_model;
 pub mod trace;
 pub mod world;
