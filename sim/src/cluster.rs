@@ -284,6 +284,7 @@ pub struct Cluster {
     texts: u64,
     /// Subscribes that recovered (with or without publications to replay).
     recoveries: u64,
+    refused_recoveries: u64,
     /// A message held back by a planted reorder, sent after the next one.
     reorder_hold: Option<(u16, ShardId, BusMessage)>,
     /// The hubs' configuration (a restart builds them again from it).
@@ -394,6 +395,7 @@ impl Cluster {
             actions_left,
             texts: 0,
             recoveries: 0,
+            refused_recoveries: 0,
             reorder_hold: None,
             config,
             store,
@@ -450,6 +452,7 @@ impl Cluster {
             deliveries: self.deliveries,
             publications: self.order.values().map(BTreeMap::len).sum(),
             recoveries: self.recoveries,
+            refused_recoveries: self.refused_recoveries,
             crashes: self.crashes,
             store: self.store.counts,
             durable_acks: self.durable_acks,
@@ -1177,6 +1180,9 @@ impl Cluster {
                         format!("{conn} on {channel}: not recovered, yet publications: {msg}"),
                     ));
                 }
+                if result["was_recovering"] == json!(true) && result["recovered"] != json!(true) {
+                    self.refused_recoveries += 1;
+                }
                 if result["recovered"] == json!(true) {
                     // Exactly what was missed, in order, from the client's own
                     // offset: what the store holds at those offsets.
@@ -1481,4 +1487,6 @@ pub struct Report {
     pub deliveries: u64,
     pub publications: usize,
     pub recoveries: u64,
+    /// Recovering subscribes answered `recovered: false`.
+    pub refused_recoveries: u64,
 }

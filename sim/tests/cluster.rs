@@ -9,14 +9,6 @@ fn run(params: ClusterParams) -> Result<hubbub_sim::cluster::Report, hubbub_sim:
     Cluster::new(params).run()
 }
 
-/// Runs that a known core bug breaks: (seed, shards). `Hub::opened`
-/// dispatches the messages that waited for the stream; a `Leave` among them
-/// empties the room and `room_emptied` drops it (its `top` is still 0 while
-/// appends are in flight); a `Publish` after it finds no room and
-/// `home_publish` answers Ok without asking the store. durable-ack catches
-/// it (see sim/tests/store.rs). Empty this once core is fixed.
-const KNOWN_CORE_BUG: &[(u64, u16)] = &[(71_273, 2)];
-
 #[test]
 fn seeded_runs_over_several_shards_keep_every_rule() {
     let mut bus_messages = 0;
@@ -26,10 +18,7 @@ fn seeded_runs_over_several_shards_keep_every_rule() {
         for seed in 0..40u64 {
             let params = ClusterParams::derive(seed * 7919 + u64::from(shards), shards);
             let described = format!("{params:?}");
-            let known = KNOWN_CORE_BUG.contains(&(params.seed, params.shards));
             match run(params) {
-                Ok(_) if known => panic!("fixed? {described} passes now: empty KNOWN_CORE_BUG"),
-                Err(breach) if known && breach.rule == Rule::DurableAck => {}
                 Ok(report) => {
                     bus_messages += report.bus_messages;
                     publications += report.publications;
