@@ -1,0 +1,239 @@
+//! Per-IP limits before the upgrade: WebSocket connections held, and
+//! handshakes per second (a token bucket). Beyond either, the handshake is
+//! answered 429 with `Retry-After`, and nothing else is affected.
+//!
+//! Loopback peers are exempt unless configured otherwise: a reverse proxy
+//! on the same machine (every client then shares its address) and the
+//! load generator must not be mistaken for one abusive client.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Most addresses tracked at once; beyond it new addresses are refused
+/// (503) until some leave, so the table itself is bounded.
+pub const MAX_TRACKED_IPS: usize = 100_000;
+
+/// The limits (0: off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpLimitConfig {
+    /// WebSocket connections one address may hold.
+    pub connections_per_ip: usize,
+    /// Handshakes per second one address may start (burst: twice that).
+    pub handshakes_per_ip: u32,
+    /// Whether loopback addresses are limited too.
+    pub limit_loopback: bool,
+}
+
+impl Default for IpLimitConfig {
+    fn default() -> Self {
+        Self {
+            connections_per_ip: 1_000,
+            handshakes_per_ip: 100,
+            limit_loopback: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct IpState {
+    connections: usize,
+    /// Handshake tokens left, and when they were last topped up.
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// Why a handshake was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Too many connections or handshakes from this address: try again
+    /// after this long (429).
+    TooMany {
+        retry_after: Duration,
+        what: &'static str,
+    },
+    /// The table of addresses is full (503).
+    Busy,
+}
+
+/// The table, shared by every shard.
+#[derive(Debug)]
+pub struct IpLimits {
+    config: IpLimitConfig,
+    ips: Mutex<BTreeMap<IpAddr, IpState>>,
+}
+
+/// A connection counted against its address; uncounted on drop.
+#[derive(Debug)]
+pub struct IpGuard {
+    limits: Arc<IpLimits>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for IpGuard {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip {
+            self.limits.release(ip);
+        }
+    }
+}
+
+impl IpLimits {
+    #[must_use]
+    pub fn new(config: IpLimitConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            ips: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn exempt(&self, ip: IpAddr) -> bool {
+        ip.is_loopback() && !self.config.limit_loopback
+    }
+
+    /// Admits a handshake from `ip` at `now`, counting the connection it
+    /// opens until the guard is dropped.
+    ///
+    /// # Errors
+    /// The limit it would break.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<IpGuard, Refusal> {
+        let c = self.config;
+        if self.exempt(ip) || (c.connections_per_ip == 0 && c.handshakes_per_ip == 0) {
+            return Ok(IpGuard {
+                limits: self.clone(),
+                ip: None,
+            });
+        }
+        let burst = f64::from(c.handshakes_per_ip) * 2.0;
+        let mut ips = self.ips.lock().unwrap_or_else(PoisonError::into_inner);
+        if !ips.contains_key(&ip) && ips.len() >= MAX_TRACKED_IPS {
+            return Err(Refusal::Busy);
+        }
+        let state = ips.entry(ip).or_insert(IpState {
+            connections: 0,
+            tokens: burst,
+            refilled: now,
+        });
+        if c.handshakes_per_ip > 0 {
+            let rate = f64::from(c.handshakes_per_ip);
+            let elapsed = now.saturating_duration_since(state.refilled).as_secs_f64();
+            state.tokens = (state.tokens + elapsed * rate).min(burst);
+            state.refilled = now;
+            if state.tokens < 1.0 {
+                let wait = (1.0 - state.tokens) / rate;
+                return Err(Refusal::TooMany {
+                    retry_after: Duration::from_secs_f64(wait.max(1.0).ceil()),
+                    what: "too many handshakes from this address",
+                });
+            }
+        }
+        if c.connections_per_ip > 0 && state.connections >= c.connections_per_ip {
+            return Err(Refusal::TooMany {
+                retry_after: Duration::from_secs(5),
+                what: "too many connections from this address",
+            });
+        }
+        if c.handshakes_per_ip > 0 {
+            state.tokens -= 1.0;
+        }
+        state.connections += 1;
+        Ok(IpGuard {
+            limits: self.clone(),
+            ip: Some(ip),
+        })
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut ips = self.ips.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(state) = ips.get_mut(&ip) {
+            state.connections = state.connections.saturating_sub(1);
+            // An address with no connection is forgotten; its handshake
+            // bucket starts full if it comes back (bounded table first).
+            if state.connections == 0 {
+                ips.remove(&ip);
+            }
+        }
+    }
+
+    /// Addresses tracked now.
+    #[must_use]
+    pub fn tracked(&self) -> usize {
+        self.ips
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("an address")
+    }
+
+    #[test]
+    fn connections_per_ip_are_capped_and_released() {
+        let limits = IpLimits::new(IpLimitConfig {
+            connections_per_ip: 2,
+            handshakes_per_ip: 0,
+            limit_loopback: false,
+        });
+        let now = Instant::now();
+        let a = limits.admit(ip("10.0.0.1"), now).expect("first");
+        let _b = limits.admit(ip("10.0.0.1"), now).expect("second");
+        assert!(matches!(
+            limits.admit(ip("10.0.0.1"), now),
+            Err(Refusal::TooMany { .. })
+        ));
+        assert!(limits.admit(ip("10.0.0.2"), now).is_ok(), "another address");
+        drop(a);
+        assert!(
+            limits.admit(ip("10.0.0.1"), now).is_ok(),
+            "a place came free"
+        );
+    }
+
+    #[test]
+    fn handshakes_per_second_refill() {
+        let limits = IpLimits::new(IpLimitConfig {
+            connections_per_ip: 0,
+            handshakes_per_ip: 5,
+            limit_loopback: false,
+        });
+        let now = Instant::now();
+        let mut guards = Vec::new();
+        for _ in 0..10 {
+            guards.push(limits.admit(ip("10.0.0.1"), now).expect("the burst"));
+        }
+        let Err(Refusal::TooMany { retry_after, .. }) = limits.admit(ip("10.0.0.1"), now) else {
+            panic!("beyond the burst");
+        };
+        assert_eq!(retry_after, Duration::from_secs(1));
+        let later = now + Duration::from_millis(400);
+        assert!(limits.admit(ip("10.0.0.1"), later).is_ok(), "2 tokens back");
+    }
+
+    #[test]
+    fn loopback_is_exempt_unless_asked() {
+        let strict = IpLimitConfig {
+            connections_per_ip: 1,
+            handshakes_per_ip: 0,
+            limit_loopback: false,
+        };
+        let limits = IpLimits::new(strict);
+        let now = Instant::now();
+        let _a = limits.admit(ip("127.0.0.1"), now).expect("admitted");
+        assert!(limits.admit(ip("127.0.0.1"), now).is_ok());
+        assert!(limits.admit(ip("::1"), now).is_ok());
+        assert_eq!(limits.tracked(), 0);
+        let limits = IpLimits::new(IpLimitConfig {
+            limit_loopback: true,
+            ..strict
+        });
+        let _a = limits.admit(ip("127.0.0.1"), now).expect("admitted");
+        assert!(limits.admit(ip("127.0.0.1"), now).is_err());
+    }
+}
