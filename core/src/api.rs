@@ -208,9 +208,6 @@ struct BatchBody<'a> {
 /// method's shape. A well-formed body with a missing or bad field decodes
 /// to [`ApiCommand::Invalid`] (answered with error 107, as Centrifugo does).
 pub fn decode(method: &str, body: &[u8]) -> Result<ApiCommand, DecodeError> {
-    if !METHODS.contains(&method) {
-        return Err(DecodeError::UnknownMethod);
-    }
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}".as_slice()
     } else {
@@ -246,6 +243,9 @@ fn channel_name(channel: Option<String>) -> Result<String, ApiCommand> {
 }
 
 fn decode_at(method: &str, body: &[u8], depth: usize) -> Result<ApiCommand, DecodeError> {
+    if !METHODS.contains(&method) {
+        return Err(DecodeError::UnknownMethod);
+    }
     Ok(match method {
         "publish" | "broadcast" => {
             let b: PublishBody<'_> = serde_json::from_slice(body).map_err(|e| bad_json(&e))?;
