@@ -87,12 +87,17 @@ pub async fn run(shared: Arc<Shared>, accepted: Accepted) {
             // TLS: split (a short lock per poll), read one frame at a time,
             // and wait for the next one by reading a byte ahead.
             Ok(parts) => {
+                debug!(conn = conn.0, "tls: reading one frame at a time");
                 let (read, write) = tokio::io::split(parts.io.into_inner());
                 let read = Lookahead::new(&parts.read_buf, read);
                 drop(parts.read_buf);
                 start(shared, conn, peer, route, read, write, guards).await;
             }
             Err(upgraded) => {
+                debug!(
+                    conn = conn.0,
+                    "unknown IO under the upgrade: reading unbounded"
+                );
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
                 start(shared, conn, peer, route, read, write, guards).await;
             }
