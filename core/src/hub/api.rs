@@ -694,3 +694,101 @@ fn part_of_reply(reply: &[u8]) -> ApiPart {
     }
     ApiPart::Body(Bytes::from_static(b"{}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::decode;
+
+    fn api(hub: &mut Hub, id: u64, method: &str, body: &str) -> serde_json::Value {
+        let command = decode(method, body.as_bytes()).expect("decodes");
+        hub.handle_api(Timestamp::from_millis(1), ApiRequest { id, command });
+        let reply = hub.poll_api().expect("one shard answers at once");
+        assert_eq!(reply.id, id);
+        serde_json::from_slice(&reply.body).expect("json")
+    }
+
+    fn sent(hub: &mut Hub, conn: ConnId) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(o) = hub.poll_output() {
+            if let (true, Some(p)) = (o.conn() == conn, o.payload()) {
+                out.push(String::from_utf8_lossy(p).into_owned());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn server_side_subscribe_and_unsubscribe_reach_the_users_connections() {
+        let mut hub = Hub::new(Config::default());
+        let now = Timestamp::from_millis(1);
+        let conn = ConnId(1);
+        hub.handle_input(
+            now,
+            Input::Open {
+                conn,
+                route: Route::Centrifuge,
+            },
+        );
+        hub.handle_input(
+            now,
+            Input::Message {
+                conn,
+                frame: Frame::text(r#"{"id":1,"connect":{}}"#),
+            },
+        );
+        // Tokens are another branch's work: give the connection a user by hand.
+        if let Some(c) = hub.conns.get_mut(&conn) {
+            c.user = Name::new("alice").ok();
+        }
+        sent(&mut hub, conn);
+        let r = api(
+            &mut hub,
+            1,
+            "subscribe",
+            r#"{"user":"alice","channel":"news"}"#,
+        );
+        assert_eq!(r, serde_json::json!({"result": {}}));
+        let out = sent(&mut hub, conn);
+        assert_eq!(out, vec![r#"{"push":{"channel":"news","subscribe":{}}}"#]);
+        api(
+            &mut hub,
+            2,
+            "publish",
+            r#"{"channel":"news","data":{"n":1}}"#,
+        );
+        let out = sent(&mut hub, conn);
+        assert_eq!(
+            out,
+            vec![r#"{"push":{"channel":"news","pub":{"data":{"n":1},"offset":1}}}"#]
+        );
+        // Someone else's name reaches nobody.
+        api(
+            &mut hub,
+            3,
+            "unsubscribe",
+            r#"{"user":"bob","channel":"news"}"#,
+        );
+        assert!(sent(&mut hub, conn).is_empty());
+        api(
+            &mut hub,
+            4,
+            "unsubscribe",
+            r#"{"user":"alice","channel":"news"}"#,
+        );
+        let out = sent(&mut hub, conn);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].contains(r#""unsubscribe":{"code":2000"#), "{out:?}");
+        api(
+            &mut hub,
+            5,
+            "publish",
+            r#"{"channel":"news","data":{"n":2}}"#,
+        );
+        assert!(sent(&mut hub, conn).is_empty());
+        let r = api(&mut hub, 6, "disconnect", r#"{"user":"alice"}"#);
+        assert_eq!(r, serde_json::json!({"result": {}}));
+        assert!(!hub.is_open(conn));
+        assert_eq!(hub.stats().closes_for(CloseReason::ForceDisconnect), 1);
+    }
+}
