@@ -134,6 +134,45 @@ pub enum Query {
     },
 }
 
+/// A server API operation only a channel's home can carry out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiHomeOp {
+    Publish(crate::api::Publish),
+    Query(Query),
+    /// Empties the channel's window (`history_remove`); epoch and top stay.
+    RemoveHistory,
+}
+
+/// A server API operation every shard carries out for its own connections
+/// (a user's connections may be on any shard), or a question about each shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiShardOp {
+    Subscribe { user: Name, channel: ChannelName },
+    Unsubscribe { user: Name, channel: ChannelName },
+    Disconnect { user: Name, whitelist: Vec<String> },
+    Channels,
+    Info,
+}
+
+/// One shard's or home's answer to an API operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiPart {
+    /// A result object, as JSON.
+    Body(Bytes),
+    /// Done, nothing to say (`{}`).
+    Done,
+    /// Channels homed on the shard with members, and how many.
+    Channels(Vec<(ChannelName, u64)>),
+    /// The shard's connections, their distinct users, channels and subscriptions.
+    Info {
+        clients: u64,
+        users: Vec<Name>,
+        channels: u64,
+        subs: u64,
+    },
+    Error(crate::centrifuge::ErrorCode, String),
+}
+
 /// A message between shards (or from a hub to itself, with one shard).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BusMessage {
@@ -198,6 +237,20 @@ pub enum BusMessage {
     },
     /// From the home: the encoded reply to a query.
     Reply { conn: ConnId, reply: Bytes },
+    /// To the home: a server API operation; answered with
+    /// [`BusMessage::ApiDone`] to `reply` (shard, token).
+    ApiHome {
+        channel: ChannelName,
+        op: ApiHomeOp,
+        reply: (ShardId, u64),
+    },
+    /// To every shard: a server API operation on its connections.
+    ApiShard {
+        op: ApiShardOp,
+        reply: (ShardId, u64),
+    },
+    /// The answer to an API operation, to the shard that asked.
+    ApiDone { token: u64, part: ApiPart },
 }
 
 #[cfg(test)]

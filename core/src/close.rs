@@ -62,11 +62,14 @@ pub enum CloseReason {
     /// (1011; the client may reconnect). Centrifugo clients get error 100
     /// for the subscribe instead, and stay connected.
     StoreUnavailable,
+    /// The server API's `disconnect` ended the user's connections (1008;
+    /// Centrifugo clients get 3503, "force disconnect": no reconnect).
+    ForceDisconnect,
 }
 
 impl CloseReason {
     /// All reasons, for metrics tables.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::PeerClosed,
         Self::MessageTooBig,
         Self::InvalidUtf8,
@@ -81,6 +84,7 @@ impl CloseReason {
         Self::Stale,
         Self::NotAvailable,
         Self::StoreUnavailable,
+        Self::ForceDisconnect,
     ];
 
     #[must_use]
@@ -100,6 +104,7 @@ impl CloseReason {
             Self::Stale => CloseCode(3502),
             Self::NotAvailable => CloseCode(3508),
             Self::StoreUnavailable => CloseCode::INTERNAL_ERROR,
+            Self::ForceDisconnect => CloseCode::POLICY_VIOLATION,
         }
     }
 
@@ -114,6 +119,7 @@ impl CloseReason {
             (Codec::Centrifuge, Self::WriteTimeout) => CloseCode(3009),
             (Codec::Centrifuge, Self::ServerShutdown) => CloseCode(3001),
             (Codec::Centrifuge, Self::BinaryNotAccepted) => CloseCode(3501),
+            (Codec::Centrifuge, Self::ForceDisconnect) => CloseCode(3503),
             _ => self.code(),
         }
     }
@@ -149,6 +155,7 @@ impl CloseReason {
             Self::Stale => "stale",
             Self::NotAvailable => "not available",
             Self::StoreUnavailable => "history store unavailable, try again",
+            Self::ForceDisconnect => "force disconnect",
         }
     }
 
@@ -170,6 +177,7 @@ impl CloseReason {
             Self::Stale => "stale",
             Self::NotAvailable => "not_available",
             Self::StoreUnavailable => "store_unavailable",
+            Self::ForceDisconnect => "force_disconnect",
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`channel`]: channel names, namespaces and their options.
 //! - [`outbox`]: the per-connection queue policy (bound, presence conflation, flush on
 //!   close), run by the server's writers and the simulation alike.
+//! - [`api`]: the server HTTP API's commands, decoded from JSON, and the hub's replies.
 //! - [`bus`]: what crosses shards: joins, leaves, publications and queries to a channel's
 //!   home shard, and its deliveries back, once per shard.
 //! - [`store`]: the engine boundary: streams made durable by the driver's engine, and
@@ -21,6 +22,7 @@
 //! - [`config`], [`time`]: limits and time as plain values.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod bus;
 pub mod centrifuge;
 pub mod channel;
@@ -33,6 +35,7 @@ pub mod route;
 pub mod store;
 pub mod time;
 
+pub use api::{ApiCommand, ApiReply, ApiRequest};
 pub use bus::{BusMessage, ShardId};
 pub use channel::{ChannelName, ChannelOptions, ChannelPattern, Namespaces};
 pub use close::{CloseCode, CloseReason};

@@ -187,7 +187,8 @@ pub const fn flushes_on_close(reason: CloseReason) -> bool {
         | CloseReason::BadRequest
         | CloseReason::Stale
         | CloseReason::NotAvailable
-        | CloseReason::StoreUnavailable => true,
+        | CloseReason::StoreUnavailable
+        | CloseReason::ForceDisconnect => true,
         CloseReason::PeerClosed
         | CloseReason::HeartbeatTimeout
         | CloseReason::SlowConsumer

@@ -512,3 +512,49 @@ fn check_step(
         }
     }
 }
+
+/// The server API's request decoder: the first byte picks the method (or
+/// an unknown one), the rest is the body. It never panics; an accepted
+/// command, run on a one-shard hub, gets exactly one reply, at once, and
+/// the reply is a JSON object with `result` or `error`.
+pub fn api_decode(data: &[u8]) {
+    use hubbub_core::api::{decode, DecodeError, METHODS};
+    let Some((&pick, body)) = data.split_first() else {
+        return;
+    };
+    let method = METHODS.get(usize::from(pick) % (METHODS.len() + 1));
+    let decoded = decode(method.copied().unwrap_or("no_such_method"), body);
+    let command = match (method, decoded) {
+        (None, result) => {
+            assert_eq!(result, Err(DecodeError::UnknownMethod));
+            return;
+        }
+        (Some(_), Err(DecodeError::UnknownMethod)) => panic!("a known method refused"),
+        (Some(_), Err(DecodeError::BadJson(_))) => return,
+        (Some(_), Ok(command)) => command,
+    };
+    let mut hub = Hub::new(Config::default());
+    let now = Timestamp::from_millis(1_000);
+    hub.handle_input(
+        now,
+        Input::Open {
+            conn: ConnId(1),
+            route: Route::Room {
+                room: Name::new("lobby").expect("a valid name"),
+                username: Name::new("alice").expect("a valid name"),
+                history: 0,
+            },
+        },
+    );
+    hub.handle_api(now, hubbub_core::ApiRequest { id: 7, command });
+    let reply = hub.poll_api().expect("one shard answers at once");
+    assert_eq!(reply.id, 7);
+    assert!(hub.poll_api().is_none());
+    assert_eq!(hub.api_pending(), 0);
+    let value: Value = serde_json::from_slice(&reply.body).expect("the reply is JSON");
+    let object = value.as_object().expect("the reply is an object");
+    assert!(
+        object.len() == 1 && (object.contains_key("result") || object.contains_key("error")),
+        "{value}"
+    );
+}

@@ -49,3 +49,8 @@ fn centrifuge_decode_corpus() {
         hubbub_sim::fuzz_targets::centrifuge_decode,
     );
 }
+
+#[test]
+fn api_decode_corpus() {
+    replay("api_decode", hubbub_sim::fuzz_targets::api_decode);
+}

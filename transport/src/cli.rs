@@ -136,6 +136,20 @@ pub struct Cli {
     /// shards, is an alias.)
     #[arg(long, env = "HUBBUB_SHARDS", alias = "workers", value_parser = parse_workers)]
     pub shards: Option<usize>,
+
+    /// Turns on the server HTTP API (`POST /api/<method>`) with this key,
+    /// sent as `X-API-Key: KEY` or `Authorization: apikey KEY`. Without
+    /// it the API is off (404).
+    #[arg(long, env = "HUBBUB_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Serve HTTPS and WSS: the certificate chain (PEM). Needs --tls-key.
+    #[arg(long, env = "HUBBUB_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) for --tls-cert.
+    #[arg(long, env = "HUBBUB_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// `typing:ROOM`: short-lived signals such as "alice is typing" (the
@@ -320,6 +334,14 @@ impl Cli {
                     dir: self.data_dir.clone(),
                     sync: self.history_sync,
                 }
+            },
+            api_key: self.api_key.as_deref().and_then(crate::api::ApiKey::new),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
             },
         }
     }

@@ -66,6 +66,10 @@ pub struct ServerConfig {
     /// Where streams are kept (in memory unless configured: the command
     /// line defaults to SQLite under `./hubbub-data`).
     pub store: StoreConfig,
+    /// The server HTTP API's key (`None`: the API is off, `/api/…` is 404).
+    pub api_key: Option<crate::api::ApiKey>,
+    /// Serve HTTPS and WSS with these PEM files (`None`: plain).
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// The most shards a server runs.
@@ -79,6 +83,8 @@ impl Default for ServerConfig {
             shards: 1,
             write_coalesce: None,
             store: StoreConfig::Memory,
+            api_key: None,
+            tls: None,
         }
     }
 }

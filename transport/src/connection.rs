@@ -34,7 +34,9 @@ use crate::outbox::Outbox;
 use crate::reader;
 use crate::shutdown::TaskToken;
 use crate::state::{ConnectionSlot, Shared};
+use crate::tls::Lookahead;
 use crate::writer::{self, WriterEnd};
+use tokio_rustls::server::TlsStream;
 
 /// Everything a connection task starts with.
 pub struct Accepted {
@@ -81,10 +83,25 @@ pub async fn run(shared: Arc<Shared>, accepted: Accepted) {
             drop(parts.read_buf);
             start(shared, conn, peer, route, read, write, guards).await;
         }
-        Err(upgraded) => {
-            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-            start(shared, conn, peer, route, read, write, guards).await;
-        }
+        Err(upgraded) => match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+            // TLS: split (a short lock per poll), read one frame at a time,
+            // and wait for the next one by reading a byte ahead.
+            Ok(parts) => {
+                debug!(conn = conn.0, "tls: reading one frame at a time");
+                let (read, write) = tokio::io::split(parts.io.into_inner());
+                let read = Lookahead::new(&parts.read_buf, read);
+                drop(parts.read_buf);
+                start(shared, conn, peer, route, read, write, guards).await;
+            }
+            Err(upgraded) => {
+                debug!(
+                    conn = conn.0,
+                    "unknown IO under the upgrade: reading unbounded"
+                );
+                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                start(shared, conn, peer, route, read, write, guards).await;
+            }
+        },
     }
 }
 

@@ -36,7 +36,11 @@ pub async fn handle(
     peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let response = respond(&shared, peer, &mut req);
+    let response = if crate::api::is_api_path(req.uri().path()) {
+        crate::api::respond(&shared, req).await
+    } else {
+        respond(&shared, peer, &mut req)
+    };
     shared.metrics.count_response(response.status());
     Ok(response)
 }

@@ -132,6 +132,11 @@ pub enum Event {
     },
     /// Anything else the hub must hear (message, pong, disconnect, shutdown).
     Input(Input),
+    /// A server API request; the reply body goes to `reply`.
+    Api {
+        request: hubbub_core::ApiRequest,
+        reply: tokio::sync::oneshot::Sender<bytes::Bytes>,
+    },
 }
 
 /// Converts between the tokio clock and the hub's millisecond timestamps:
@@ -210,6 +215,8 @@ struct Driver {
     shard: usize,
     /// The store engine's thread (`None`: the hub's own in-memory engine).
     store: Option<crate::store::StoreHandle>,
+    /// API requests waiting for the hub's reply, by id.
+    api_waiting: std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<bytes::Bytes>>,
 }
 
 impl Driver {
@@ -226,6 +233,10 @@ impl Driver {
                 self.hub.handle_input(now, Input::Open { conn, route });
             }
             Event::Input(input) => self.hub.handle_input(now, input),
+            Event::Api { request, reply } => {
+                self.api_waiting.insert(request.id, reply);
+                self.hub.handle_api(now, request);
+            }
         }
         self.drain(now);
     }
@@ -261,6 +272,11 @@ impl Driver {
         loop {
             while let Some(output) = self.hub.poll_output() {
                 self.perform(output);
+            }
+            while let Some(reply) = self.hub.poll_api() {
+                if let Some(tx) = self.api_waiting.remove(&reply.id) {
+                    let _ = tx.send(reply.body);
+                }
             }
             while let Some((to, msg)) = self.hub.poll_bus() {
                 if let Some(peer) = self.peers.get(usize::from(to.0)) {
@@ -388,6 +404,7 @@ pub async fn run(
         load,
         shard,
         store,
+        api_waiting: std::collections::BTreeMap::new(),
     };
     let sleep = tokio::time::sleep_until(far_future(Instant::now()));
     tokio::pin!(sleep);

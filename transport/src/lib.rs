@@ -19,6 +19,8 @@
 //! ## Layout
 //! - [`server`]: [`serve`], the accept loop with back-off, HTTP connection tasks, graceful shutdown.
 //! - [`http`]: routes (`/health`, `/metrics`, the page, `/ws…`) and pre-upgrade validation (JSON errors: 400/404/405/426/503).
+//! - [`api`]: the server HTTP API (`POST /api/<method>`, `--api-key`): auth, limits, hand-off to a hub.
+//! - [`tls`]: `--tls-cert`/`--tls-key`: rustls, and reading TLS without an idle buffer.
 //! - [`static_files`]: the browser chat page at `/`, embedded, with its CSP and cache headers.
 //! - [`metrics`]: `GET /metrics` in the Prometheus text format: the hub's published counters, outbox and writer atomics.
 //! - [`connection`]: one WebSocket's life: upgrade, socket split, reader and writer, logs.
@@ -48,6 +50,7 @@
 //!   the hub task publishes, so a scrape never goes through the hub task.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod bounded;
 pub mod cli;
 pub mod config;
@@ -65,6 +68,7 @@ pub mod shutdown;
 pub mod state;
 pub mod static_files;
 pub mod store;
+pub mod tls;
 pub mod wire;
 pub mod writer;
 

@@ -36,6 +36,12 @@ fn main() -> ExitCode {
         eprintln!("hubbub: invalid configuration: {e}");
         return ExitCode::from(2);
     }
+    if let Some(files) = &config.tls {
+        if let Err(e) = hubbub::tls::load(files) {
+            eprintln!("hubbub: {e}");
+            return ExitCode::from(2);
+        }
+    }
     // This runtime only accepts connections and waits for signals: every
     // connection is handed to a shard's own thread and runtime.
     let runtime = match tokio::runtime::Builder::new_current_thread()

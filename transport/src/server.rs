@@ -70,6 +70,15 @@ pub async fn serve(
         opened: Arc::new(AtomicU64::new(0)),
         stopping: Arc::new(AtomicBool::new(false)),
     };
+    let tls = match &config.tls {
+        Some(files) => Some(
+            crate::tls::load(files)
+                .map(crate::tls::Acceptor)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+        ),
+        None => None,
+    };
+    let started = Instant::now();
     let (store, mut store_links) = start_store(&config, shards)?;
     if let Some(store) = &store {
         metrics.set_store(store.stats().clone());
@@ -105,6 +114,8 @@ pub async fn serve(
             gauge: gauge.clone(),
             metrics: metrics.clone(),
             bus: bus.clone(),
+            started,
+            tls: tls.clone(),
         });
         let store_link = store_links.next();
         let hub = hub_task::run(
@@ -120,7 +131,7 @@ pub async fn serve(
         shared.push(state);
     }
     drop(peers);
-    info!(%addr, shards, "listening");
+    info!(%addr, shards, tls = tls.is_some(), api = config.api_key.is_some(), "listening");
 
     // A hub task only ends once every connection is gone; one ending
     // earlier panicked, and the server cannot work without it.
@@ -401,6 +412,7 @@ fn spawn_http(
         debug!(%peer, error = %e, "set_nodelay failed");
     }
     let token = shared.tracker.token();
+    let tls = shared.tls.clone();
     let shared = shared.clone();
     tokio::spawn(async move {
         let service = service_fn(move |req| http::handle(shared.clone(), peer, req));
@@ -408,22 +420,56 @@ fn spawn_http(
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        tokio::pin!(conn);
-        let result = tokio::select! {
-            result = conn.as_mut() => result,
-            () = stopped(&mut stop) => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+        match tls {
+            None => serve_http(&builder, stream, service, peer, &mut stop).await,
+            Some(acceptor) => {
+                let handshake =
+                    tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.0.accept(stream));
+                let stream = tokio::select! {
+                    accepted = handshake => accepted,
+                    () = stopped(&mut stop) => return,
+                };
+                match stream {
+                    Ok(Ok(stream)) => serve_http(&builder, stream, service, peer, &mut stop).await,
+                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(%peer, "TLS handshake timed out"),
+                }
             }
-        };
-        if let Err(e) = result {
-            debug!(%peer, error = %e, "http connection ended with an error");
         }
         drop(token);
     });
+}
+
+/// Serves HTTP/1.1 on `stream` (plain or TLS) until it ends or shutdown.
+async fn serve_http<S, F>(
+    builder: &http1::Builder,
+    stream: S,
+    service: F,
+    peer: SocketAddr,
+    stop: &mut watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<http::Body>,
+            Error = std::convert::Infallible,
+        > + Send,
+    F::Future: Send + 'static,
+{
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = stopped(stop) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(%peer, error = %e, "http connection ended with an error");
+    }
 }
 
 /// Resolves once shutdown has begun (or the server is gone).

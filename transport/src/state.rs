@@ -37,6 +37,10 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Messages in flight between shards; readers wait while it is high.
     pub bus: Arc<BusLoad>,
+    /// When the server started (the API's `info` uptime).
+    pub started: tokio::time::Instant,
+    /// The TLS acceptor, with `--tls-cert`/`--tls-key`.
+    pub tls: Option<crate::tls::Acceptor>,
 }
 
 impl Shared {

@@ -3,7 +3,9 @@
 //! epoch) and the order of its publications, and sends each publication,
 //! join and leave once per shard with members, encoded once per protocol.
 
+use super::api::{self, PubReply};
 use super::*;
+use crate::bus::ApiPart;
 use crate::store::{StoreError, StreamState};
 
 /// A member as the channel's home knows it.
@@ -22,7 +24,7 @@ pub(super) struct Appending {
     from: ConnId,
     user: Option<Name>,
     payload: PubPayload,
-    reply: Option<(ShardId, u32)>,
+    reply: PubReply,
     /// As the window will keep it, once it has its offset.
     stored: Stored,
 }
@@ -366,41 +368,78 @@ impl Hub {
         payload: PubPayload,
         reply: Option<(ShardId, u32)>,
     ) {
+        self.home_publish_as(channel, from, user, payload, PubReply::Client(reply), false);
+    }
+
+    /// [`Hub::home_publish`] for any publisher; with `skip_history`, a
+    /// channel with a stream fans it out at once, without an offset, and
+    /// keeps nothing (the server API's `skip_history`).
+    pub(super) fn home_publish_as(
+        &mut self,
+        channel: &ChannelName,
+        from: ConnId,
+        user: Option<Name>,
+        payload: PubPayload,
+        reply: PubReply,
+        skip_history: bool,
+    ) {
         let now = self.now;
         let Some(room) = self.rooms.get_mut(channel) else {
-            if !matches!(payload, PubPayload::Relay(_))
+            let needs_stream = !skip_history
+                && !matches!(payload, PubPayload::Relay(_))
                 && !channel.as_str().is_empty()
                 && self
                     .config
                     .namespaces
                     .resolve_room(channel.as_str())
-                    .history()
-            {
+                    .history();
+            if needs_stream {
                 // The channel keeps a stream but its room went away (its
                 // last member left while this waited): open the stream again.
-                self.at_home(BusMessage::Publish {
-                    channel: channel.clone(),
-                    from,
-                    user,
-                    payload,
-                    reply,
-                });
+                let msg = match (reply, payload) {
+                    (PubReply::Client(reply), payload) => BusMessage::Publish {
+                        channel: channel.clone(),
+                        from,
+                        user,
+                        payload,
+                        reply,
+                    },
+                    (PubReply::Api { to, key }, PubPayload::Json(data)) => BusMessage::ApiHome {
+                        channel: channel.clone(),
+                        op: crate::bus::ApiHomeOp::Publish(crate::api::Publish {
+                            data,
+                            skip_history: false,
+                            idempotency_key: key,
+                        }),
+                        reply: to,
+                    },
+                    (reply, _) => {
+                        self.publish_answer(channel, from, reply, Err(ErrorCode::Internal));
+                        return;
+                    }
+                };
+                self.at_home(msg);
                 return;
             }
-            self.publish_reply(from, reply, Ok(()));
+            self.publish_answer(channel, from, reply, Ok(None));
             return;
         };
         let data = publication_data(&payload);
+        if skip_history && room.options.history() {
+            self.fan_out(channel, from, user.as_ref(), &payload, None);
+            self.publish_answer(channel, from, reply, Ok(None));
+            return;
+        }
         let (Some(data), true) = (data, room.options.history()) else {
             room.top += 1;
             self.fan_out(channel, from, user.as_ref(), &payload, None);
-            self.publish_reply(from, reply, Ok(()));
+            self.publish_answer(channel, from, reply, Ok(None));
             return;
         };
         let limits = room.options.stream_limits();
         if self.appending.len() >= self.config.store_queue {
             self.stats.store_rejected += 1;
-            self.publish_reply(from, reply, Err(ErrorCode::Internal));
+            self.publish_answer(channel, from, reply, Err(ErrorCode::Internal));
             return;
         }
         let stored = Stored {
@@ -412,7 +451,11 @@ impl Hub {
                 _ => None,
             },
             user: user.clone(),
-            client: self.client_id(from),
+            client: if from == api::API_CONN {
+                api::API_CLIENT
+            } else {
+                self.client_id(from)
+            },
         };
         let token = self.next_token;
         self.next_token += 1;
@@ -495,6 +538,11 @@ impl Hub {
                         BusMessage::Publish { from, reply, .. } => {
                             self.publish_reply(from, reply, Err(ErrorCode::Internal));
                         }
+                        BusMessage::ApiHome { reply, .. } => {
+                            let code = ErrorCode::Internal;
+                            let part = ApiPart::Error(code, code.message().to_owned());
+                            self.api_answer(reply, part);
+                        }
                         BusMessage::Query {
                             conn, shard, id, ..
                         } => {
@@ -529,7 +577,7 @@ impl Hub {
         } = appending;
         let Ok((offset, epoch)) = result else {
             self.stats.store_failures += 1;
-            self.publish_reply(from, reply, Err(ErrorCode::Internal));
+            self.publish_answer(channel, from, reply, Err(ErrorCode::Internal));
             return;
         };
         self.stats.store_appends += 1;
@@ -549,7 +597,21 @@ impl Hub {
             room.trim(now);
             self.fan_out(channel, from, user.as_ref(), &payload, Some(offset));
         }
-        self.publish_reply(from, reply, Ok(()));
+        self.publish_answer(channel, from, reply, Ok(Some((offset, epoch))));
+    }
+
+    /// Answers a publication's publisher: a client's command, or the server API.
+    pub(super) fn publish_answer(
+        &mut self,
+        channel: &ChannelName,
+        from: ConnId,
+        reply: PubReply,
+        result: Result<Option<(u64, u64)>, ErrorCode>,
+    ) {
+        match reply {
+            PubReply::Client(reply) => self.publish_reply(from, reply, result.map(|_| ())),
+            PubReply::Api { to, key } => self.api_published(channel, to, key, result),
+        }
     }
 
     /// Answers a publisher's command, if it asked for an answer.
@@ -609,11 +671,13 @@ impl Hub {
         if centrifuge {
             if let Some(data) = publication_data(payload) {
                 let client = self.client_id(from).to_string();
+                // API publications have no publisher: no `info`.
+                let info = (from != api::API_CONN).then(|| info(user, &client));
                 items.push(Delivery {
                     frame: Frame::text(centrifuge::publication(
                         channel.as_str(),
                         &data,
-                        Some(&info(user, &client)),
+                        info.as_ref(),
                         offset,
                     )),
                     to: Audience::Centrifuge,
@@ -721,12 +785,8 @@ impl Hub {
                 out.push(b',');
             }
             let client = p.client.to_string();
-            centrifuge::push_publication(
-                out,
-                &p.data,
-                Some(&info(p.user.as_ref(), &client)),
-                Some(p.offset),
-            );
+            let info = (p.client != api::API_CLIENT).then(|| info(p.user.as_ref(), &client));
+            centrifuge::push_publication(out, &p.data, info.as_ref(), Some(p.offset));
         }
         out.push(b']');
     }

@@ -24,6 +24,7 @@ use crate::route::{Name, Route};
 use crate::store::{StoreEvent, StoreRequest};
 use crate::time::Timestamp;
 
+mod api;
 mod home;
 mod session;
 
@@ -366,6 +367,8 @@ pub struct Hub {
     now: Timestamp,
     shutting_down: bool,
     stats: Stats,
+    /// Server API requests in progress, and what homes here remember for it.
+    api: api::ApiState,
 }
 
 fn info<'a>(user: Option<&'a Name>, client: &'a str) -> ClientInfo<'a> {
@@ -403,6 +406,7 @@ impl Hub {
             now: Timestamp::ZERO,
             shutting_down: false,
             stats: Stats::default(),
+            api: api::ApiState::default(),
         }
     }
 
@@ -671,7 +675,10 @@ impl Hub {
             BusMessage::Join { .. }
             | BusMessage::Leave { .. }
             | BusMessage::Publish { .. }
-            | BusMessage::Query { .. } => self.at_home(msg),
+            | BusMessage::Query { .. }
+            | BusMessage::ApiHome { .. } => self.at_home(msg),
+            BusMessage::ApiShard { op, reply } => self.api_shard(op, reply),
+            BusMessage::ApiDone { token, part } => self.api_done(token, part),
             BusMessage::Joined {
                 channel,
                 conn,
@@ -716,6 +723,7 @@ impl Hub {
                 query: Query::History { .. },
                 ..
             } => (channel, true),
+            BusMessage::ApiHome { channel, op, .. } => (channel, Self::api_needs_stream(op)),
             BusMessage::Leave { channel, .. } | BusMessage::Query { channel, .. } => {
                 (channel, false)
             }
@@ -795,6 +803,7 @@ impl Hub {
                 let reply = self.home_query(channel.as_str(), id, &query);
                 self.send_bus(shard, BusMessage::Reply { conn, reply });
             }
+            BusMessage::ApiHome { channel, op, reply } => self.api_home(&channel, op, reply),
             _ => {}
         }
     }
