@@ -150,6 +150,29 @@ pub struct Cli {
     /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) for --tls-cert.
     #[arg(long, env = "HUBBUB_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+
+    /// Browser pages allowed to open WebSockets here, comma-separated:
+    /// `https://chat.example.com`, `https://*.example.com`,
+    /// `http://localhost:*`. A handshake with another `Origin` gets 403;
+    /// clients that send no `Origin` (not browsers) and this server's own
+    /// pages are always allowed. Default: any origin (as the seed servers).
+    #[arg(long, env = "HUBBUB_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = crate::origin::OriginPattern::parse)]
+    pub allowed_origins: Vec<crate::origin::OriginPattern>,
+
+    /// WebSocket connections one client address may hold (429 beyond; 0:
+    /// no limit). Loopback addresses are exempt unless --limit-loopback.
+    #[arg(long, env = "HUBBUB_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
+    pub max_connections_per_ip: usize,
+
+    /// WebSocket handshakes per second one client address may start, with
+    /// bursts of twice that (429 with Retry-After beyond; 0: no limit).
+    #[arg(long, env = "HUBBUB_HANDSHAKES_PER_IP", default_value_t = 100)]
+    pub handshakes_per_ip: u32,
+
+    /// Apply the per-IP limits to loopback clients too (off by default: a
+    /// reverse proxy on this machine makes every client look like one).
+    #[arg(long, env = "HUBBUB_LIMIT_LOOPBACK")]
+    pub limit_loopback: bool,
 }
 
 /// `typing:ROOM`: short-lived signals such as "alice is typing" (the
@@ -263,6 +286,11 @@ impl Cli {
             ("channel_limit", file.channel_limit, &mut self.channel_limit),
             ("idle_streams", file.idle_streams, &mut self.idle_streams),
             ("store_queue", file.store_queue, &mut self.store_queue),
+            (
+                "max_connections_per_ip",
+                file.max_connections_per_ip,
+                &mut self.max_connections_per_ip,
+            ),
         ] {
             if let (Some(v), true) = (value, unset(id)) {
                 *slot = v;
@@ -277,6 +305,19 @@ impl Cli {
         if let (Some(v), true) = (file.shards, unset("shards")) {
             self.shards =
                 Some(parse_workers(&v.to_string()).map_err(|e| context(format!("shards: {e}")))?);
+        }
+        if let (Some(v), true) = (file.handshakes_per_ip, unset("handshakes_per_ip")) {
+            self.handshakes_per_ip = v;
+        }
+        if let (Some(v), true) = (file.limit_loopback, unset("limit_loopback")) {
+            self.limit_loopback = v;
+        }
+        if let (Some(list), true) = (&file.allowed_origins, unset("allowed_origins")) {
+            self.allowed_origins = list
+                .iter()
+                .map(|p| crate::origin::OriginPattern::parse(p))
+                .collect::<Result<_, _>>()
+                .map_err(|e| context(format!("allowed_origins: {e}")))?;
         }
         if let (Some(v), true) = (&file.store, unset("store")) {
             if v != "sqlite" && v != "memory" {
@@ -342,6 +383,12 @@ impl Cli {
                     key: key.clone(),
                 }),
                 _ => None,
+            },
+            origins: crate::origin::OriginPolicy::new(self.allowed_origins.clone()),
+            ip_limits: crate::limits::IpLimitConfig {
+                connections_per_ip: self.max_connections_per_ip,
+                handshakes_per_ip: self.handshakes_per_ip,
+                limit_loopback: self.limit_loopback,
             },
         }
     }

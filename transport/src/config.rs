@@ -70,6 +70,10 @@ pub struct ServerConfig {
     pub api_key: Option<crate::api::ApiKey>,
     /// Serve HTTPS and WSS with these PEM files (`None`: plain).
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Browser origins allowed to open WebSockets (empty: any).
+    pub origins: crate::origin::OriginPolicy,
+    /// Per-IP connection and handshake limits.
+    pub ip_limits: crate::limits::IpLimitConfig,
 }
 
 /// The most shards a server runs.
@@ -85,6 +89,8 @@ impl Default for ServerConfig {
             store: StoreConfig::Memory,
             api_key: None,
             tls: None,
+            origins: crate::origin::OriginPolicy::default(),
+            ip_limits: crate::limits::IpLimitConfig::default(),
         }
     }
 }

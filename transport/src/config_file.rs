@@ -49,6 +49,10 @@ pub struct FileConfig {
     pub data_dir: Option<std::path::PathBuf>,
     pub history_sync: Option<String>,
     pub store_queue: Option<usize>,
+    pub allowed_origins: Option<Vec<String>>,
+    pub max_connections_per_ip: Option<usize>,
+    pub handshakes_per_ip: Option<u32>,
+    pub limit_loopback: Option<bool>,
     #[serde(alias = "workers")]
     pub shards: Option<usize>,
     pub channel: Option<NamespaceFile>,

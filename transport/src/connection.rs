@@ -46,6 +46,8 @@ pub struct Accepted {
     pub upgrade: UpgradeFut,
     /// Counts the connection against `max_connections` until dropped.
     pub slot: ConnectionSlot,
+    /// Counts it against its address's limit until dropped.
+    pub ip: crate::limits::IpGuard,
     pub token: TaskToken,
 }
 
@@ -60,6 +62,7 @@ pub async fn run(shared: Arc<Shared>, accepted: Accepted) {
         route,
         upgrade,
         slot,
+        ip,
         token,
     } = accepted;
     let ws = match upgrade.await {
@@ -72,6 +75,7 @@ pub async fn run(shared: Arc<Shared>, accepted: Accepted) {
     let upgraded = ws.into_inner().into_inner();
     let guards = Guards {
         _slot: slot,
+        _ip: ip,
         _token: token,
     };
     match upgraded.downcast::<TokioIo<TcpStream>>() {
@@ -109,6 +113,7 @@ pub async fn run(shared: Arc<Shared>, accepted: Accepted) {
 /// `--max-connections` and the shutdown tracker's count.
 struct Guards {
     _slot: ConnectionSlot,
+    _ip: crate::limits::IpGuard,
     _token: TaskToken,
 }
 

@@ -18,10 +18,11 @@ use fastwebsockets::upgrade::{is_upgrade_request, upgrade};
 use http_body_util::Full;
 use hubbub_core::route::is_websocket_path;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, UPGRADE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::connection::{self, Accepted};
+use crate::limits::Refusal;
 use crate::state::Shared;
 use crate::static_files;
 
@@ -78,6 +79,19 @@ fn respond(shared: &Arc<Shared>, peer: SocketAddr, req: &mut Request<Incoming>) 
             return error(status, &e.message());
         }
     };
+    let origin = req.headers().get(ORIGIN).map(HeaderValue::to_str);
+    let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
+    let allowed = match origin {
+        None => true,
+        Some(Ok(origin)) => shared.config.origins.allows(Some(origin), host),
+        Some(Err(_)) => false,
+    };
+    if !allowed {
+        return error(
+            StatusCode::FORBIDDEN,
+            "origin not allowed: this server does not accept WebSockets from that page (--allowed-origins)",
+        );
+    }
     if !is_upgrade_request(req) {
         let mut response = error(
             StatusCode::UPGRADE_REQUIRED,
@@ -91,6 +105,25 @@ fn respond(shared: &Arc<Shared>, peer: SocketAddr, req: &mut Request<Incoming>) 
     if shared.is_stopping() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
     }
+    let ip = match shared
+        .ip_limits
+        .admit(peer.ip(), tokio::time::Instant::now().into_std())
+    {
+        Ok(guard) => guard,
+        Err(Refusal::TooMany { retry_after, what }) => {
+            let mut response = error(StatusCode::TOO_MANY_REQUESTS, what);
+            if let Ok(value) = HeaderValue::from_str(&retry_after.as_secs().to_string()) {
+                response.headers_mut().insert(RETRY_AFTER, value);
+            }
+            return response;
+        }
+        Err(Refusal::Busy) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server busy: too many client addresses",
+            )
+        }
+    };
     let Some(slot) = shared.reserve() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -107,6 +140,7 @@ fn respond(shared: &Arc<Shared>, peer: SocketAddr, req: &mut Request<Incoming>) 
         route,
         upgrade,
         slot,
+        ip,
         token: shared.tracker.token(),
     };
     tokio::spawn(connection::run(shared.clone(), accepted));

@@ -105,10 +105,14 @@ impl IpLimits {
                 ip: None,
             });
         }
-        let burst = f64::from(c.handshakes_per_ip) * 2.0;
+        let burst = self.burst();
         let mut ips = self.ips.lock().unwrap_or_else(PoisonError::into_inner);
         if !ips.contains_key(&ip) && ips.len() >= MAX_TRACKED_IPS {
-            return Err(Refusal::Busy);
+            // Forget the addresses with no connection and a full bucket.
+            ips.retain(|_, s| s.connections > 0 || self.refilled(s, now) < burst);
+            if ips.len() >= MAX_TRACKED_IPS {
+                return Err(Refusal::Busy);
+            }
         }
         let state = ips.entry(ip).or_insert(IpState {
             connections: 0,
@@ -117,8 +121,7 @@ impl IpLimits {
         });
         if c.handshakes_per_ip > 0 {
             let rate = f64::from(c.handshakes_per_ip);
-            let elapsed = now.saturating_duration_since(state.refilled).as_secs_f64();
-            state.tokens = (state.tokens + elapsed * rate).min(burst);
+            state.tokens = self.refilled(state, now);
             state.refilled = now;
             if state.tokens < 1.0 {
                 let wait = (1.0 - state.tokens) / rate;
@@ -144,13 +147,26 @@ impl IpLimits {
         })
     }
 
+    fn burst(&self) -> f64 {
+        f64::from(self.config.handshakes_per_ip) * 2.0
+    }
+
+    /// The tokens `state` has at `now`.
+    fn refilled(&self, state: &IpState, now: Instant) -> f64 {
+        let rate = f64::from(self.config.handshakes_per_ip);
+        let elapsed = now.saturating_duration_since(state.refilled).as_secs_f64();
+        (state.tokens + elapsed * rate).min(self.burst())
+    }
+
     fn release(&self, ip: IpAddr) {
+        let now = Instant::now();
         let mut ips = self.ips.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(state) = ips.get_mut(&ip) {
             state.connections = state.connections.saturating_sub(1);
-            // An address with no connection is forgotten; its handshake
-            // bucket starts full if it comes back (bounded table first).
-            if state.connections == 0 {
+            // An address with no connection and a full bucket is forgotten
+            // (one that is still refilling is kept, or a client could
+            // reset its bucket by closing its connections).
+            if state.connections == 0 && self.refilled(state, now) >= self.burst() {
                 ips.remove(&ip);
             }
         }

@@ -35,11 +35,13 @@ pub const DEPTH_BUCKETS: [u64; 10] = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256];
 const EXACT_DEPTHS: usize = 257;
 
 /// The HTTP refusals counted, by status (`hubbub_http_rejections_total`).
-const REJECTIONS: [StatusCode; 5] = [
+const REJECTIONS: [StatusCode; 7] = [
     StatusCode::BAD_REQUEST,
+    StatusCode::FORBIDDEN,
     StatusCode::NOT_FOUND,
     StatusCode::METHOD_NOT_ALLOWED,
     StatusCode::UPGRADE_REQUIRED,
+    StatusCode::TOO_MANY_REQUESTS,
     StatusCode::SERVICE_UNAVAILABLE,
 ];
 

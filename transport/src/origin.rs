@@ -166,6 +166,11 @@ pub struct OriginPolicy {
 }
 
 impl OriginPolicy {
+    #[must_use]
+    pub fn new(patterns: Vec<OriginPattern>) -> Self {
+        Self { patterns }
+    }
+
     /// Parses comma-separated patterns (`--allowed-origins`).
     ///
     /// # Errors

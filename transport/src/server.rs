@@ -79,6 +79,7 @@ pub async fn serve(
         None => None,
     };
     let started = Instant::now();
+    let ip_limits = crate::limits::IpLimits::new(config.ip_limits);
     let (store, mut store_links) = start_store(&config, shards)?;
     if let Some(store) = &store {
         metrics.set_store(store.stats().clone());
@@ -116,6 +117,7 @@ pub async fn serve(
             bus: bus.clone(),
             started,
             tls: tls.clone(),
+            ip_limits: ip_limits.clone(),
         });
         let store_link = store_links.next();
         let hub = hub_task::run(

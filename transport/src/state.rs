@@ -41,6 +41,8 @@ pub struct Shared {
     pub started: tokio::time::Instant,
     /// The TLS acceptor, with `--tls-cert`/`--tls-key`.
     pub tls: Option<crate::tls::Acceptor>,
+    /// Connections and handshakes per IP (all shards).
+    pub ip_limits: Arc<crate::limits::IpLimits>,
 }
 
 impl Shared {

@@ -1,0 +1,146 @@
+//! Abuse before the upgrade: cross-origin handshakes, too many connections
+//! or handshakes from one address. Each attack gets its answer (403, 429
+//! with Retry-After) and a bystander in the same room keeps chatting.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use hubbub::limits::IpLimitConfig;
+use hubbub::origin::OriginPolicy;
+use hubbub::ServerConfig;
+
+/// Two seed clients in `room` who can still talk to each other.
+async fn bystanders(server: &TestServer, room: &str) -> (Ws, Ws) {
+    let a = join(server, room, "ann").await;
+    let b = join(server, room, "bob").await;
+    (a, b)
+}
+
+async fn still_chatting(a: &mut Ws, b: &mut Ws, line: &str) {
+    send_text(a, line).await;
+    let m = seed_until(b, |m| m.kind == hubbub_core::SeedType::Chat).await;
+    assert_eq!(m.content, line);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_from_another_origin_is_403_and_nobody_else_notices() {
+    let mut server = TestServer::start(ServerConfig {
+        origins: OriginPolicy::parse_list(&["https://chat.example.com".to_owned()]).unwrap(),
+        ..config()
+    })
+    .await;
+    let (mut ann, mut bob) = bystanders(&server, "lobby").await;
+    let with_origin = |origin: &'static str| {
+        let mut headers = UPGRADE.to_vec();
+        headers.push(origin);
+        headers
+    };
+
+    let r = get(
+        server.addr,
+        "/ws/lobby?username=mallory",
+        &with_origin("Origin: https://evil.example"),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(r.error().contains("origin not allowed"), "{}", r.body);
+    let r = get(
+        server.addr,
+        "/connection/websocket",
+        &with_origin("Origin: null"),
+    )
+    .await;
+    assert_eq!(r.status, 403, "a sandboxed page or a file");
+
+    // The allowed site, this server's own pages, and non-browsers get in.
+    let allowed = get(
+        server.addr,
+        "/ws/lobby?username=carol",
+        &with_origin("Origin: https://chat.example.com"),
+    )
+    .await;
+    assert_eq!(allowed.status, 101);
+    // (The helper's requests say `Host: test`.)
+    let mut headers = UPGRADE.to_vec();
+    headers.push("Origin: http://test");
+    let own_page = get(server.addr, "/connection/websocket", &headers).await;
+    assert_eq!(own_page.status, 101, "the server's own chat page");
+    let cli = get(server.addr, "/ws/lobby?username=dave", UPGRADE).await;
+    assert_eq!(cli.status, 101, "no Origin: not a browser");
+
+    still_chatting(&mut ann, &mut bob, "still here").await;
+    let metrics = get(server.addr, "/metrics", &[]).await;
+    assert!(
+        metrics
+            .body
+            .lines()
+            .any(|l| l == "hubbub_http_rejections_total{status=\"403\"} 2"),
+        "{}",
+        metrics.body
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_gets_429_beyond_its_connections_and_handshakes() {
+    let mut server = TestServer::start(ServerConfig {
+        ip_limits: IpLimitConfig {
+            connections_per_ip: 4,
+            handshakes_per_ip: 0,
+            limit_loopback: true,
+        },
+        ..config()
+    })
+    .await;
+    let (mut ann, mut bob) = bystanders(&server, "hall").await;
+    let mut held = vec![connect(&server, "/ws").await, connect(&server, "/ws").await];
+    let r = get(server.addr, "/ws", UPGRADE).await;
+    assert_eq!(r.status, 429, "the fifth connection from one address");
+    assert!(r.header("retry-after").is_some());
+    assert!(r.error().contains("too many connections"), "{}", r.body);
+    still_chatting(&mut ann, &mut bob, "unbothered").await;
+    // A connection that ends frees its place.
+    held.pop();
+    let mut admitted = false;
+    for _ in 0..50 {
+        if get(server.addr, "/ws", UPGRADE).await.status == 101 {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(admitted, "a place came free");
+    server.stop().await;
+
+    // A handshake flood: 3 a second, bursts of 6.
+    let mut server = TestServer::start(ServerConfig {
+        ip_limits: IpLimitConfig {
+            connections_per_ip: 0,
+            handshakes_per_ip: 3,
+            limit_loopback: true,
+        },
+        ..config()
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(get(server.addr, "/health", &[]).await.status);
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "plain requests are not handshakes"
+    );
+    let mut answers = Vec::new();
+    for _ in 0..10 {
+        let r = get(server.addr, "/ws", UPGRADE).await;
+        answers.push((r.status, r.header("retry-after")));
+    }
+    let refused = answers.iter().filter(|(s, _)| *s == 429).count();
+    assert!((3..=4).contains(&refused), "{answers:?}");
+    assert!(answers
+        .iter()
+        .filter(|(s, _)| *s == 429)
+        .all(|(_, retry)| retry.as_deref() == Some("1")));
+    server.stop().await;
+}
