@@ -37,6 +37,16 @@ use crate::state::Shared;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Requests one connection may make before it upgrades (or is closed).
+pub const MAX_REQUESTS_PER_CONNECTION: usize = 32;
+
+/// The most bytes of request head (line and headers) a connection may
+/// send: beyond it hyper answers 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// How long a connection may speak HTTP before its upgrade.
+pub const PRE_UPGRADE_LIFETIME: Duration = Duration::from_secs(60);
+
 /// How long the hub task gets to finish once every connection has.
 const HUB_EXIT_WAIT: Duration = Duration::from_secs(1);
 
@@ -417,11 +427,29 @@ fn spawn_http(
     let tls = shared.tls.clone();
     let shared = shared.clone();
     tokio::spawn(async move {
-        let service = service_fn(move |req| http::handle(shared.clone(), peer, req));
+        // Before its upgrade a connection may make a bounded number of
+        // requests: the last answer says `Connection: close`, so a client
+        // pipelining requests it never reads pins no more than that.
+        let served = Arc::new(AtomicUsize::new(0));
+        let service = service_fn(move |req| {
+            let shared = shared.clone();
+            let served = served.clone();
+            async move {
+                let mut response = http::handle(shared, peer, req).await?;
+                if served.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_REQUESTS_PER_CONNECTION {
+                    response.headers_mut().insert(
+                        hyper::header::CONNECTION,
+                        hyper::header::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEADER_BYTES);
         match tls {
             None => serve_http(&builder, stream, service, peer, &mut stop).await,
             Some(acceptor) => {
@@ -462,11 +490,23 @@ async fn serve_http<S, F>(
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
+    // A connection's HTTP life (until its upgrade hands the socket on) is
+    // bounded too: keep-alive clients reconnect, idle ones go.
+    let lifetime = tokio::time::sleep(PRE_UPGRADE_LIFETIME);
+    tokio::pin!(lifetime);
     let result = tokio::select! {
         result = conn.as_mut() => result,
         () = stopped(stop) => {
             conn.as_mut().graceful_shutdown();
             conn.await
+        }
+        () = &mut lifetime => {
+            debug!(%peer, "http connection ended: pre-upgrade lifetime reached");
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(Duration::from_secs(1), conn).await {
+                Ok(result) => result,
+                Err(_) => return,
+            }
         }
     };
     if let Err(e) = result {

@@ -144,3 +144,41 @@ async fn one_address_gets_429_beyond_its_connections_and_handshakes() {
         .all(|(_, retry)| retry.as_deref() == Some("1")));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_and_oversized_headers_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = TestServer::start(config()).await;
+    let (mut ann, mut bob) = bystanders(&server, "quiet").await;
+
+    // 40 pipelined requests on one connection: 32 are answered, the last
+    // with `Connection: close`, then the server closes it.
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let one = "GET /health HTTP/1.1\r\nHost: test\r\n\r\n";
+    tcp.write_all(one.repeat(40).as_bytes()).await.unwrap();
+    let mut answers = Vec::new();
+    within(STEP, "pipelined answers", tcp.read_to_end(&mut answers))
+        .await
+        .unwrap();
+    let answers = String::from_utf8_lossy(&answers);
+    assert_eq!(
+        answers.matches("HTTP/1.1 200 OK").count(),
+        hubbub::server::MAX_REQUESTS_PER_CONNECTION
+    );
+    assert!(answers.to_ascii_lowercase().contains("connection: close"));
+
+    // A request head beyond 16 KiB is refused, not buffered.
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let big = format!(
+        "GET /health HTTP/1.1\r\nHost: test\r\nX-Junk: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let _ = tcp.write_all(big.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = within(STEP, "431", tcp.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    still_chatting(&mut ann, &mut bob, "fine").await;
+    server.stop().await;
+}
