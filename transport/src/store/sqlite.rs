@@ -33,10 +33,6 @@ pub const DB_FILE: &str = "hubbub.db";
 /// The schema this hubbub writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 1;
 
-/// WAL pages (4 KiB) beyond which the writer checkpoints itself, should
-/// the checkpoint thread not keep up (SQLite's default is 1,000).
-pub const WAL_SAFETY_PAGES: i64 = 20_000;
-
 /// Bytes of WAL kept after a checkpoint (`PRAGMA journal_size_limit`).
 pub const WAL_SIZE_LIMIT: i64 = 16 << 20;
 
@@ -201,12 +197,6 @@ impl SqliteStore {
         // After a checkpoint the WAL is cut back to this, rather than kept
         // at the largest size it ever reached.
         conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
-            .map_err(|e| problem(&e))?;
-        // Checkpoints (copying the WAL into the database, with a sync) are
-        // the checkpoint thread's, on a connection of its own, so a commit
-        // never waits for one; this one only checkpoints as a safety net
-        // when the WAL has grown far beyond what that thread lets it.
-        conn.pragma_update(None, "wal_autocheckpoint", WAL_SAFETY_PAGES)
             .map_err(|e| problem(&e))?;
         // A write at every start: a store that cannot be written is refused
         // now, not at the first publication.

@@ -62,17 +62,9 @@ pub fn spawn(
 ) -> std::io::Result<StoreHandle> {
     let (tx, rx) = mpsc::channel();
     let stats = store.stats();
-    let path = store.path().to_owned();
-    let (stop_checkpoints, stopped) = mpsc::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("hubbub-store".into())
-        .spawn(move || {
-            run(store, &rx, &shards);
-            drop(stop_checkpoints);
-        })?;
-    std::thread::Builder::new()
-        .name("hubbub-checkpoint".into())
-        .spawn(move || checkpoints(&path, &stopped))?;
+        .spawn(move || run(store, &rx, &shards))?;
     Ok(StoreHandle {
         tx: Arc::new(Mutex::new(Some(tx))),
         thread: Arc::new(Mutex::new(Some(thread))),
@@ -124,31 +116,6 @@ impl StoreHandle {
     #[must_use]
     pub fn stats(&self) -> &Arc<StoreStats> {
         &self.stats
-    }
-}
-
-/// How often the checkpoint thread copies the WAL into the database.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-
-/// Copies committed pages from the WAL into the database every
-/// [`CHECKPOINT_EVERY`], on a connection of its own (`PASSIVE`: it never
-/// waits for the writer, nor the writer for it), until the store thread
-/// ends. Without it, SQLite would checkpoint inside a commit every 1,000
-/// pages, and that commit's publications would wait for the copy and its
-/// sync: the store's tail latency.
-fn checkpoints(path: &std::path::Path, stopped: &mpsc::Receiver<()>) {
-    let conn = match rusqlite::Connection::open(path) {
-        Ok(conn) => conn,
-        Err(e) => {
-            tracing::warn!(error = %e, "history store: no checkpoint thread; the writer checkpoints itself");
-            return;
-        }
-    };
-    let _ = conn.busy_timeout(Duration::from_millis(100));
-    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::debug!(error = %e, "history store: checkpoint skipped");
-        }
     }
 }
 
