@@ -62,11 +62,19 @@ pub enum CloseReason {
     /// (1011; the client may reconnect). Centrifugo clients get error 100
     /// for the subscribe instead, and stay connected.
     StoreUnavailable,
+    /// Centrifugo protocol: a token that is not valid (bad signature,
+    /// algorithm or claims), or a refresh or subscription token for another
+    /// user, channel or client (3500, terminal: the SDK stops).
+    InvalidToken,
+    /// Centrifugo protocol: the connection's token expired and no `refresh`
+    /// came within `Config::expired_close_delay`, or a refresh brought an
+    /// expired token (3005: the SDK gets a new token and reconnects).
+    ConnectionExpired,
 }
 
 impl CloseReason {
     /// All reasons, for metrics tables.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 16] = [
         Self::PeerClosed,
         Self::MessageTooBig,
         Self::InvalidUtf8,
@@ -81,6 +89,8 @@ impl CloseReason {
         Self::Stale,
         Self::NotAvailable,
         Self::StoreUnavailable,
+        Self::InvalidToken,
+        Self::ConnectionExpired,
     ];
 
     #[must_use]
@@ -100,6 +110,8 @@ impl CloseReason {
             Self::Stale => CloseCode(3502),
             Self::NotAvailable => CloseCode(3508),
             Self::StoreUnavailable => CloseCode::INTERNAL_ERROR,
+            Self::InvalidToken => CloseCode(3500),
+            Self::ConnectionExpired => CloseCode(3005),
         }
     }
 
@@ -149,6 +161,8 @@ impl CloseReason {
             Self::Stale => "stale",
             Self::NotAvailable => "not available",
             Self::StoreUnavailable => "history store unavailable, try again",
+            Self::InvalidToken => "invalid token",
+            Self::ConnectionExpired => "connection expired",
         }
     }
 
@@ -170,6 +184,8 @@ impl CloseReason {
             Self::Stale => "stale",
             Self::NotAvailable => "not_available",
             Self::StoreUnavailable => "store_unavailable",
+            Self::InvalidToken => "invalid_token",
+            Self::ConnectionExpired => "connection_expired",
         }
     }
 }

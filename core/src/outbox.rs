@@ -187,7 +187,9 @@ pub const fn flushes_on_close(reason: CloseReason) -> bool {
         | CloseReason::BadRequest
         | CloseReason::Stale
         | CloseReason::NotAvailable
-        | CloseReason::StoreUnavailable => true,
+        | CloseReason::StoreUnavailable
+        | CloseReason::InvalidToken
+        | CloseReason::ConnectionExpired => true,
         CloseReason::PeerClosed
         | CloseReason::HeartbeatTimeout
         | CloseReason::SlowConsumer
