@@ -48,6 +48,7 @@
 //!   the hub task publishes, so a scrape never goes through the hub task.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod bounded;
 pub mod cli;
 pub mod config;
