@@ -49,3 +49,8 @@ fn centrifuge_decode_corpus() {
         hubbub_sim::fuzz_targets::centrifuge_decode,
     );
 }
+
+#[test]
+fn token_corpus() {
+    replay("token", hubbub_sim::fuzz_targets::token);
+}
