@@ -896,13 +896,10 @@ impl Hub {
         token: &str,
         invalid: Option<ErrorCode>,
     ) -> Result<Result<Option<u64>, ErrorCode>, Disconnect> {
-        let claims = match self.config.tokens.claims(token) {
-            Ok(claims) => claims,
-            Err(_) => {
-                return invalid
-                    .map(Err)
-                    .ok_or(Disconnect(CloseReason::InvalidToken));
-            }
+        let Ok(claims) = self.config.tokens.claims(token) else {
+            return invalid
+                .map(Err)
+                .ok_or(Disconnect(CloseReason::InvalidToken));
         };
         let user = self.conns.get(&conn).map_or("", Conn::user_str);
         let client = self.client_id(conn).to_string();
