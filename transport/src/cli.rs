@@ -511,6 +511,63 @@ mod tests {
     use super::*;
 
     #[test]
+    fn token_settings_from_the_file_and_the_token_subcommand() {
+        let dir = std::env::temp_dir().join(format!("hubbub-cli-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("hubbub.toml");
+        std::fs::write(
+            &path,
+            "token_hmac_secret = \"file-secret\"\ntoken_audience = \"chat\"\nallow_anonymous = true\n[[namespace]]\nname = \"dm\"\nallow_user_limited_channels = true\npublication_data_format = \"json_object\"\n",
+        )
+        .expect("write");
+        let file = path.to_str().expect("utf8");
+        let matches = Cli::command().get_matches_from(["hubbub", "--config", file]);
+        let cli = Cli::from_arg_matches(&matches)
+            .expect("parses")
+            .with_file(&matches)
+            .expect("valid file");
+        assert_eq!(cli.token_hmac_secret.as_deref(), Some("file-secret"));
+        assert_eq!(cli.token_audience.as_deref(), Some("chat"));
+        assert!(cli.command.is_none(), "no subcommand: serve");
+        let config = cli.server_config();
+        assert!(config.hub.allow_anonymous);
+        let dm = &config.hub.namespaces.named["dm"];
+        assert!(dm.allow_user_limited_channels);
+        assert_eq!(
+            dm.publication_data_format,
+            hubbub_core::DataFormat::JsonObject
+        );
+        assert!(cli.keys().tokens().expect("keys").enabled());
+        // Flags win over the file; the subcommand takes the secret after it.
+        let matches = Cli::command().get_matches_from([
+            "hubbub",
+            "--config",
+            file,
+            "token",
+            "--user",
+            "alice",
+            "--token-hmac-secret",
+            "flag",
+        ]);
+        let cli = Cli::from_arg_matches(&matches)
+            .expect("parses")
+            .with_file(&matches)
+            .expect("valid file");
+        assert_eq!(cli.token_hmac_secret.as_deref(), Some("flag"));
+        assert!(matches!(cli.command, Some(Subcommand::Token { ref user, .. }) if user == "alice"));
+        // No key: no verifier; an unreadable key file stops the server.
+        assert!(!Cli::parse_from(["hubbub"])
+            .keys()
+            .tokens()
+            .expect("none")
+            .enabled());
+        let bad = Cli::parse_from(["hubbub", "--token-rsa-public-key", "/nonexistent.pem"]);
+        let err = bad.keys().tokens().expect_err("unreadable");
+        assert!(err.contains("--token-rsa-public-key"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn the_config_file_fills_what_flags_and_env_leave_unset() {
         let dir = std::env::temp_dir().join(format!("hubbub-cli-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
