@@ -124,6 +124,34 @@ pub struct ChannelOptions {
     pub allow_positioning: bool,
     /// Channel names must match this, else 107.
     pub channel_regex: Option<ChannelPattern>,
+    /// `name#alice,bob` admits the users listed after the last `#`
+    /// (authenticated ones, by their token's `sub`), and only them.
+    pub allow_user_limited_channels: bool,
+    /// What a client publication's `data` must be (else 107).
+    pub publication_data_format: DataFormat,
+}
+
+/// `publication_data_format`: what client publications may carry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DataFormat {
+    /// Any JSON value (Centrifugo's empty setting).
+    #[default]
+    Any,
+    /// `json`: any JSON value (the JSON protocol only carries JSON).
+    Json,
+    /// `json_object`: a JSON object.
+    JsonObject,
+}
+
+impl DataFormat {
+    /// Whether raw JSON `data` has this format.
+    #[must_use]
+    pub fn accepts(self, data: &[u8]) -> bool {
+        match self {
+            Self::Any | Self::Json => true,
+            Self::JsonObject => data.first() == Some(&b'{'),
+        }
+    }
 }
 
 impl Default for ChannelOptions {
@@ -150,6 +178,8 @@ impl Default for ChannelOptions {
             force_positioning: false,
             allow_positioning: true,
             channel_regex: None,
+            allow_user_limited_channels: false,
+            publication_data_format: DataFormat::Any,
         }
     }
 }

@@ -65,11 +65,19 @@ pub enum CloseReason {
     /// The server API's `disconnect` ended the user's connections (1008;
     /// Centrifugo clients get 3503, "force disconnect": no reconnect).
     ForceDisconnect,
+    /// Centrifugo protocol: a token that is not valid (bad signature,
+    /// algorithm or claims), or a refresh or subscription token for another
+    /// user, channel or client (3500, terminal: the SDK stops).
+    InvalidToken,
+    /// Centrifugo protocol: the connection's token expired and no `refresh`
+    /// came within `Config::expired_close_delay`, or a refresh brought an
+    /// expired token (3005: the SDK gets a new token and reconnects).
+    ConnectionExpired,
 }
 
 impl CloseReason {
     /// All reasons, for metrics tables.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 17] = [
         Self::PeerClosed,
         Self::MessageTooBig,
         Self::InvalidUtf8,
@@ -85,6 +93,8 @@ impl CloseReason {
         Self::NotAvailable,
         Self::StoreUnavailable,
         Self::ForceDisconnect,
+        Self::InvalidToken,
+        Self::ConnectionExpired,
     ];
 
     #[must_use]
@@ -105,6 +115,8 @@ impl CloseReason {
             Self::NotAvailable => CloseCode(3508),
             Self::StoreUnavailable => CloseCode::INTERNAL_ERROR,
             Self::ForceDisconnect => CloseCode::POLICY_VIOLATION,
+            Self::InvalidToken => CloseCode(3500),
+            Self::ConnectionExpired => CloseCode(3005),
         }
     }
 
@@ -156,6 +168,8 @@ impl CloseReason {
             Self::NotAvailable => "not available",
             Self::StoreUnavailable => "history store unavailable, try again",
             Self::ForceDisconnect => "force disconnect",
+            Self::InvalidToken => "invalid token",
+            Self::ConnectionExpired => "connection expired",
         }
     }
 
@@ -178,6 +192,8 @@ impl CloseReason {
             Self::NotAvailable => "not_available",
             Self::StoreUnavailable => "store_unavailable",
             Self::ForceDisconnect => "force_disconnect",
+            Self::InvalidToken => "invalid_token",
+            Self::ConnectionExpired => "connection_expired",
         }
     }
 }

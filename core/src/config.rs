@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::auth::Tokens;
 use crate::bus::ShardId;
 use crate::channel::{Namespaces, MAX_CHANNEL_BYTES};
 
@@ -51,6 +52,16 @@ pub struct Config {
     /// one this hub is. A channel's home is a hash of its name over `shards`.
     pub shards: u16,
     pub shard: ShardId,
+    /// Who checks tokens' signatures. Without a verifier (the default)
+    /// tokens are ignored and every connection is let in as before.
+    pub tokens: Tokens,
+    /// With a verifier: whether a Centrifugo client may connect without a
+    /// token (as an anonymous user). Without, such a `connect` is closed
+    /// with 3501.
+    pub allow_anonymous: bool,
+    /// Centrifugo protocol: how long past its token's `exp` a connection
+    /// that has not sent `refresh` stays open before it is closed with 3005.
+    pub expired_close_delay: Duration,
 }
 
 impl Default for Config {
@@ -72,6 +83,9 @@ impl Default for Config {
             server_version: concat!("hubbub ", env!("CARGO_PKG_VERSION")).to_owned(),
             shards: 1,
             shard: ShardId(0),
+            tokens: Tokens::default(),
+            allow_anonymous: false,
+            expired_close_delay: Duration::from_secs(25),
         }
     }
 }

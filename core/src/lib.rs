@@ -17,12 +17,14 @@
 //!   home shard, and its deliveries back, once per shard.
 //! - [`store`]: the engine boundary: streams made durable by the driver's engine, and
 //!   [`store::MemoryStore`], the in-memory engine.
+//! - [`auth`]: token claims and the [`auth::TokenVerifier`] boundary (no cryptography here).
 //! - [`route`]: handshake validation: path + query → [`Route`] or an HTTP error.
 //! - [`close`]: why connections end and the close codes for it.
 //! - [`config`], [`time`]: limits and time as plain values.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod bus;
 pub mod centrifuge;
 pub mod channel;
@@ -36,8 +38,9 @@ pub mod store;
 pub mod time;
 
 pub use api::{ApiCommand, ApiReply, ApiRequest};
+pub use auth::{Claims, TokenError, TokenVerifier, Tokens};
 pub use bus::{BusMessage, ShardId};
-pub use channel::{ChannelName, ChannelOptions, ChannelPattern, Namespaces};
+pub use channel::{ChannelName, ChannelOptions, ChannelPattern, DataFormat, Namespaces};
 pub use close::{CloseCode, CloseReason};
 pub use codec::{encode_seed, ClientMessage, Codec, Frame, MessageKind, SeedMessage, SeedType};
 pub use config::Config;

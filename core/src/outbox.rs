@@ -188,7 +188,9 @@ pub const fn flushes_on_close(reason: CloseReason) -> bool {
         | CloseReason::Stale
         | CloseReason::NotAvailable
         | CloseReason::StoreUnavailable
-        | CloseReason::ForceDisconnect => true,
+        | CloseReason::ForceDisconnect
+        | CloseReason::InvalidToken
+        | CloseReason::ConnectionExpired => true,
         CloseReason::PeerClosed
         | CloseReason::HeartbeatTimeout
         | CloseReason::SlowConsumer

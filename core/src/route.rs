@@ -231,6 +231,12 @@ pub fn route(path: &str, query: Option<&str>) -> Result<Route, HandshakeError> {
 /// The first value of `key` in a `k=v&k=v` query, percent-decoded with `+`
 /// as space (as Go's `url.ParseQuery`, which the seeds use). `Some(Err)` when
 /// the value's encoding is bad.
+/// The percent-decoded value of `key` in `query`, if present and well encoded.
+#[must_use]
+pub fn query_value(query: &str, key: &str) -> Option<String> {
+    query_param(query, key).and_then(Result::ok)
+}
+
 fn query_param(query: &str, key: &str) -> Option<Result<String, ()>> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));

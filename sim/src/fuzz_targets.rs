@@ -558,3 +558,90 @@ pub fn api_decode(data: &[u8]) {
         "{value}"
     );
 }
+
+/// Token claims as the hub reads them, from whatever a verifier let
+/// through: [`hubbub_core::auth::parse_claims`] never panics and is
+/// deterministic; the hub, handed the bytes as a connection token's and
+/// then a subscription token's payload, answers or closes the connection
+/// with a code the protocol allows, and never panics; user-limited channel
+/// names never admit the anonymous user.
+pub fn token(data: &[u8]) {
+    use hubbub_core::auth::{parse_claims, user_listed, TokenError, TokenVerifier, Tokens};
+
+    struct Echo(Vec<u8>);
+    impl TokenVerifier for Echo {
+        fn verify(&self, token: &str) -> Result<Vec<u8>, TokenError> {
+            // "bad" stands for a token whose signature does not verify.
+            if token == "bad" {
+                Err(TokenError::Invalid)
+            } else {
+                Ok(self.0.clone())
+            }
+        }
+    }
+
+    let parsed = parse_claims(data);
+    assert_eq!(parsed, parse_claims(data), "deterministic");
+    if let Ok(claims) = &parsed {
+        if let Some(info) = &claims.info {
+            serde_json::from_slice::<&RawValue>(info).expect("info is JSON");
+        }
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        assert!(!user_listed(text, ""));
+    }
+    let mut hub = Hub::new(Config {
+        tokens: Tokens::new(Echo(data.to_vec())),
+        ..Config::default()
+    });
+    let conn = ConnId(1);
+    let now = Timestamp::from_millis(1_700_000_000_000);
+    hub.handle_input(
+        now,
+        Input::Open {
+            conn,
+            route: Route::Centrifuge,
+        },
+    );
+    let frame = "{\"id\":1,\"connect\":{\"token\":\"t\"}}\n\
+                 {\"id\":2,\"subscribe\":{\"channel\":\"$c\",\"token\":\"t\"}}\n\
+                 {\"id\":3,\"sub_refresh\":{\"channel\":\"$c\",\"token\":\"t\"}}\n\
+                 {\"id\":4,\"refresh\":{\"token\":\"t\"}}";
+    hub.handle_input(
+        now,
+        Input::Message {
+            conn,
+            frame: Frame::text(frame.to_owned()),
+        },
+    );
+    for t in [now.as_millis() + 1, u64::MAX / 2, u64::MAX] {
+        hub.handle_timeout(Timestamp::from_millis(t));
+    }
+    let mut closed = false;
+    while let Some(out) = hub.poll_output() {
+        match out {
+            Output::Close { reason, .. } => {
+                assert!(!closed, "one close per connection");
+                closed = true;
+                assert!(
+                    matches!(
+                        reason,
+                        CloseReason::InvalidToken
+                            | CloseReason::ConnectionExpired
+                            | CloseReason::BadRequest
+                            | CloseReason::HeartbeatTimeout
+                            | CloseReason::Stale
+                    ),
+                    "{reason:?}"
+                );
+            }
+            Output::Send { frame, .. } => {
+                for line in frame.payload.split(|&b| b == b'\n') {
+                    serde_json::from_slice::<Value>(line).expect("the hub writes JSON");
+                }
+                assert!(!closed, "nothing after the close");
+            }
+            Output::Ping { .. } => {}
+        }
+    }
+}

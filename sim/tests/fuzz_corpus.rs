@@ -54,3 +54,8 @@ fn centrifuge_decode_corpus() {
 fn api_decode_corpus() {
     replay("api_decode", hubbub_sim::fuzz_targets::api_decode);
 }
+
+#[test]
+fn token_corpus() {
+    replay("token", hubbub_sim::fuzz_targets::token);
+}

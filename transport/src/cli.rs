@@ -173,6 +173,60 @@ pub struct Cli {
     /// reverse proxy on this machine makes every client look like one).
     #[arg(long, env = "HUBBUB_LIMIT_LOOPBACK")]
     pub limit_loopback: bool,
+    /// Connection and subscription tokens (JWT) signed with this secret
+    /// (HS256/384/512) are accepted; with any token key set, clients
+    /// without a token are refused unless --allow-anonymous.
+    #[arg(
+        long,
+        env = "HUBBUB_TOKEN_HMAC_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub token_hmac_secret: Option<String>,
+
+    /// Tokens signed with the RSA private key of this PEM public key
+    /// (RS256/384/512) are accepted.
+    #[arg(long, env = "HUBBUB_TOKEN_RSA_PUBLIC_KEY", value_name = "FILE")]
+    pub token_rsa_public_key: Option<std::path::PathBuf>,
+
+    /// Tokens signed with the ECDSA private key of this PEM public key
+    /// (ES256/384) are accepted.
+    #[arg(long, env = "HUBBUB_TOKEN_ECDSA_PUBLIC_KEY", value_name = "FILE")]
+    pub token_ecdsa_public_key: Option<std::path::PathBuf>,
+
+    /// Tokens must carry this `aud` claim.
+    #[arg(long, env = "HUBBUB_TOKEN_AUDIENCE")]
+    pub token_audience: Option<String>,
+
+    /// Tokens must carry this `iss` claim.
+    #[arg(long, env = "HUBBUB_TOKEN_ISSUER")]
+    pub token_issuer: Option<String>,
+
+    /// With a token key set: still let clients in without a token, as
+    /// anonymous Centrifugo users or seed users named by `username`.
+    #[arg(long, env = "HUBBUB_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
+}
+
+/// What to do instead of serving (nothing: serve).
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Subcommand {
+    /// Print an HS256 connection token signed with --token-hmac-secret
+    /// (or HUBBUB_TOKEN_HMAC_SECRET, or the config file's), to try auth.
+    Token {
+        /// The user the token names (its `sub`).
+        #[arg(long)]
+        user: String,
+        /// How long the token is valid (`30m`, `1h`, `24h`).
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// JSON shown to others as this connection's `conn_info`.
+        #[arg(long)]
+        info: Option<String>,
+    },
 }
 
 /// `typing:ROOM`: short-lived signals such as "alice is typing" (the
@@ -335,8 +389,56 @@ impl Cli {
                 .parse()
                 .map_err(|e: String| context(format!("history_sync: {e}")))?;
         }
+        for (id, value, slot) in [
+            (
+                "token_hmac_secret",
+                &file.token_hmac_secret,
+                &mut self.token_hmac_secret,
+            ),
+            (
+                "token_audience",
+                &file.token_audience,
+                &mut self.token_audience,
+            ),
+            ("token_issuer", &file.token_issuer, &mut self.token_issuer),
+        ] {
+            if let (Some(v), true) = (value, unset(id)) {
+                *slot = Some(v.clone());
+            }
+        }
+        for (id, value, slot) in [
+            (
+                "token_rsa_public_key",
+                &file.token_rsa_public_key,
+                &mut self.token_rsa_public_key,
+            ),
+            (
+                "token_ecdsa_public_key",
+                &file.token_ecdsa_public_key,
+                &mut self.token_ecdsa_public_key,
+            ),
+        ] {
+            if let (Some(v), true) = (value, unset(id)) {
+                *slot = Some(v.clone());
+            }
+        }
+        if let (Some(v), true) = (file.allow_anonymous, unset("allow_anonymous")) {
+            self.allow_anonymous = v;
+        }
         self.namespaces = file.namespaces().map_err(context)?;
         Ok(self)
+    }
+
+    /// The token keys these flags name.
+    #[must_use]
+    pub fn keys(&self) -> crate::auth::KeyConfig {
+        crate::auth::KeyConfig {
+            hmac_secret: self.token_hmac_secret.clone(),
+            rsa_public_key: self.token_rsa_public_key.clone(),
+            ecdsa_public_key: self.token_ecdsa_public_key.clone(),
+            audience: self.token_audience.clone(),
+            issuer: self.token_issuer.clone(),
+        }
     }
 
     /// Shards to run: `--shards`, or the cores this process may use minus one.
@@ -363,6 +465,7 @@ impl Cli {
                 namespaces: self.namespaces(),
                 entropy: crate::config::entropy(),
                 server_version: concat!("hubbub ", env!("CARGO_PKG_VERSION")).to_owned(),
+                allow_anonymous: self.allow_anonymous,
                 ..Config::default()
             },
             write_timeout: self.write_timeout,
@@ -474,6 +577,63 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn token_settings_from_the_file_and_the_token_subcommand() {
+        let dir = std::env::temp_dir().join(format!("hubbub-cli-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("hubbub.toml");
+        std::fs::write(
+            &path,
+            "token_hmac_secret = \"file-secret\"\ntoken_audience = \"chat\"\nallow_anonymous = true\n[[namespace]]\nname = \"dm\"\nallow_user_limited_channels = true\npublication_data_format = \"json_object\"\n",
+        )
+        .expect("write");
+        let file = path.to_str().expect("utf8");
+        let matches = Cli::command().get_matches_from(["hubbub", "--config", file]);
+        let cli = Cli::from_arg_matches(&matches)
+            .expect("parses")
+            .with_file(&matches)
+            .expect("valid file");
+        assert_eq!(cli.token_hmac_secret.as_deref(), Some("file-secret"));
+        assert_eq!(cli.token_audience.as_deref(), Some("chat"));
+        assert!(cli.command.is_none(), "no subcommand: serve");
+        let config = cli.server_config();
+        assert!(config.hub.allow_anonymous);
+        let dm = &config.hub.namespaces.named["dm"];
+        assert!(dm.allow_user_limited_channels);
+        assert_eq!(
+            dm.publication_data_format,
+            hubbub_core::DataFormat::JsonObject
+        );
+        assert!(cli.keys().tokens().expect("keys").enabled());
+        // Flags win over the file; the subcommand takes the secret after it.
+        let matches = Cli::command().get_matches_from([
+            "hubbub",
+            "--config",
+            file,
+            "token",
+            "--user",
+            "alice",
+            "--token-hmac-secret",
+            "flag",
+        ]);
+        let cli = Cli::from_arg_matches(&matches)
+            .expect("parses")
+            .with_file(&matches)
+            .expect("valid file");
+        assert_eq!(cli.token_hmac_secret.as_deref(), Some("flag"));
+        assert!(matches!(cli.command, Some(Subcommand::Token { ref user, .. }) if user == "alice"));
+        // No key: no verifier; an unreadable key file stops the server.
+        assert!(!Cli::parse_from(["hubbub"])
+            .keys()
+            .tokens()
+            .expect("none")
+            .enabled());
+        let bad = Cli::parse_from(["hubbub", "--token-rsa-public-key", "/nonexistent.pem"]);
+        let err = bad.keys().tokens().expect_err("unreadable");
+        assert!(err.contains("--token-rsa-public-key"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_config_file_fills_what_flags_and_env_leave_unset() {

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use hubbub_core::{ChannelOptions, ChannelPattern, Namespaces};
+use hubbub_core::{ChannelOptions, ChannelPattern, DataFormat, Namespaces};
 use serde::Deserialize;
 
 use crate::cli::parse_duration;
@@ -55,6 +55,12 @@ pub struct FileConfig {
     pub limit_loopback: Option<bool>,
     #[serde(alias = "workers")]
     pub shards: Option<usize>,
+    pub token_hmac_secret: Option<String>,
+    pub token_rsa_public_key: Option<std::path::PathBuf>,
+    pub token_ecdsa_public_key: Option<std::path::PathBuf>,
+    pub token_audience: Option<String>,
+    pub token_issuer: Option<String>,
+    pub allow_anonymous: Option<bool>,
     pub channel: Option<NamespaceFile>,
     #[serde(default)]
     pub namespace: Vec<NamespaceFile>,
@@ -86,6 +92,8 @@ pub struct NamespaceFile {
     pub force_positioning: Option<bool>,
     pub allow_positioning: Option<bool>,
     pub channel_regex: Option<String>,
+    pub allow_user_limited_channels: Option<bool>,
+    pub publication_data_format: Option<String>,
 }
 
 /// Reads and parses `path`.
@@ -130,6 +138,16 @@ impl NamespaceFile {
                 Some(ChannelPattern::new(source, move |name| re.is_match(name)))
             }
             None => None,
+        };
+        let publication_data_format = match self.publication_data_format.as_deref() {
+            None | Some("") => DataFormat::Any,
+            Some("json") => DataFormat::Json,
+            Some("json_object") => DataFormat::JsonObject,
+            Some(other) => {
+                return Err(format!(
+                    "{what}.publication_data_format: {other:?} is not \"\", \"json\" or \"json_object\""
+                ))
+            }
         };
         Ok(ChannelOptions {
             presence: self.presence.unwrap_or(d.presence),
@@ -177,6 +195,10 @@ impl NamespaceFile {
             force_positioning: self.force_positioning.unwrap_or(d.force_positioning),
             allow_positioning: self.allow_positioning.unwrap_or(d.allow_positioning),
             channel_regex,
+            allow_user_limited_channels: self
+                .allow_user_limited_channels
+                .unwrap_or(d.allow_user_limited_channels),
+            publication_data_format,
         })
     }
 }
@@ -265,6 +287,10 @@ mod tests {
             ),
             ("[channel]\nhistory_ttl = \"7\"", "channel.history_ttl"),
             ("[channel]\nchannel_regex = \"(\"", "channel.channel_regex"),
+            (
+                "[channel]\npublication_data_format = \"xml\"",
+                "channel.publication_data_format",
+            ),
         ] {
             let err = parse(text).expect("parses").namespaces().expect_err(text);
             assert!(err.contains(what), "{text}: {err}");

@@ -18,7 +18,9 @@ use fastwebsockets::upgrade::{is_upgrade_request, upgrade};
 use http_body_util::Full;
 use hubbub_core::route::is_websocket_path;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER, UPGRADE};
+use hyper::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER, UPGRADE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::connection::{self, Accepted};
@@ -72,11 +74,19 @@ fn respond(shared: &Arc<Shared>, peer: SocketAddr, req: &mut Request<Incoming>) 
     if req.method() != Method::GET {
         return method_not_allowed();
     }
-    let route = match hubbub_core::route(path, req.uri().query()) {
+    let authorization = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
+    let now = crate::auth::wall_clock();
+    let route = match crate::auth::seed_route(
+        &shared.config.hub,
+        path,
+        req.uri().query(),
+        authorization,
+        now,
+    ) {
         Ok(route) => route,
-        Err(e) => {
-            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
-            return error(status, &e.message());
+        Err((status, message)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            return error(status, &message);
         }
     };
     let origin = req.headers().get(ORIGIN).map(HeaderValue::to_str);

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use hubbub::cli::Cli;
 use hubbub::shutdown::Signals;
 use tokio::net::{TcpListener, TcpSocket};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// Pending connections the kernel may hold before we accept them; a burst
@@ -31,7 +31,17 @@ fn main() -> ExitCode {
         .with_ansi(stderr.is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    let config = cli.server_config();
+    if let Some(hubbub::cli::Subcommand::Token { user, ttl, info }) = &cli.command {
+        return print_token(&cli, user, *ttl, info.as_deref());
+    }
+    let mut config = cli.server_config();
+    match cli.keys().tokens() {
+        Ok(tokens) => config.hub.tokens = tokens,
+        Err(e) => {
+            eprintln!("hubbub: {e}");
+            return ExitCode::from(2);
+        }
+    }
     if let Err(e) = config.validate() {
         eprintln!("hubbub: invalid configuration: {e}");
         return ExitCode::from(2);
@@ -69,6 +79,17 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let beyond_loopback = listener
+            .local_addr()
+            .is_ok_and(|addr| !addr.ip().is_loopback());
+        if beyond_loopback && !config.hub.tokens.enabled() {
+            warn!(
+                listen = %cli.listen,
+                "listening beyond loopback with no authentication: anyone who can reach \
+                 this port may connect and chat; set --token-hmac-secret (or an RSA/ECDSA \
+                 public key) to require tokens"
+            );
+        }
         let shutdown = async {
             let name = signals.recv().await;
             info!(signal = name, "shutdown requested");
@@ -81,6 +102,29 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `hubbub token`: prints an HS256 token for `user`.
+fn print_token(cli: &Cli, user: &str, ttl: std::time::Duration, info: Option<&str>) -> ExitCode {
+    let Some(secret) = cli.token_hmac_secret.as_deref() else {
+        eprintln!(
+            "hubbub token: no secret: pass --token-hmac-secret or set HUBBUB_TOKEN_HMAC_SECRET"
+        );
+        return ExitCode::from(2);
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match hubbub::auth::make_token(secret, user, Some(ttl), info, now) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hubbub token: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Binds `listen` (host:port; the first address it resolves to).

@@ -500,6 +500,13 @@ impl Hub {
                 }
                 continue;
             }
+            if c.auth.is_some() && self.expire(now, conn) {
+                self.pump();
+                continue;
+            }
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
             let deadline = c.last_pong.saturating_add(self.config.pong_timeout);
             if now >= deadline {
                 self.end(conn, CloseReason::HeartbeatTimeout);
@@ -516,7 +523,7 @@ impl Hub {
                     c.next_ping = c.next_ping.saturating_add(self.config.ping_interval);
                 }
             }
-            c.timer = c.next_ping.min(deadline);
+            c.timer = c.next_timer(&self.config);
             self.timers.insert((c.timer, conn));
         }
         self.pump();

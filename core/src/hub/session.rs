@@ -3,6 +3,7 @@
 //! commands, and the fan-out of a home's deliveries to this shard's members.
 
 use super::*;
+use crate::auth::Timing;
 
 /// A subscription waiting for its home's answer.
 #[derive(Debug)]
@@ -71,6 +72,32 @@ pub(super) struct SubscribeAsk {
     pub(super) recoverable: bool,
     /// `recover` with the client's offset and epoch.
     pub(super) recover: Option<(u64, String)>,
+    /// When its subscription token expires (Unix milliseconds), if it does.
+    pub(super) expires: Option<u64>,
+    /// A server-side subscription (the connection token's `channels`):
+    /// announced with a `subscribe` push instead of a reply.
+    pub(super) server_side: bool,
+}
+
+/// What tokens granted a connection that can expire: `None` in
+/// [`Conn::auth`] for every connection without an expiring token, so
+/// connections without tokens pay one pointer.
+#[derive(Debug, Default)]
+pub(super) struct Auth {
+    /// When the connection token expires.
+    pub(super) expires: Option<Timestamp>,
+    /// Subscriptions granted by expiring subscription tokens, and when.
+    pub(super) subs: Vec<(ChannelName, Timestamp)>,
+}
+
+impl Auth {
+    /// The earliest expiry, connection or subscription.
+    fn earliest(&self) -> Option<Timestamp> {
+        self.expires
+            .into_iter()
+            .chain(self.subs.iter().map(|&(_, at)| at))
+            .min()
+    }
 }
 
 #[derive(Debug)]
@@ -96,6 +123,8 @@ pub(super) struct Conn {
     pub(super) ping_outstanding: bool,
     /// The instant of this connection's entry in `Hub::timers`.
     pub(super) timer: Timestamp,
+    /// Centrifugo with tokens: expiries to enforce.
+    pub(super) auth: Option<Box<Auth>>,
 }
 
 impl Conn {
@@ -114,6 +143,27 @@ impl Conn {
 
     pub(super) fn anonymous(&self) -> bool {
         self.user.is_none()
+    }
+
+    /// When the next expiry must be acted on: `delay` past the earliest
+    /// token expiry (Centrifugo's `expired_close_delay`).
+    pub(super) fn auth_deadline(&self, delay: std::time::Duration) -> Option<Timestamp> {
+        self.auth
+            .as_ref()
+            .and_then(|a| a.earliest())
+            .map(|at| at.saturating_add(delay))
+    }
+
+    /// The connection's next timer: ping, pong deadline, or token expiry.
+    pub(super) fn next_timer(&self, config: &Config) -> Timestamp {
+        let deadline = self.last_pong.saturating_add(config.pong_timeout);
+        let timer = self.next_ping.min(deadline);
+        self.auth_deadline(config.expired_close_delay)
+            .map_or(timer, |at| timer.min(at))
+    }
+
+    fn user_str(&self) -> &str {
+        self.user.as_ref().map_or("", Name::as_str)
     }
 }
 
@@ -143,6 +193,8 @@ pub(super) struct Standing {
     pub(super) anonymous: bool,
     pub(super) subscribed: bool,
     pub(super) user: Option<Name>,
+    /// A private or user-limited channel: only its subscribers may use it.
+    pub(super) restricted: bool,
 }
 
 impl Standing {
@@ -150,11 +202,24 @@ impl Standing {
     /// client needs the `*_for_anonymous` option, and then either the
     /// `*_for_client` one, or `*_for_subscriber` while subscribed.
     pub(super) fn may(&self, for_anonymous: bool, for_client: bool, for_subscriber: bool) -> bool {
+        let for_client = for_client && !self.restricted;
         (!self.anonymous || for_anonymous) && (for_client || self.subscribed && for_subscriber)
     }
 }
 
 type CommandResult = Result<(), Disconnect>;
+
+/// The user a token's `sub` names: `None` for an empty one (anonymous); a
+/// `sub` that is not a valid name (too long, control characters) is an
+/// invalid token.
+fn claims_user(sub: &str) -> Result<Option<Name>, Disconnect> {
+    if sub.is_empty() {
+        return Ok(None);
+    }
+    Name::new(sub)
+        .map(Some)
+        .map_err(|_| Disconnect(CloseReason::InvalidToken))
+}
 
 impl Hub {
     // ---- the connection side: sessions and local fan-out ------------------------
@@ -216,6 +281,7 @@ impl Hub {
                 next_ping,
                 ping_outstanding: false,
                 timer,
+                auth: None,
             },
         );
         self.timers.insert((timer, conn));
@@ -297,6 +363,15 @@ impl Hub {
                 c.subs.reserve_exact(1); // most connections are in one channel
             }
             c.subs.push((channel.clone(), seq));
+            if let Some(at) = pending.request.as_ref().and_then(|ask| ask.expires) {
+                let auth = c.auth.get_or_insert_with(Box::default);
+                auth.subs.retain(|(ch, _)| ch != channel);
+                auth.subs
+                    .push((channel.clone(), Timestamp::from_millis(at)));
+                self.timers.remove(&(c.timer, conn));
+                c.timer = c.next_timer(&self.config);
+                self.timers.insert((c.timer, conn));
+            }
             let next_local_room = &mut self.next_local_room;
             let room = self.local.entry(channel.clone()).or_insert_with(|| {
                 let id = RoomId(*next_local_room);
@@ -349,7 +424,12 @@ impl Hub {
             .iter()
             .flat_map(|r| r.publications.iter())
             .collect();
-        let reply = centrifuge::reply(ask.id, "subscribe", |r| {
+        let now = self.now;
+        let fill = |r: &mut centrifuge::Object<'_>| {
+            if let Some(at) = ask.expires {
+                r.bool("expires", true)
+                    .uint("ttl", crate::auth::ttl_secs(now, at));
+            }
             if ask.positioned {
                 r.bool("recoverable", ask.recoverable)
                     .bool("positioned", true)
@@ -361,7 +441,12 @@ impl Hub {
             }
             r.bool("was_recovering", ask.recover.is_some())
                 .bool("recovered", recovered);
-        });
+        };
+        let reply = if ask.server_side {
+            centrifuge::push(channel.as_str(), "subscribe", fill)
+        } else {
+            centrifuge::reply(ask.id, "subscribe", fill)
+        };
         self.reply(conn, reply);
     }
 
@@ -383,6 +468,7 @@ impl Hub {
             return;
         };
         match pending.request {
+            Some(ask) if ask.server_side => {}
             Some(ask) => self.error(conn, ask.id, ErrorCode::Internal),
             None if c.codec == Codec::Centrifuge => {}
             None => self.end(conn, CloseReason::StoreUnavailable),
@@ -588,8 +674,8 @@ impl Hub {
         };
         self.stats.commands += 1;
         match command {
-            Command::Connect(_) => self.connect(now, conn, id),
-            Command::Subscribe(req) => self.subscribe(conn, id, &req),
+            Command::Connect(req) => self.connect(now, conn, id, &req.token),
+            Command::Subscribe(req) => self.subscribe(now, conn, id, &req),
             Command::Unsubscribe { channel } => self.unsubscribe(conn, id, &channel),
             Command::Publish { channel, data } => self.client_publish(conn, id, &channel, data),
             Command::Presence { channel } => self.presence(conn, id, &channel, false),
@@ -610,7 +696,10 @@ impl Hub {
                 if token.is_empty() {
                     return Err(Disconnect(CloseReason::BadRequest));
                 }
-                // Connections do not expire yet (no tokens): nothing to extend.
+                if self.config.tokens.enabled() {
+                    return self.refresh(now, conn, id, &token);
+                }
+                // No tokens are checked: connections do not expire, nothing to extend.
                 self.reply(conn, centrifuge::reply(id, "refresh", |_| {}));
                 Ok(())
             }
@@ -623,6 +712,8 @@ impl Hub {
                     self.error(conn, id, ErrorCode::PermissionDenied);
                 } else if token.is_empty() {
                     self.error(conn, id, ErrorCode::BadRequest);
+                } else if self.config.tokens.enabled() {
+                    return self.sub_refresh(now, conn, id, &channel, &token);
                 } else {
                     self.reply(conn, centrifuge::reply(id, "sub_refresh", |_| {}));
                 }
@@ -631,20 +722,67 @@ impl Hub {
         }
     }
 
-    pub(super) fn connect(&mut self, now: Timestamp, conn: ConnId, id: u32) -> CommandResult {
-        let Some(c) = self.conns.get_mut(&conn) else {
+    pub(super) fn connect(
+        &mut self,
+        now: Timestamp,
+        conn: ConnId,
+        id: u32,
+        token: &str,
+    ) -> CommandResult {
+        let Some(c) = self.conns.get(&conn) else {
             return Ok(());
         };
         if c.connected {
             return Err(Disconnect(CloseReason::BadRequest));
         }
+        // With a verifier: a token names the user, or its absence makes an
+        // anonymous one where that is allowed. Without: nothing is checked.
+        let mut user = None;
+        let mut expires = None;
+        let mut channels = Vec::new();
+        if self.config.tokens.enabled() {
+            if token.is_empty() {
+                if !self.config.allow_anonymous {
+                    return Err(Disconnect(CloseReason::BadRequest));
+                }
+            } else {
+                let claims = self.connection_claims(token)?;
+                match claims.timing(now) {
+                    Timing::Expired => {
+                        self.error(conn, id, ErrorCode::TokenExpired);
+                        return Ok(());
+                    }
+                    Timing::Valid(at) => expires = at.map(Timestamp::from_millis),
+                }
+                user = claims_user(&claims.sub)?;
+                channels = claims.channels;
+            }
+        }
+        // Server-side subscriptions must name configured namespaces (102).
+        for channel in &channels {
+            match self.channel_options(channel)? {
+                Ok(_) => {}
+                Err(code) => {
+                    self.error(conn, id, code);
+                    return Ok(());
+                }
+            }
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
         c.connected = true;
+        c.user = user;
+        c.auth = expires.map(|at| {
+            Box::new(Auth {
+                expires: Some(at),
+                subs: Vec::new(),
+            })
+        });
         c.last_pong = now;
         c.next_ping = now.saturating_add(self.config.ping_interval);
         self.timers.remove(&(c.timer, conn));
-        c.timer = c
-            .next_ping
-            .min(now.saturating_add(self.config.pong_timeout));
+        c.timer = c.next_timer(&self.config);
         self.timers.insert((c.timer, conn));
         let client = self.client_id(conn).to_string();
         let version = self.config.server_version.clone();
@@ -652,13 +790,222 @@ impl Hub {
         self.reply(
             conn,
             centrifuge::reply(id, "connect", |r| {
-                r.str("client", &client)
-                    .str("version", &version)
-                    .uint("ping", ping)
-                    .bool("pong", true);
+                r.str("client", &client).str("version", &version);
+                if let Some(at) = expires {
+                    r.bool("expires", true)
+                        .uint("ttl", crate::auth::ttl_secs(now, at.as_millis()));
+                }
+                r.uint("ping", ping).bool("pong", true);
+            }),
+        );
+        for channel in channels {
+            if self.conns.get(&conn).is_some_and(|c| {
+                c.sub(&channel).is_some()
+                    || c.subscribing(&channel)
+                    || c.subs.len() + c.pending.len() >= self.config.channel_limit
+            }) {
+                continue;
+            }
+            let options = self.config.namespaces.resolve(&channel).ok().cloned();
+            let history = options.as_ref().is_some_and(|o| o.history());
+            let positioned = history && options.as_ref().is_some_and(|o| o.force_positioning);
+            let recoverable = history && options.as_ref().is_some_and(|o| o.force_recovery);
+            let ask = SubscribeAsk {
+                id: 0,
+                positioned: positioned || recoverable,
+                recoverable,
+                recover: None,
+                expires: None,
+                server_side: true,
+            };
+            let join_leave = options
+                .as_ref()
+                .is_some_and(|o| o.join_leave && o.force_push_join_leave);
+            self.ask_join(conn, ChannelName::new(&channel), Some(ask), join_leave, 0);
+        }
+        Ok(())
+    }
+
+    /// A connection token's verified claims; anything invalid closes with 3500.
+    fn connection_claims(&self, token: &str) -> Result<crate::auth::Claims, Disconnect> {
+        let claims = self
+            .config
+            .tokens
+            .claims(token)
+            .map_err(|_| Disconnect(CloseReason::InvalidToken))?;
+        // A subscription token is not a connection token.
+        if claims.channel.is_some() {
+            return Err(Disconnect(CloseReason::InvalidToken));
+        }
+        Ok(claims)
+    }
+
+    /// `refresh` with a verifier: a valid token for the same user extends
+    /// the connection; an expired one closes it with 3005, any other 3500.
+    pub(super) fn refresh(
+        &mut self,
+        now: Timestamp,
+        conn: ConnId,
+        id: u32,
+        token: &str,
+    ) -> CommandResult {
+        let claims = self.connection_claims(token)?;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        if claims.sub != c.user_str() {
+            return Err(Disconnect(CloseReason::InvalidToken));
+        }
+        let expires = match claims.timing(now) {
+            Timing::Expired => return Err(Disconnect(CloseReason::ConnectionExpired)),
+            Timing::Valid(at) => at.map(Timestamp::from_millis),
+        };
+        match (&mut c.auth, expires) {
+            (Some(auth), _) => auth.expires = expires,
+            (None, Some(_)) => {
+                c.auth = Some(Box::new(Auth {
+                    expires,
+                    subs: Vec::new(),
+                }));
+            }
+            (None, None) => {}
+        }
+        self.timers.remove(&(c.timer, conn));
+        c.timer = c.next_timer(&self.config);
+        self.timers.insert((c.timer, conn));
+        self.reply(
+            conn,
+            centrifuge::reply(id, "refresh", |r| {
+                if let Some(at) = expires {
+                    r.bool("expires", true)
+                        .uint("ttl", crate::auth::ttl_secs(now, at.as_millis()));
+                }
             }),
         );
         Ok(())
+    }
+
+    /// A subscription token's verified claims for `channel`: `Ok(Err(code))`
+    /// for an answer (103 invalid, 109 expired), `Err` to close with 3500
+    /// when it is for another channel, user or client; `Ok(Ok(expiry))`.
+    fn subscription_claims(
+        &self,
+        now: Timestamp,
+        conn: ConnId,
+        channel: &str,
+        token: &str,
+        invalid: Option<ErrorCode>,
+    ) -> Result<Result<Option<u64>, ErrorCode>, Disconnect> {
+        let Ok(claims) = self.config.tokens.claims(token) else {
+            return invalid
+                .map(Err)
+                .ok_or(Disconnect(CloseReason::InvalidToken));
+        };
+        let user = self.conns.get(&conn).map_or("", Conn::user_str);
+        let client = self.client_id(conn).to_string();
+        if claims.channel.as_deref() != Some(channel)
+            || claims.sub != user
+            || claims.client.as_ref().is_some_and(|c| *c != client)
+        {
+            return Err(Disconnect(CloseReason::InvalidToken));
+        }
+        Ok(match claims.timing(now) {
+            Timing::Expired => Err(ErrorCode::TokenExpired),
+            Timing::Valid(at) => Ok(at),
+        })
+    }
+
+    /// `sub_refresh` with a verifier: a valid token for the subscription
+    /// extends it (or makes it last while the token has no `exp`).
+    pub(super) fn sub_refresh(
+        &mut self,
+        now: Timestamp,
+        conn: ConnId,
+        id: u32,
+        channel: &str,
+        token: &str,
+    ) -> CommandResult {
+        let expires = match self.subscription_claims(now, conn, channel, token, None)? {
+            Ok(at) => at,
+            Err(code) => {
+                self.error(conn, id, code);
+                return Ok(());
+            }
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        if let Some(auth) = c.auth.as_mut() {
+            auth.subs.retain(|(ch, _)| ch.as_str() != channel);
+        }
+        if let Some(at) = expires {
+            c.auth
+                .get_or_insert_with(Box::default)
+                .subs
+                .push((ChannelName::new(channel), Timestamp::from_millis(at)));
+        }
+        self.timers.remove(&(c.timer, conn));
+        c.timer = c.next_timer(&self.config);
+        self.timers.insert((c.timer, conn));
+        self.reply(
+            conn,
+            centrifuge::reply(id, "sub_refresh", |r| {
+                if let Some(at) = expires {
+                    r.bool("expires", true)
+                        .uint("ttl", crate::auth::ttl_secs(now, at));
+                }
+            }),
+        );
+        Ok(())
+    }
+
+    /// Acts on `conn`'s token expiries due at `now`: closes an expired
+    /// connection (3005), ends expired subscriptions with an `unsubscribe`
+    /// push (2501: the SDK gets a new token and resubscribes). True when
+    /// the connection was closed.
+    pub(super) fn expire(&mut self, now: Timestamp, conn: ConnId) -> bool {
+        let delay = self.config.expired_close_delay;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return true;
+        };
+        let Some(auth) = c.auth.as_mut() else {
+            return false;
+        };
+        if auth
+            .expires
+            .is_some_and(|at| at.saturating_add(delay) <= now)
+        {
+            self.end(conn, CloseReason::ConnectionExpired);
+            return true;
+        }
+        let mut expired = Vec::new();
+        auth.subs.retain(|(ch, at)| {
+            let keep = at.saturating_add(delay) > now;
+            if !keep {
+                expired.push(ch.clone());
+            }
+            keep
+        });
+        if auth.expires.is_none() && auth.subs.is_empty() {
+            c.auth = None;
+        }
+        for channel in expired {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                break;
+            };
+            let Some(i) = c.subs.iter().position(|(ch, _)| *ch == channel) else {
+                continue;
+            };
+            let (_, seq) = c.subs.remove(i);
+            self.leave_local(&channel, seq);
+            self.reply(
+                conn,
+                centrifuge::unsubscribe_push(channel.as_str(), 2501, "subscription expired"),
+            );
+            let home = self.home(channel.as_str());
+            self.send_bus(home, BusMessage::Leave { channel, conn });
+        }
+        false
     }
 
     /// The checks every channel command shares, in Centrifugo's order:
@@ -688,6 +1035,7 @@ impl Hub {
 
     pub(super) fn subscribe(
         &mut self,
+        now: Timestamp,
         conn: ConnId,
         id: u32,
         req: &centrifuge::SubscribeRequest,
@@ -713,6 +1061,7 @@ impl Hub {
             return Ok(());
         }
         let anonymous = c.anonymous();
+        let user = c.user_str().to_owned();
         let options = match self.channel_options(&req.channel)? {
             Ok(options) => options,
             Err(code) => {
@@ -720,11 +1069,37 @@ impl Hub {
                 return Ok(());
             }
         };
-        // Private channels need a subscription token; tokens are not
-        // accepted yet, so nobody may subscribe to them.
-        let allowed = !channel::parse(&req.channel).private
-            && options.allow_subscribe_for_client
-            && (!anonymous || options.allow_subscribe_for_anonymous);
+        // Centrifugo's order: a valid subscription token; a user-limited
+        // channel that lists the user; the namespace's permissions. A
+        // private (`$`) channel takes a token, and nothing else. Without
+        // a verifier tokens are not checked, so no one enters `$` channels.
+        let mut expires = None;
+        let allowed = if !req.token.is_empty() && self.config.tokens.enabled() {
+            let checked = self.subscription_claims(
+                now,
+                conn,
+                &req.channel,
+                &req.token,
+                Some(ErrorCode::PermissionDenied),
+            )?;
+            match checked {
+                Ok(at) => {
+                    expires = at;
+                    true
+                }
+                Err(code) => {
+                    self.error(conn, id, code);
+                    return Ok(());
+                }
+            }
+        } else if channel::parse(&req.channel).private {
+            false
+        } else if options.allow_user_limited_channels && req.channel.contains('#') {
+            crate::auth::user_listed(&req.channel, &user)
+        } else {
+            options.allow_subscribe_for_client
+                && (!anonymous || options.allow_subscribe_for_anonymous)
+        };
         if !allowed {
             self.error(conn, id, ErrorCode::PermissionDenied);
             return Ok(());
@@ -753,6 +1128,8 @@ impl Hub {
             positioned,
             recoverable,
             recover: (req.recover && recoverable).then(|| (req.offset, req.epoch.clone())),
+            expires,
+            server_side: false,
         };
         self.ask_join(
             conn,
@@ -772,6 +1149,9 @@ impl Hub {
             return Ok(());
         };
         let channel = ChannelName::new(channel);
+        if let Some(auth) = c.auth.as_mut() {
+            auth.subs.retain(|(ch, _)| *ch != channel);
+        }
         let mut leave = false;
         if let Some(i) = c.subs.iter().position(|(ch, _)| *ch == channel) {
             let (_, seq) = c.subs.remove(i);
@@ -810,6 +1190,8 @@ impl Hub {
             }
         };
         Ok(self.conns.get(&conn).map(|c| Standing {
+            restricted: channel::parse(channel).private
+                || options.allow_user_limited_channels && channel.contains('#'),
             options,
             anonymous: c.anonymous(),
             subscribed: c.sub(channel).is_some(),
@@ -840,6 +1222,10 @@ impl Hub {
             self.error(conn, id, ErrorCode::BadRequest);
             return Ok(());
         };
+        if !o.publication_data_format.accepts(&data) {
+            self.error(conn, id, ErrorCode::BadRequest);
+            return Ok(());
+        }
         // The home answers, once the publication is accepted (durable).
         let home = self.home(channel);
         let msg = BusMessage::Publish {

@@ -509,7 +509,7 @@ fn store_survives_a_full_disk() {
     let _mounted = Mounted(&dir.0);
     let ballast = [dir.0.join("ballast1"), dir.0.join("ballast2")];
     // The second frees room for the WAL to be checkpointed into the file.
-    for (file, kib) in ballast.iter().zip([96, 480]) {
+    for (file, kib) in ballast.iter().zip([256, 320]) {
         std::fs::write(file, vec![0_u8; kib * 1024]).unwrap();
     }
     let mut store = SqliteStore::open(&dir.0, HistorySync::Full).unwrap();
