@@ -35,6 +35,22 @@ impl Name {
         }
     }
 
+    /// Validates `raw` as a username: a [`Name`] with no comma, and not
+    /// only whitespace.
+    ///
+    /// # Errors
+    /// The [`NameProblem`] that disqualifies it.
+    pub fn username(raw: &str) -> Result<Self, NameProblem> {
+        let name = Self::new(raw)?;
+        if raw.contains(',') {
+            Err(NameProblem::Comma)
+        } else if raw.trim().is_empty() {
+            Err(NameProblem::Blank)
+        } else {
+            Ok(name)
+        }
+    }
+
     #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
@@ -106,6 +122,11 @@ pub enum NameProblem {
     ControlCharacter,
     /// Percent-encoding that is malformed or does not decode to UTF-8.
     BadEncoding,
+    /// A username with a comma: `online_users` is a comma-separated list,
+    /// so it would read as several users.
+    Comma,
+    /// A username of spaces only: it would show as nobody.
+    Blank,
 }
 
 /// Why a WebSocket request is refused before the upgrade.
@@ -148,6 +169,11 @@ impl HandshakeError {
                         "must not contain control characters".to_owned()
                     }
                     NameProblem::BadEncoding => "is not valid percent-encoded UTF-8".to_owned(),
+                    NameProblem::Comma => {
+                        "must not contain a comma (online_users lists names separated by commas)"
+                            .to_owned()
+                    }
+                    NameProblem::Blank => "must not be only whitespace".to_owned(),
                 };
                 format!("{} {why}", field.as_str())
             }
@@ -183,7 +209,7 @@ pub fn route(path: &str, query: Option<&str>) -> Result<Route, HandshakeError> {
                 Field::Username,
                 NameProblem::BadEncoding,
             )),
-            Some(Ok(raw)) => Name::new(&raw)
+            Some(Ok(raw)) => Name::username(&raw)
                 .map(Some)
                 .map_err(|p| HandshakeError::InvalidName(Field::Username, p)),
         }
@@ -359,6 +385,22 @@ mod tests {
             ))
         );
         assert!(route(&format!("/ws/{}", "a".repeat(64)), Some("username=x")).is_ok());
+        for (raw, problem) in [
+            ("a%2Cb", NameProblem::Comma),
+            ("%20%20", NameProblem::Blank),
+            ("+", NameProblem::Blank),
+        ] {
+            assert_eq!(
+                route("/ws/r", Some(&format!("username={raw}"))),
+                Err(HandshakeError::InvalidName(Field::Username, problem)),
+                "{raw}"
+            );
+        }
+        assert!(
+            route("/ws/a,b", Some("username=x")).is_ok(),
+            "rooms may have commas"
+        );
+        assert!(route("/ws/r", Some("username=J%C3%B6rg+M")).is_ok());
         assert_eq!(
             route("/ws/r", Some("username=a%0Ab")),
             Err(HandshakeError::InvalidName(
