@@ -112,6 +112,9 @@ fn respond(shared: &Arc<Shared>, peer: SocketAddr, req: &mut Request<Incoming>) 
             .insert(UPGRADE, HeaderValue::from_static("websocket"));
         return response;
     }
+    if let Err(why) = well_formed_upgrade(req) {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
     if shared.is_stopping() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
     }
@@ -157,6 +160,46 @@ fn respond(shared: &Arc<Shared>, peer: SocketAddr, req: &mut Request<Incoming>) 
     response.map(|_| Body::new(Bytes::new()))
 }
 
+/// What RFC 6455 (section 4.2.1) asks of an opening handshake beyond what
+/// the upgrade itself checks: HTTP/1.1, one `Sec-WebSocket-Key` that is
+/// the base64 of 16 bytes, and no body framing.
+fn well_formed_upgrade(req: &Request<Incoming>) -> Result<(), &'static str> {
+    if req.version() != hyper::Version::HTTP_11 {
+        return Err("a websocket handshake must be HTTP/1.1");
+    }
+    let mut keys = req.headers().get_all("sec-websocket-key").iter();
+    let (Some(key), None) = (keys.next(), keys.next()) else {
+        return Err("exactly one Sec-WebSocket-Key header is required");
+    };
+    if !is_websocket_key(key.as_bytes()) {
+        return Err("Sec-WebSocket-Key must be the base64 of 16 bytes");
+    }
+    let headers = req.headers();
+    if headers.contains_key(hyper::header::TRANSFER_ENCODING)
+        || headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+    {
+        return Err("a websocket handshake has no body");
+    }
+    Ok(())
+}
+
+/// Whether `key` is 16 bytes in base64: 22 characters of the alphabet,
+/// the last of them carrying no stray bits, then `==`.
+fn is_websocket_key(key: &[u8]) -> bool {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let Some((body, b"==")) = key.split_last_chunk::<2>() else {
+        return false;
+    };
+    body.len() == 22
+        && body.iter().all(|c| ALPHABET.contains(c))
+        && ALPHABET
+            .iter()
+            .position(|c| *c == body[21])
+            .is_some_and(|v| v & 0b1111 == 0)
+}
+
 fn json(status: StatusCode, body: String) -> Response<Body> {
     let mut response = Response::new(Body::new(Bytes::from(body)));
     *response.status_mut() = status;
@@ -187,4 +230,28 @@ fn method_not_allowed() -> Response<Body> {
         .headers_mut()
         .insert(ALLOW, HeaderValue::from_static("GET"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_websocket_key;
+
+    #[test]
+    fn websocket_keys_are_16_bytes_of_base64() {
+        assert!(
+            is_websocket_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "RFC 6455's example"
+        );
+        for bad in [
+            &b""[..],
+            b"dGhlIHNhbXBsZSBub25jZQ",
+            b"dGhlIHNhbXBsZSBub25jZQ=",
+            b"dGhlIHNhbXBsZSBub25jZR==",
+            b"dGhlIHNhbXBsZSBub25j*Q==",
+            b"dGhlIHNhbXBsZSBub25jZQ==x",
+            b"aGVsbG8=",
+        ] {
+            assert!(!is_websocket_key(bad), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 }

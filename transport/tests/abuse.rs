@@ -182,3 +182,65 @@ async fn pipelined_requests_and_oversized_headers_are_bounded() {
     still_chatting(&mut ann, &mut bob, "fine").await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_handshakes_are_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = TestServer::start(config()).await;
+    let (mut ann, mut bob) = bystanders(&server, "strict").await;
+    let base = [
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Version: 13",
+    ];
+    let with = |extra: &[&'static str]| {
+        let mut headers = base.to_vec();
+        headers.extend_from_slice(extra);
+        headers
+    };
+    for (headers, why) in [
+        (with(&[]), "exactly one Sec-WebSocket-Key"),
+        (
+            with(&[
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            ]),
+            "exactly one Sec-WebSocket-Key",
+        ),
+        (
+            with(&["Sec-WebSocket-Key: not-base64!"]),
+            "base64 of 16 bytes",
+        ),
+        (with(&["Sec-WebSocket-Key: aGVsbG8="]), "base64 of 16 bytes"),
+        (
+            with(&[
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                "Content-Length: 5",
+            ]),
+            "no body",
+        ),
+    ] {
+        let r = get(server.addr, "/ws/strict?username=eve", &headers).await;
+        assert_eq!(r.status, 400, "{headers:?}: {}", r.body);
+        assert!(r.error().contains(why), "{headers:?}: {}", r.body);
+    }
+    // HTTP/1.0 cannot upgrade.
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(
+        b"GET /ws/strict?username=eve HTTP/1.0\r\nHost: test\r\nUpgrade: websocket\r\n\
+          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+          Sec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = within(STEP, "HTTP/1.0 answer", tcp.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(!answer.contains(" 101 "), "{answer}");
+    assert!(
+        answer.contains(" 400 ") || answer.contains(" 426 "),
+        "{answer}"
+    );
+    still_chatting(&mut ann, &mut bob, "unmoved").await;
+    server.stop().await;
+}
