@@ -128,6 +128,33 @@ impl<R> FrameBounded<R> {
     }
 }
 
+/// A frame header RFC 6455 forbids a client to send (section 5.1: client
+/// frames are masked; 5.5: control frames are unfragmented and carry at
+/// most 125 bytes). The reader closes the connection with 1002.
+#[derive(Debug)]
+pub struct ProtocolViolation(pub &'static str);
+
+impl std::fmt::Display for ProtocolViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for ProtocolViolation {}
+
+fn check_client_header(b0: u8, b1: u8) -> Result<(), &'static str> {
+    let control = b0 & 0x08 != 0;
+    if b1 & 0x80 == 0 {
+        Err("an unmasked client frame")
+    } else if control && b0 & 0x80 == 0 {
+        Err("a fragmented control frame")
+    } else if control && b1 & 0x7f > 125 {
+        Err("a control frame over 125 bytes")
+    } else {
+        Ok(())
+    }
+}
+
 /// Header length implied by a frame's first two bytes.
 fn header_len(b1: u8) -> usize {
     let ext = match b1 & 0x7f {
@@ -164,6 +191,12 @@ impl<R: AsyncRead + Unpin> AsyncRead for FrameBounded<R> {
                 Phase::Header { need } => {
                     if this.len == need {
                         if need == 2 {
+                            if let Err(why) = check_client_header(this.header[0], this.header[1]) {
+                                return Poll::Ready(Err(io::Error::new(
+                                    io::ErrorKind::InvalidData,
+                                    ProtocolViolation(why),
+                                )));
+                            }
                             let full = header_len(this.header[1]);
                             if full > 2 {
                                 this.phase = Phase::Header { need: full };
@@ -311,5 +344,42 @@ mod tests {
             assert!(r.at_frame_boundary());
         }
         assert_eq!(pongs, 1);
+    }
+}
+
+#[cfg(test)]
+mod violations {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    async fn first_error(bytes: &[u8]) -> Option<String> {
+        let mut r = FrameBounded::new(bytes);
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).await.err().map(|e| e.to_string())
+    }
+
+    #[tokio::test]
+    async fn frames_a_client_must_not_send_are_refused() {
+        // Unmasked text frame "hi".
+        assert_eq!(
+            first_error(&[0x81, 0x02, b'h', b'i']).await.as_deref(),
+            Some("an unmasked client frame")
+        );
+        // A masked ping of 126 bytes (extended length).
+        let mut ping = vec![0x89, 0x80 | 126, 0, 126, 0, 0, 0, 0];
+        ping.extend(vec![0u8; 126]);
+        assert_eq!(
+            first_error(&ping).await.as_deref(),
+            Some("a control frame over 125 bytes")
+        );
+        // A close frame without FIN.
+        assert_eq!(
+            first_error(&[0x08, 0x80, 0, 0, 0, 0]).await.as_deref(),
+            Some("a fragmented control frame")
+        );
+        // A masked 125-byte pong is fine.
+        let mut pong = vec![0x8a, 0x80 | 125, 0, 0, 0, 0];
+        pong.extend(vec![0u8; 125]);
+        assert_eq!(first_error(&pong).await, None);
     }
 }

@@ -241,6 +241,12 @@ fn reason_for(e: &WebSocketError) -> CloseReason {
     match e {
         WebSocketError::FrameTooLarge => CloseReason::MessageTooBig,
         WebSocketError::InvalidUTF8 => CloseReason::InvalidUtf8,
+        WebSocketError::IoError(e)
+            if e.get_ref()
+                .is_some_and(|inner| inner.is::<crate::bounded::ProtocolViolation>()) =>
+        {
+            CloseReason::ProtocolError
+        }
         WebSocketError::UnexpectedEOF
         | WebSocketError::IoError(_)
         | WebSocketError::ConnectionClosed => CloseReason::PeerClosed,

@@ -244,3 +244,28 @@ async fn malformed_handshakes_are_400() {
     still_chatting(&mut ann, &mut bob, "unmoved").await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_a_client_must_not_send_close_with_1002() {
+    use tokio::io::AsyncWriteExt;
+    let mut server = TestServer::start(config()).await;
+    let (mut ann, mut bob) = bystanders(&server, "rfc").await;
+    for (bytes, what) in [
+        (vec![0x81, 0x02, b'h', b'i'], "unmasked"),
+        (
+            {
+                let mut f = vec![0x8a, 0x80 | 126, 0, 126, 0, 0, 0, 0];
+                f.extend(vec![0u8; 126]);
+                f
+            },
+            "a 126-byte pong",
+        ),
+    ] {
+        let mut raw = RawWs::connect(server.addr, "/ws/rfc?username=eve").await;
+        raw.stream.write_all(&bytes).await.unwrap();
+        let (close, _) = raw.read_until_close().await;
+        assert_eq!(close.close_code(), 1002, "{what}");
+    }
+    still_chatting(&mut ann, &mut bob, "as before").await;
+    server.stop().await;
+}

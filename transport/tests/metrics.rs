@@ -270,6 +270,9 @@ async fn metrics_count_connections_messages_closes_and_refusals() {
     // Relay: two connections, two messages, each to both.
     let mut r1 = connect(&server, "/ws").await;
     let mut r2 = connect(&server, "/ws").await;
+    // Both are in the hub before r1 talks: a handshake returns before the
+    // hub has registered the connection, so "one" could otherwise miss r2.
+    scrape_until(addr, |m| m.int("hubbub_connections") == 2).await;
     for text in ["one", "two"] {
         send_text(&mut r1, text).await;
         assert_eq!(next_text(&mut r1).await, text);
