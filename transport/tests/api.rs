@@ -6,17 +6,15 @@
 
 mod common;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 
+use common::sdk::Sdk;
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 use hubbub::api::ApiKey;
 use hubbub_core::SeedType;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 
 const KEY: &str = "s3cret-key";
 
@@ -75,66 +73,6 @@ async fn api(addr: SocketAddr, method: &str, body: Value) -> Value {
     .await;
     assert_eq!(r.status, 200, "{r:?}");
     r.json()
-}
-
-/// A hand-written Centrifugo client.
-struct Sdk {
-    ws: Ws,
-    pending: VecDeque<Value>,
-    next_id: u64,
-}
-
-impl Sdk {
-    async fn connect(addr: SocketAddr) -> Self {
-        let url = format!("ws://{addr}/connection/websocket");
-        let (ws, _) = within(STEP, "connect", tokio_tungstenite::connect_async(url))
-            .await
-            .unwrap();
-        let mut sdk = Self {
-            ws,
-            pending: VecDeque::new(),
-            next_id: 0,
-        };
-        let reply = sdk.call(json!({"connect": {}})).await;
-        assert!(reply.get("connect").is_some(), "{reply}");
-        sdk
-    }
-
-    async fn call(&mut self, mut command: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        command["id"] = json!(id);
-        within(
-            STEP,
-            "send",
-            self.ws.send(Message::text(command.to_string())),
-        )
-        .await
-        .unwrap();
-        self.until(|m| m["id"] == json!(id)).await
-    }
-
-    async fn until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
-        loop {
-            if let Some(i) = self.pending.iter().position(&pred) {
-                return self.pending.remove(i).unwrap();
-            }
-            match within(STEP, "next frame", self.ws.next()).await {
-                Some(Ok(Message::Text(t))) => {
-                    for line in t.as_str().split('\n') {
-                        let m: Value = serde_json::from_str(line).unwrap();
-                        if m == json!({}) {
-                            let _ = self.ws.send(Message::text("{}")).await;
-                        } else {
-                            self.pending.push_back(m);
-                        }
-                    }
-                }
-                Some(Ok(_)) => {}
-                other => panic!("connection ended: {other:?}"),
-            }
-        }
-    }
 }
 
 /// The bystander still chats: bob's line reaches carol.

@@ -135,6 +135,16 @@ impl Conn {
             .map(|&(_, seq)| seq)
     }
 
+    /// Takes the join in flight that `attempt` on `channel` answers (none:
+    /// a stale answer, for a join given up on meanwhile).
+    pub(super) fn take_pending(&mut self, channel: &ChannelName, attempt: u32) -> Option<Pending> {
+        let i = self
+            .pending
+            .iter()
+            .position(|p| p.attempt == attempt && p.channel == *channel)?;
+        self.pending.remove(i)
+    }
+
     pub(super) fn subscribing(&self, channel: &str) -> bool {
         self.pending
             .iter()
@@ -346,14 +356,7 @@ impl Hub {
         let Some(c) = self.conns.get_mut(&conn) else {
             return; // it left; its Leave is on its way to the home
         };
-        let Some(i) = c
-            .pending
-            .iter()
-            .position(|p| p.attempt == attempt && p.channel == *channel)
-        else {
-            return;
-        };
-        let Some(pending) = c.pending.remove(i) else {
+        let Some(pending) = c.take_pending(channel, attempt) else {
             return;
         };
         let codec = c.codec;
@@ -457,14 +460,7 @@ impl Hub {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        let Some(i) = c
-            .pending
-            .iter()
-            .position(|p| p.attempt == attempt && p.channel == *channel)
-        else {
-            return;
-        };
-        let Some(pending) = c.pending.remove(i) else {
+        let Some(pending) = c.take_pending(channel, attempt) else {
             return;
         };
         match pending.request {
