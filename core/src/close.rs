@@ -73,11 +73,17 @@ pub enum CloseReason {
     /// came within `Config::expired_close_delay`, or a refresh brought an
     /// expired token (3005: the SDK gets a new token and reconnects).
     ConnectionExpired,
+    /// The connection kept sending over `Config::command_rate` (Centrifugo
+    /// 3013, "too many requests", the SDK reconnects later; seed 1008).
+    TooManyRequests,
+    /// The user already holds `Config::user_connection_limit` connections
+    /// (Centrifugo 3504, terminal; seed 1008).
+    ConnectionLimit,
 }
 
 impl CloseReason {
     /// All reasons, for metrics tables.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 19] = [
         Self::PeerClosed,
         Self::MessageTooBig,
         Self::InvalidUtf8,
@@ -95,6 +101,8 @@ impl CloseReason {
         Self::ForceDisconnect,
         Self::InvalidToken,
         Self::ConnectionExpired,
+        Self::TooManyRequests,
+        Self::ConnectionLimit,
     ];
 
     #[must_use]
@@ -117,6 +125,7 @@ impl CloseReason {
             Self::ForceDisconnect => CloseCode::POLICY_VIOLATION,
             Self::InvalidToken => CloseCode(3500),
             Self::ConnectionExpired => CloseCode(3005),
+            Self::TooManyRequests | Self::ConnectionLimit => CloseCode::POLICY_VIOLATION,
         }
     }
 
@@ -132,6 +141,8 @@ impl CloseReason {
             (Codec::Centrifuge, Self::ServerShutdown) => CloseCode(3001),
             (Codec::Centrifuge, Self::BinaryNotAccepted) => CloseCode(3501),
             (Codec::Centrifuge, Self::ForceDisconnect) => CloseCode(3503),
+            (Codec::Centrifuge, Self::TooManyRequests) => CloseCode(3013),
+            (Codec::Centrifuge, Self::ConnectionLimit) => CloseCode(3504),
             _ => self.code(),
         }
     }
@@ -170,6 +181,8 @@ impl CloseReason {
             Self::ForceDisconnect => "force disconnect",
             Self::InvalidToken => "invalid token",
             Self::ConnectionExpired => "connection expired",
+            Self::TooManyRequests => "too many requests",
+            Self::ConnectionLimit => "connection limit",
         }
     }
 
@@ -194,6 +207,8 @@ impl CloseReason {
             Self::ForceDisconnect => "force_disconnect",
             Self::InvalidToken => "invalid_token",
             Self::ConnectionExpired => "connection_expired",
+            Self::TooManyRequests => "too_many_requests",
+            Self::ConnectionLimit => "connection_limit",
         }
     }
 }

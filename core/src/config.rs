@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::auth::Tokens;
 use crate::bus::ShardId;
 use crate::channel::{Namespaces, MAX_CHANNEL_BYTES};
+use crate::rate::Rate;
 
 /// Hub limits. The defaults are the seed tutorials' constants.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +63,21 @@ pub struct Config {
     /// Centrifugo protocol: how long past its token's `exp` a connection
     /// that has not sent `refresh` stays open before it is closed with 3005.
     pub expired_close_delay: Duration,
+    /// Commands one connection may send (Centrifugo commands, seed chat
+    /// lines): a token bucket. Over it a command gets error 111 (a seed
+    /// line is dropped); a connection that keeps flooding is closed (3013,
+    /// seed 1008). `None`: unlimited.
+    pub command_rate: Option<Rate>,
+    /// Publications one user may make across its connections on a shard
+    /// (Centrifugo `publish` gets 111 beyond it; seed lines are dropped).
+    pub user_publish_rate: Option<Rate>,
+    /// Most connections one user may hold at once (Centrifugo 3504, seed
+    /// 1008). 0: unlimited.
+    pub user_connection_limit: usize,
+    /// `online_users` snapshots a room sends per second: under a join and
+    /// leave storm the snapshots beyond it wait and go out as one, exact,
+    /// when the storm ends (notices are not held back). `None`: unlimited.
+    pub presence_rate: Option<Rate>,
 }
 
 impl Default for Config {
@@ -86,6 +102,10 @@ impl Default for Config {
             tokens: Tokens::default(),
             allow_anonymous: false,
             expired_close_delay: Duration::from_secs(25),
+            command_rate: Some(Rate::new(200, 400)),
+            user_publish_rate: Some(Rate::new(500, 1_000)),
+            user_connection_limit: 1_000,
+            presence_rate: Some(Rate::new(20, 40)),
         }
     }
 }

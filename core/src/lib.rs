@@ -20,6 +20,7 @@
 //! - [`auth`]: token claims and the [`auth::TokenVerifier`] boundary (no cryptography here).
 //! - [`route`]: handshake validation: path + query → [`Route`] or an HTTP error.
 //! - [`close`]: why connections end and the close codes for it.
+//! - [`rate`]: token buckets on virtual time (command, publish and presence rates).
 //! - [`config`], [`time`]: limits and time as plain values.
 #![forbid(unsafe_code)]
 
@@ -33,6 +34,7 @@ pub mod codec;
 pub mod config;
 pub mod hub;
 pub mod outbox;
+pub mod rate;
 pub mod route;
 pub mod store;
 pub mod time;
@@ -45,6 +47,7 @@ pub use close::{CloseCode, CloseReason};
 pub use codec::{encode_seed, ClientMessage, Codec, Frame, MessageKind, SeedMessage, SeedType};
 pub use config::Config;
 pub use hub::{ClientId, ConfigError, ConnId, Hub, Input, Output, RoomId, Stats};
+pub use rate::Rate;
 pub use route::{route, HandshakeError, Name, Route};
 pub use store::{MemoryStore, StoreError, StoreEvent, StoreRequest, StreamLimits, StreamState};
 pub use time::Timestamp;

@@ -190,7 +190,9 @@ pub const fn flushes_on_close(reason: CloseReason) -> bool {
         | CloseReason::StoreUnavailable
         | CloseReason::ForceDisconnect
         | CloseReason::InvalidToken
-        | CloseReason::ConnectionExpired => true,
+        | CloseReason::ConnectionExpired
+        | CloseReason::TooManyRequests
+        | CloseReason::ConnectionLimit => true,
         CloseReason::PeerClosed
         | CloseReason::HeartbeatTimeout
         | CloseReason::SlowConsumer

@@ -213,6 +213,8 @@ enum Event {
     Crash,
     /// A client whose connection a crash ended connects again.
     Reconnect { client: usize },
+    /// A shard's hub is due a `handle_timeout` (held-back presence).
+    Timeout { shard: usize, gen: u64 },
     /// Hub output reaches a client.
     ToClient { conn: ConnId, out: Output },
     /// The driver's next client action.
@@ -296,6 +298,10 @@ pub struct Cluster {
     crashes: u64,
     /// Bus messages lost with a crashed server.
     bus_lost: u64,
+    /// The `Timeout` event each shard has pending, if any.
+    timeouts: Vec<Option<Timestamp>>,
+    /// `online_users` snapshots the hubs held back (`presence_rate`).
+    presence_deferred: u64,
     /// Connection → client; the connections of a crashed server are gone.
     conns: BTreeMap<u64, usize>,
     next_conn: u64,
@@ -360,9 +366,13 @@ impl Cluster {
             max_connections: 1 << 20,
             entropy: params.seed,
             shards: params.shards,
+            // Low, so that joins and leaves often outrun it: held-back
+            // snapshots must still leave every seed member's list exact.
+            presence_rate: Some(hubbub_core::Rate::new(5, 2)),
             ..Config::default()
         };
         let hubs = build_hubs(&config);
+        let timeouts = vec![None; hubs.len()];
         let rng = SimRng::stream(params.seed, "cluster-run");
         let actions_left = params.actions;
         let store = StoreModel::new(
@@ -402,6 +412,8 @@ impl Cluster {
             gen: 0,
             crashes: 0,
             bus_lost: 0,
+            timeouts,
+            presence_deferred: 0,
             conns: BTreeMap::new(),
             next_conn: 1,
             acked: BTreeMap::new(),
@@ -458,6 +470,12 @@ impl Cluster {
             durable_acks: self.durable_acks,
             recovered_publications: self.store_recoveries,
             failed_publishes: self.failed_texts.len() as u64,
+            presence_deferred: self.presence_deferred
+                + self
+                    .hubs
+                    .iter()
+                    .map(|h| h.stats().presence_deferred)
+                    .sum::<u64>(),
         })
     }
 
@@ -495,7 +513,13 @@ impl Cluster {
         self.held.clear();
         self.config.entropy =
             crate::rng::mix64(self.params.seed ^ (self.gen << 40) ^ 0x7265_626f_6f74);
+        self.presence_deferred += self
+            .hubs
+            .iter()
+            .map(|h| h.stats().presence_deferred)
+            .sum::<u64>();
         self.hubs = build_hubs(&self.config);
+        self.timeouts = vec![None; self.hubs.len()];
         self.members.clear();
         self.conns.clear();
         for i in 0..self.clients.len() {
@@ -657,6 +681,14 @@ impl Cluster {
                 Ok(())
             }
             Event::ToClient { conn, out } => self.observe(conn, &out),
+            Event::Timeout { shard, gen } => {
+                if gen != self.gen {
+                    return Ok(());
+                }
+                self.timeouts[shard] = None;
+                self.hubs[shard].handle_timeout(self.now);
+                self.drain(shard)
+            }
             Event::Store { shard, gen } => {
                 if gen != self.gen {
                     return Ok(());
@@ -783,6 +815,17 @@ impl Cluster {
                 } else {
                     self.reorder_hold = Some((f, t, held));
                 }
+            }
+        }
+        // Timers that matter here are the held-back presence snapshots
+        // (heartbeats are an hour away in this simulation).
+        if let Some(at) = self.hubs[shard].poll_timeout() {
+            let soon = at <= plus(self.now, 60_000);
+            if soon && self.timeouts[shard].is_none_or(|t| at < t) {
+                self.timeouts[shard] = Some(at);
+                let gen = self.gen;
+                self.events
+                    .push(at.max(self.now), Event::Timeout { shard, gen });
             }
         }
         let bound = self.params.bus_high_water + 256 * usize::from(self.params.shards);
@@ -1489,4 +1532,7 @@ pub struct Report {
     pub recoveries: u64,
     /// Recovering subscribes answered `recovered: false`.
     pub refused_recoveries: u64,
+    /// `online_users` snapshots held back by `presence_rate` (and sent
+    /// later as one).
+    pub presence_deferred: u64,
 }

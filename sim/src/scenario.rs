@@ -195,6 +195,10 @@ impl SimParams {
                 // The oracle's rooms end with their last member (the
                 // cluster simulation covers streams that outlive them).
                 idle_streams: 0,
+                // The oracle owes every member a snapshot in the call that
+                // changed its room; held-back snapshots (`presence_rate`)
+                // are checked by the cluster simulation's end-state rule.
+                presence_rate: None,
                 ..Config::default()
             },
             latency_min_ms,

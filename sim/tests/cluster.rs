@@ -14,6 +14,7 @@ fn seeded_runs_over_several_shards_keep_every_rule() {
     let mut bus_messages = 0;
     let mut publications = 0;
     let mut recoveries = 0;
+    let mut presence_deferred = 0;
     for shards in [1u16, 2, 3, 5] {
         for seed in 0..40u64 {
             let params = ClusterParams::derive(seed * 7919 + u64::from(shards), shards);
@@ -23,6 +24,7 @@ fn seeded_runs_over_several_shards_keep_every_rule() {
                     bus_messages += report.bus_messages;
                     publications += report.publications;
                     recoveries += report.recoveries;
+                    presence_deferred += report.presence_deferred;
                     if shards == 1 {
                         assert_eq!(report.bus_messages, 0, "one shard is its own home");
                     }
@@ -42,6 +44,12 @@ fn seeded_runs_over_several_shards_keep_every_rule() {
     assert!(
         recoveries > 100,
         "resubscribes recovered across shards: {recoveries}"
+    );
+    // Joins and leaves outran `presence_rate` (5/s here), and the held-back
+    // snapshots still left every seed member's list exact (the Presence rule).
+    assert!(
+        presence_deferred > 100,
+        "online_users snapshots were held back: {presence_deferred}"
     );
 }
 

@@ -50,6 +50,7 @@ fn empty_report() -> Report {
         publications: 0,
         recoveries: 0,
         refused_recoveries: 0,
+        presence_deferred: 0,
     }
 }
 

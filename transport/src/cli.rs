@@ -53,9 +53,13 @@ pub struct Cli {
     #[arg(long, env = "HUBBUB_SEND_QUEUE", default_value_t = 256)]
     pub send_queue: usize,
 
-    /// Most simultaneous WebSocket connections; more get HTTP 503.
-    #[arg(long, env = "HUBBUB_MAX_CONNECTIONS", default_value_t = 100_000)]
-    pub max_connections: usize,
+    /// Most simultaneous WebSocket connections; more get HTTP 503. Default:
+    /// what the open-files limit allows, after keeping descriptors back for
+    /// the listener, the store, health checks and sockets still in their
+    /// HTTP phase (19,536 with a limit of 20,000); a larger value is capped
+    /// to that.
+    #[arg(long, env = "HUBBUB_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 
     /// Centrifugo protocol (/connection/websocket): largest incoming frame in
     /// bytes; larger ones close the connection with 1009.
@@ -168,6 +172,30 @@ pub struct Cli {
     /// bursts of twice that (429 with Retry-After beyond; 0: no limit).
     #[arg(long, env = "HUBBUB_HANDSHAKES_PER_IP", default_value_t = 100)]
     pub handshakes_per_ip: u32,
+
+    /// Commands one connection may send per second (Centrifugo commands and
+    /// seed chat lines), with bursts of twice that. Over it a command gets
+    /// error 111 and a seed line is dropped; a connection that keeps
+    /// flooding is closed (3013; seed clients 1008). 0: no limit.
+    #[arg(long, env = "HUBBUB_COMMAND_RATE", default_value_t = 200)]
+    pub command_rate: u32,
+
+    /// Publications one user may make per second across its connections on
+    /// a shard, with bursts of twice that (111 beyond; seed lines dropped).
+    /// 0: no limit.
+    #[arg(long, env = "HUBBUB_USER_PUBLISH_RATE", default_value_t = 500)]
+    pub user_publish_rate: u32,
+
+    /// Connections one user (a token's `sub`, a seed client's username) may
+    /// hold at once on a shard (3504; seed clients 1008). 0: no limit.
+    #[arg(long, env = "HUBBUB_USER_CONNECTION_LIMIT", default_value_t = 1_000)]
+    pub user_connection_limit: usize,
+
+    /// `online_users` lists a room sends per second, with bursts of twice
+    /// that: in a join/leave storm the lists beyond wait and go out as one
+    /// exact list. 0: no limit (a list for every change).
+    #[arg(long, env = "HUBBUB_PRESENCE_RATE", default_value_t = 20)]
+    pub presence_rate: u32,
 
     /// Apply the per-IP limits to loopback clients too (off by default: a
     /// reverse proxy on this machine makes every client look like one).
@@ -328,11 +356,6 @@ impl Cli {
             ),
             ("send_queue", file.send_queue, &mut self.send_queue),
             (
-                "max_connections",
-                file.max_connections,
-                &mut self.max_connections,
-            ),
-            (
                 "max_command_bytes",
                 file.max_command_bytes,
                 &mut self.max_command_bytes,
@@ -359,6 +382,25 @@ impl Cli {
         if let (Some(v), true) = (file.shards, unset("shards")) {
             self.shards =
                 Some(parse_workers(&v.to_string()).map_err(|e| context(format!("shards: {e}")))?);
+        }
+        for (id, value, slot) in [
+            ("command_rate", file.command_rate, &mut self.command_rate),
+            (
+                "user_publish_rate",
+                file.user_publish_rate,
+                &mut self.user_publish_rate,
+            ),
+            ("presence_rate", file.presence_rate, &mut self.presence_rate),
+        ] {
+            if let (Some(v), true) = (value, unset(id)) {
+                *slot = v;
+            }
+        }
+        if let (Some(v), true) = (file.user_connection_limit, unset("user_connection_limit")) {
+            self.user_connection_limit = v;
+        }
+        if let (Some(v), true) = (file.max_connections, unset("max_connections")) {
+            self.max_connections = Some(v);
         }
         if let (Some(v), true) = (file.handshakes_per_ip, unset("handshakes_per_ip")) {
             self.handshakes_per_ip = v;
@@ -450,13 +492,17 @@ impl Cli {
     /// The server settings these flags ask for (not yet validated).
     #[must_use]
     pub fn server_config(&self) -> ServerConfig {
+        let budget = crate::limits::SocketBudget::derive(
+            crate::limits::open_files_limit(),
+            self.max_connections,
+        );
         ServerConfig {
             hub: Config {
                 ping_interval: self.ping_interval,
                 pong_timeout: self.pong_timeout,
                 max_message_bytes: self.max_message_bytes,
                 send_queue: self.send_queue,
-                max_connections: self.max_connections,
+                max_connections: budget.max_connections,
                 max_command_bytes: self.max_command_bytes,
                 connect_timeout: self.connect_timeout,
                 channel_limit: self.channel_limit,
@@ -466,6 +512,10 @@ impl Cli {
                 entropy: crate::config::entropy(),
                 server_version: concat!("hubbub ", env!("CARGO_PKG_VERSION")).to_owned(),
                 allow_anonymous: self.allow_anonymous,
+                command_rate: per_second(self.command_rate),
+                user_publish_rate: per_second(self.user_publish_rate),
+                user_connection_limit: self.user_connection_limit,
+                presence_rate: per_second(self.presence_rate),
                 ..Config::default()
             },
             write_timeout: self.write_timeout,
@@ -487,6 +537,7 @@ impl Cli {
                 }),
                 _ => None,
             },
+            max_sockets: budget.max_sockets,
             origins: crate::origin::OriginPolicy::new(self.allowed_origins.clone()),
             ip_limits: crate::limits::IpLimitConfig {
                 connections_per_ip: self.max_connections_per_ip,
@@ -558,6 +609,11 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
         ));
     }
     Ok(Duration::from_millis(ms))
+}
+
+/// A per-second limit with bursts of twice it; 0 is no limit.
+fn per_second(rate: u32) -> Option<hubbub_core::Rate> {
+    (rate > 0).then(|| hubbub_core::Rate::new(rate, rate.saturating_mul(2)))
 }
 
 #[cfg(test)]
@@ -659,7 +715,7 @@ mod tests {
             .expect("valid file");
         assert_eq!(cli.ping_interval, Duration::from_secs(20), "from the file");
         assert_eq!(cli.send_queue, 3, "the flag wins");
-        assert_eq!(cli.max_connections, 9);
+        assert_eq!(cli.max_connections, Some(9));
         let config = cli.server_config();
         assert!(!config.hub.namespaces.named["chat"].presence);
         std::fs::write(&path, "send_qeue = 7\n").expect("write");

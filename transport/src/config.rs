@@ -70,6 +70,9 @@ pub struct ServerConfig {
     pub api_key: Option<crate::api::ApiKey>,
     /// Serve HTTPS and WSS with these PEM files (`None`: plain).
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Open client sockets of any kind (WebSockets and connections still in
+    /// their HTTP phase); one accepted beyond it is answered 503 and closed.
+    pub max_sockets: usize,
     /// Browser origins allowed to open WebSockets (empty: any).
     pub origins: crate::origin::OriginPolicy,
     /// Per-IP connection and handshake limits.
@@ -89,6 +92,7 @@ impl Default for ServerConfig {
             store: StoreConfig::Memory,
             api_key: None,
             tls: None,
+            max_sockets: 101_024,
             origins: crate::origin::OriginPolicy::default(),
             ip_limits: crate::limits::IpLimitConfig::default(),
         }

@@ -53,6 +53,10 @@ pub struct FileConfig {
     pub max_connections_per_ip: Option<usize>,
     pub handshakes_per_ip: Option<u32>,
     pub limit_loopback: Option<bool>,
+    pub command_rate: Option<u32>,
+    pub user_publish_rate: Option<u32>,
+    pub user_connection_limit: Option<usize>,
+    pub presence_rate: Option<u32>,
     #[serde(alias = "workers")]
     pub shards: Option<usize>,
     pub token_hmac_secret: Option<String>,

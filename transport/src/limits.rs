@@ -253,3 +253,118 @@ mod tests {
         assert!(limits.admit(ip("127.0.0.1"), now).is_err());
     }
 }
+
+/// The process's open-files limit (the soft `RLIMIT_NOFILE`), read from
+/// `/proc/self/limits`; `None` where that cannot be read or says unlimited.
+#[must_use]
+pub fn open_files_limit() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_open_files_limit(&text)
+}
+
+fn parse_open_files_limit(limits: &str) -> Option<usize> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// How the open-files limit is shared out: descriptors kept back for the
+/// listener, the store, logs and health checks; sockets still in their HTTP
+/// phase; and WebSocket connections (`max_connections`), so that a full
+/// server answers 503 instead of failing to accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketBudget {
+    /// WebSocket connections (handshakes beyond get 503).
+    pub max_connections: usize,
+    /// Open client sockets of any kind; a connection accepted beyond it is
+    /// answered 503 at once and closed.
+    pub max_sockets: usize,
+}
+
+impl SocketBudget {
+    /// Descriptors never given to clients: the listener, the store's files,
+    /// the log, a `/health` probe, and room to answer 503.
+    #[must_use]
+    pub const fn reserve(open_files: usize) -> usize {
+        64 + open_files / 100
+    }
+
+    /// Sockets allowed in their HTTP phase on top of `max_connections`.
+    #[must_use]
+    pub const fn pre_upgrade_headroom(open_files: usize) -> usize {
+        let h = open_files / 100;
+        if h < 32 {
+            32
+        } else {
+            h
+        }
+    }
+
+    /// The budget for `open_files` descriptors (`None`: unknown), with
+    /// `--max-connections` if given (it is capped by what the descriptors allow).
+    #[must_use]
+    pub fn derive(open_files: Option<usize>, max_connections: Option<usize>) -> Self {
+        match open_files {
+            Some(fds) => {
+                let usable = fds.saturating_sub(Self::reserve(fds)).max(1);
+                let headroom = Self::pre_upgrade_headroom(fds).min(usable / 2);
+                let fitting = usable - headroom;
+                let max_connections = max_connections.map_or(fitting, |m| m.min(fitting).max(1));
+                Self {
+                    max_connections,
+                    max_sockets: usable,
+                }
+            }
+            None => {
+                let max_connections = max_connections.unwrap_or(100_000);
+                Self {
+                    max_connections,
+                    max_sockets: max_connections.saturating_add(1_024),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn the_open_files_limit_is_read_from_proc_self_limits() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                    Max processes             unlimited            unlimited            processes \n\
+                    Max open files            20000                20000                files     \n";
+        assert_eq!(parse_open_files_limit(text), Some(20_000));
+        assert_eq!(
+            parse_open_files_limit("Max open files unlimited unlimited files"),
+            None
+        );
+        assert_eq!(parse_open_files_limit(""), None);
+        // On Linux the real file has it.
+        if cfg!(target_os = "linux") {
+            assert!(open_files_limit().is_some());
+        }
+    }
+
+    #[test]
+    fn the_budget_keeps_descriptors_back_and_answers_503_before_the_limit() {
+        let b = SocketBudget::derive(Some(20_000), None);
+        assert_eq!(b.max_sockets, 20_000 - 264);
+        assert_eq!(b.max_connections, 20_000 - 264 - 200);
+        // An explicit --max-connections above what fits is capped.
+        assert_eq!(SocketBudget::derive(Some(20_000), Some(100_000)), b);
+        let small = SocketBudget::derive(Some(20_000), Some(500));
+        assert_eq!(small.max_connections, 500);
+        assert_eq!(small.max_sockets, b.max_sockets);
+        // A tiny limit still leaves something.
+        let tiny = SocketBudget::derive(Some(100), None);
+        assert!(tiny.max_connections >= 1 && tiny.max_sockets <= 100);
+        // Unknown: the old default.
+        let unknown = SocketBudget::derive(None, None);
+        assert_eq!(unknown.max_connections, 100_000);
+    }
+}

@@ -261,6 +261,9 @@ impl Metrics {
             sum.store_failures += s.store_failures;
             sum.store_rejected += s.store_rejected;
             sum.store_opens += s.store_opens;
+            sum.commands_limited += s.commands_limited;
+            sum.publishes_limited += s.publishes_limited;
+            sum.presence_deferred += s.presence_deferred;
             for (total, n) in sum.closes.iter_mut().zip(s.closes) {
                 *total += n;
             }
@@ -347,6 +350,21 @@ impl Metrics {
             "hubbub_command_errors_total",
             "Centrifugo protocol commands answered with an error reply.",
             hub.command_errors,
+        );
+        out.counter(
+            "hubbub_commands_limited_total",
+            "Commands (Centrifugo commands, seed lines) refused by --command-rate (error 111, or dropped).",
+            hub.commands_limited,
+        );
+        out.counter(
+            "hubbub_publishes_limited_total",
+            "Publications refused by --user-publish-rate (error 111, or dropped).",
+            hub.publishes_limited,
+        );
+        out.counter(
+            "hubbub_presence_deferred_total",
+            "online_users lists held back by --presence-rate (sent later as one).",
+            hub.presence_deferred,
         );
         out.counter(
             "hubbub_publications_stored_total",

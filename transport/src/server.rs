@@ -76,6 +76,7 @@ pub async fn serve(
     let clock = Clock::new(Instant::now());
     let global = Global {
         live: Arc::new(AtomicUsize::new(0)),
+        pre_upgrade: Arc::new(AtomicUsize::new(0)),
         next_conn: Arc::new(AtomicU64::new(1)),
         opened: Arc::new(AtomicU64::new(0)),
         stopping: Arc::new(AtomicBool::new(false)),
@@ -118,6 +119,7 @@ pub async fn serve(
             config: config.clone(),
             hub: hub_tx,
             live: global.live.clone(),
+            pre_upgrade: global.pre_upgrade.clone(),
             next_conn: global.next_conn.clone(),
             opened: global.opened.clone(),
             stopping: global.stopping.clone(),
@@ -274,9 +276,29 @@ fn start_store(
     Ok((Some(handle), links.into_iter()))
 }
 
+/// An accepted socket on its way to a shard, counted in `pre_upgrade`
+/// until its HTTP phase ends.
+type Accepted = (std::net::TcpStream, SocketAddr, PreUpgrade);
+
+/// One socket in its HTTP phase; uncounted when dropped.
+#[derive(Debug)]
+pub(crate) struct PreUpgrade(Arc<AtomicUsize>);
+
+impl Drop for PreUpgrade {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The answer to a connection accepted past `max_sockets`, written straight
+/// to the socket (no HTTP task is started for it).
+const FULL_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 67\r\nretry-after: 1\r\nconnection: close\r\n\r\n{\"error\":\"server full: too many open connections, try again later\"}";
+
 /// The server-wide counters and flags every shard's [`Shared`] points to.
 struct Global {
     live: Arc<AtomicUsize>,
+    /// Accepted sockets still in their HTTP phase (all shards).
+    pre_upgrade: Arc<AtomicUsize>,
     next_conn: Arc<AtomicU64>,
     opened: Arc<AtomicU64>,
     stopping: Arc<AtomicBool>,
@@ -285,12 +307,12 @@ struct Global {
 /// A running shard: a thread with its own runtime, hub task and connections.
 struct ShardHandle {
     /// Accepted sockets for this shard to serve.
-    streams: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    streams: mpsc::UnboundedSender<Accepted>,
     /// The hub's final counters when it ends (an error if it panicked).
     done: tokio::sync::oneshot::Receiver<Stats>,
 }
 
-fn closed_sender() -> mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)> {
+fn closed_sender() -> mpsc::UnboundedSender<Accepted> {
     mpsc::unbounded_channel().0
 }
 
@@ -308,16 +330,16 @@ fn start_shard(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (streams, mut accepted) = mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr)>();
+    let (streams, mut accepted) = mpsc::unbounded_channel::<Accepted>();
     let (done_tx, done) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(format!("hubbub-shard-{shard}"))
         .spawn(move || {
             runtime.block_on(async move {
                 let hub = tokio::spawn(hub);
-                while let Some((stream, peer)) = accepted.recv().await {
+                while let Some((stream, peer, counted)) = accepted.recv().await {
                     match TcpStream::from_std(stream) {
-                        Ok(stream) => spawn_http(stream, peer, &shared, stop.clone()),
+                        Ok(stream) => spawn_http(stream, peer, counted, &shared, stop.clone()),
                         Err(e) => debug!(shard, error = %e, "could not adopt a socket"),
                     }
                 }
@@ -334,7 +356,7 @@ fn start_shard(
 async fn accept_loop(
     listener: &TcpListener,
     shared: &Arc<Shared>,
-    shards: &[mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>],
+    shards: &[mpsc::UnboundedSender<Accepted>],
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -350,11 +372,24 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = MIN_BACKOFF;
+                let open = shared.live.load(Ordering::Acquire)
+                    + shared.pre_upgrade.load(Ordering::Acquire);
+                if open >= shared.config.max_sockets {
+                    // Out of sockets to give: say so now, while the reserve
+                    // still has a descriptor for this one, rather than hang.
+                    let _ = stream.try_write(FULL_RESPONSE);
+                    shared
+                        .metrics
+                        .count_response(hyper::StatusCode::SERVICE_UNAVAILABLE);
+                    continue;
+                }
+                shared.pre_upgrade.fetch_add(1, Ordering::AcqRel);
+                let counted = PreUpgrade(shared.pre_upgrade.clone());
                 let Ok(stream) = stream.into_std() else {
                     continue; // it could not be taken off this runtime: drop it
                 };
                 if let Some(shard) = shards.get(next) {
-                    let _ = shard.send((stream, peer));
+                    let _ = shard.send((stream, peer, counted));
                 }
                 next = (next + 1) % shards.len().max(1);
             }
@@ -415,6 +450,7 @@ impl ErrorLog {
 fn spawn_http(
     stream: TcpStream,
     peer: SocketAddr,
+    counted: PreUpgrade,
     shared: &Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -467,6 +503,7 @@ fn spawn_http(
             }
         }
         drop(token);
+        drop(counted);
     });
 }
 

@@ -22,6 +22,8 @@ pub struct Shared {
     pub hub: mpsc::Sender<Event>,
     /// WebSocket connections holding a [`ConnectionSlot`] (all shards).
     pub(crate) live: Arc<AtomicUsize>,
+    /// Accepted sockets still in their HTTP phase (all shards).
+    pub(crate) pre_upgrade: Arc<AtomicUsize>,
     pub(crate) next_conn: Arc<AtomicU64>,
     /// WebSocket connections that reached a hub (all shards).
     pub opened: Arc<AtomicU64>,

@@ -51,6 +51,10 @@ pub(super) struct Room {
     /// `history_size` and none older than `history_ttl` (kept while the
     /// channel has members; keeping streams past that is the store's job).
     pub(super) history: VecDeque<Stored>,
+    /// `presence_rate`'s budget for `online_users` (`None`: full).
+    pub(super) presence_budget: Option<crate::rate::Bucket>,
+    /// A snapshot is held back and waits in `Hub::presence_timers`.
+    pub(super) presence_held: bool,
 }
 
 /// The most publications one recovery or one `history` reply carries
@@ -75,6 +79,8 @@ impl Room {
             epoch,
             idle: None,
             history: tail.into(),
+            presence_budget: None,
+            presence_held: false,
         }
     }
 
@@ -282,6 +288,7 @@ impl Hub {
         user: Option<&Name>,
         joined: bool,
     ) {
+        let send_list = user.is_some() && self.take_presence(channel);
         let Some(room) = self.rooms.get(channel) else {
             return;
         };
@@ -300,13 +307,13 @@ impl Hub {
         }
         if let (Some(user), true) = (user, room.seed_members > 0) {
             let name = user.as_str();
-            let list = Delivery {
+            let list = send_list.then(|| Delivery {
                 frame: self.seed_presence(room, channel),
                 to: Audience::SeedPresence,
-            };
+            });
             if joined {
                 let notice = format!("{name} joined the room");
-                items.push(list);
+                items.extend(list);
                 items.push(Delivery {
                     frame: encode_seed(SeedType::UserJoined, &notice, channel.as_str(), name),
                     to: Audience::Seed,
@@ -317,12 +324,78 @@ impl Hub {
                     frame: encode_seed(SeedType::UserLeft, &notice, channel.as_str(), name),
                     to: Audience::Seed,
                 });
-                items.push(list);
+                items.extend(list);
             }
         }
         if !items.is_empty() {
             self.deliver_everywhere(channel, items);
         }
+    }
+
+    /// Whether `channel`'s seed members get an `online_users` now; if the
+    /// room is over `presence_rate`, the snapshot is held back (once) and
+    /// [`Hub::deferred_presence`] sends the room as it is then.
+    fn take_presence(&mut self, channel: &ChannelName) -> bool {
+        let Some(rate) = self.config.presence_rate else {
+            return true;
+        };
+        let now = self.now;
+        let Some(room) = self.rooms.get_mut(channel) else {
+            return true;
+        };
+        if room.seed_members == 0 {
+            return true;
+        }
+        if room.presence_held {
+            self.stats.presence_deferred += 1;
+            return false;
+        }
+        let budget = room
+            .presence_budget
+            .get_or_insert_with(|| crate::rate::Bucket::full(rate, now));
+        if budget.try_take(rate, now) {
+            return true;
+        }
+        room.presence_held = true;
+        let at = budget.ready_at(rate, now);
+        self.stats.presence_deferred += 1;
+        self.presence_timers.insert((at, channel.clone()));
+        false
+    }
+
+    /// A held-back `online_users` is due: the room's members as they are now.
+    pub(super) fn deferred_presence(&mut self, now: Timestamp, channel: &ChannelName) {
+        let Some(rate) = self.config.presence_rate else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(channel) else {
+            return;
+        };
+        if !room.presence_held {
+            return;
+        }
+        let budget = room
+            .presence_budget
+            .get_or_insert_with(|| crate::rate::Bucket::full(rate, now));
+        if !budget.try_take(rate, now) {
+            let at = budget
+                .ready_at(rate, now)
+                .max(now.saturating_add(std::time::Duration::from_millis(1)));
+            self.presence_timers.insert((at, channel.clone()));
+            return;
+        }
+        room.presence_held = false;
+        if room.seed_members == 0 {
+            return;
+        }
+        let Some(room) = self.rooms.get(channel) else {
+            return;
+        };
+        let list = Delivery {
+            frame: self.seed_presence(room, channel),
+            to: Audience::SeedPresence,
+        };
+        self.deliver_everywhere(channel, vec![list]);
     }
 
     /// The room's `online_users`: named members in join order.

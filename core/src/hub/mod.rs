@@ -217,6 +217,13 @@ pub struct Stats {
     pub store_rejected: u64,
     /// Streams opened (loaded from the store).
     pub store_opens: u64,
+    /// Commands (Centrifugo commands, seed lines) refused by `command_rate`.
+    pub commands_limited: u64,
+    /// Publications refused by `user_publish_rate`.
+    pub publishes_limited: u64,
+    /// `online_users` snapshots held back by `presence_rate` (each storm
+    /// ends with one exact snapshot).
+    pub presence_deferred: u64,
     /// Closes by [`CloseReason`], indexed like [`CloseReason::ALL`].
     pub closes: [u64; CloseReason::ALL.len()],
 }
@@ -344,6 +351,12 @@ pub struct Hub {
     next_idle: u64,
     /// One entry per connection: when its heartbeat next needs attention.
     timers: BTreeSet<(Timestamp, ConnId)>,
+    /// Rooms homed here whose `online_users` snapshot is held back by
+    /// `presence_rate`, and when it may go.
+    presence_timers: BTreeSet<(Timestamp, ChannelName)>,
+    /// Named users with connections on this shard: how many, and their
+    /// publication budget (`user_connection_limit`, `user_publish_rate`).
+    users: BTreeMap<Name, session::UserEntry>,
     outputs: VecDeque<Output>,
     /// Messages to other shards.
     bus_out: VecDeque<(ShardId, BusMessage)>,
@@ -392,6 +405,8 @@ impl Hub {
             idle: BTreeSet::new(),
             next_idle: 0,
             timers: BTreeSet::new(),
+            presence_timers: BTreeSet::new(),
+            users: BTreeMap::new(),
             outputs: VecDeque::new(),
             bus_out: VecDeque::new(),
             bus_self: VecDeque::new(),
@@ -526,6 +541,15 @@ impl Hub {
             c.timer = c.next_timer(&self.config);
             self.timers.insert((c.timer, conn));
         }
+        while let Some((at, _)) = self.presence_timers.first() {
+            if *at > now {
+                break;
+            }
+            if let Some((_, channel)) = self.presence_timers.pop_first() {
+                self.deferred_presence(now, &channel);
+                self.pump();
+            }
+        }
         self.pump();
     }
 
@@ -555,7 +579,12 @@ impl Hub {
     /// When [`Hub::handle_timeout`] must next be called, if ever.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.timers.first().map(|&(at, _)| at)
+        let conns = self.timers.first().map(|&(at, _)| at);
+        let rooms = self.presence_timers.first().map(|(at, _)| *at);
+        match (conns, rooms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     #[must_use]

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::auth::Timing;
+use crate::rate::{Bucket, Verdict};
 
 /// A subscription waiting for its home's answer.
 #[derive(Debug)]
@@ -125,6 +126,15 @@ pub(super) struct Conn {
     pub(super) timer: Timestamp,
     /// Centrifugo with tokens: expiries to enforce.
     pub(super) auth: Option<Box<Auth>>,
+    /// `command_rate`'s budget.
+    pub(super) commands: Bucket,
+}
+
+/// A named user's connections on this shard and its publication budget.
+#[derive(Debug)]
+pub(super) struct UserEntry {
+    pub(super) conns: u32,
+    pub(super) publish: Bucket,
 }
 
 impl Conn {
@@ -292,8 +302,18 @@ impl Hub {
                 ping_outstanding: false,
                 timer,
                 auth: None,
+                commands: Bucket::full(
+                    self.config
+                        .command_rate
+                        .unwrap_or(crate::rate::Rate::new(0, 0)),
+                    now,
+                ),
             },
         );
+        if codec == Codec::SeedJson && !self.admit_user(now, conn) {
+            self.end(conn, CloseReason::ConnectionLimit);
+            return;
+        }
         self.timers.insert((timer, conn));
         if let Some(room) = room {
             self.ask_join(conn, room, None, false, last);
@@ -520,6 +540,17 @@ impl Hub {
                 self.centrifuge_frame(now, conn, &text);
             }
             Ok(ClientMessage::Chat(text)) => {
+                match self.spend_command(now, conn) {
+                    Verdict::Allowed => {}
+                    Verdict::Refused => return,
+                    Verdict::Flooding => return self.end(conn, CloseReason::TooManyRequests),
+                }
+                if !self.spend_publish(now, user.as_ref()) {
+                    return;
+                }
+                let Some(c) = self.conns.get(&conn) else {
+                    return;
+                };
                 // Decode checked UTF-8; a failure here would be a core bug, so
                 // fall back to a lossy copy rather than panic.
                 let content: Arc<str> = String::from_utf8_lossy(&text).into();
@@ -551,6 +582,9 @@ impl Hub {
             return;
         };
         self.timers.remove(&(c.timer, conn));
+        if let Some(user) = &c.user {
+            self.release_user(user);
+        }
         self.count_close(reason);
         self.outputs.push_back(Output::Close { conn, reason });
         for (channel, seq) in &c.subs {
@@ -592,7 +626,74 @@ impl Hub {
         self.local.clear();
         self.rooms.clear();
         self.timers.clear();
+        self.presence_timers.clear();
+        self.users.clear();
         self.bus_self.clear();
+    }
+
+    /// Counts `conn`'s user (if named) against `user_connection_limit`;
+    /// false, counting nothing, when the user is at the limit.
+    pub(super) fn admit_user(&mut self, now: Timestamp, conn: ConnId) -> bool {
+        let Some(user) = self.conns.get(&conn).and_then(|c| c.user.clone()) else {
+            return true;
+        };
+        let limit = self.config.user_connection_limit;
+        let rate = self.config.user_publish_rate;
+        let entry = self.users.entry(user).or_insert_with(|| UserEntry {
+            conns: 0,
+            publish: Bucket::full(rate.unwrap_or(crate::rate::Rate::new(0, 0)), now),
+        });
+        if limit > 0 && entry.conns as usize >= limit {
+            // The user keeps the connections it has; this one is refused.
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.user = None;
+            }
+            return false;
+        }
+        entry.conns += 1;
+        true
+    }
+
+    fn release_user(&mut self, user: &Name) {
+        if let Some(entry) = self.users.get_mut(user) {
+            entry.conns = entry.conns.saturating_sub(1);
+            if entry.conns == 0 {
+                self.users.remove(user);
+            }
+        }
+    }
+
+    /// Spends one of `conn`'s `command_rate` tokens.
+    pub(super) fn spend_command(&mut self, now: Timestamp, conn: ConnId) -> Verdict {
+        let Some(rate) = self.config.command_rate else {
+            return Verdict::Allowed;
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Verdict::Allowed;
+        };
+        let verdict = c.commands.take(rate, now);
+        if verdict != Verdict::Allowed {
+            self.stats.commands_limited += 1;
+        }
+        verdict
+    }
+
+    /// Spends one of `user`'s `user_publish_rate` tokens; false (counted)
+    /// when the user is over it. Anonymous publishers have no user budget.
+    pub(super) fn spend_publish(&mut self, now: Timestamp, user: Option<&Name>) -> bool {
+        let (Some(rate), Some(user)) = (self.config.user_publish_rate, user) else {
+            return true;
+        };
+        let Some(entry) = self.users.get_mut(user) else {
+            return true;
+        };
+        // No debt here: the user's connections are not closed for it.
+        if entry.publish.try_take(rate, now) {
+            true
+        } else {
+            self.stats.publishes_limited += 1;
+            false
+        }
     }
 
     pub(super) fn count_close(&mut self, reason: CloseReason) {
@@ -669,11 +770,25 @@ impl Hub {
             Line::Command { id, command } => (id, command),
         };
         self.stats.commands += 1;
+        if !matches!(command, Command::Connect(_)) {
+            match self.spend_command(now, conn) {
+                Verdict::Allowed => {}
+                Verdict::Refused => {
+                    if id != 0 {
+                        self.error(conn, id, ErrorCode::TooManyRequests);
+                    }
+                    return Ok(());
+                }
+                Verdict::Flooding => return Err(Disconnect(CloseReason::TooManyRequests)),
+            }
+        }
         match command {
             Command::Connect(req) => self.connect(now, conn, id, &req.token),
             Command::Subscribe(req) => self.subscribe(now, conn, id, &req),
             Command::Unsubscribe { channel } => self.unsubscribe(conn, id, &channel),
-            Command::Publish { channel, data } => self.client_publish(conn, id, &channel, data),
+            Command::Publish { channel, data } => {
+                self.client_publish(now, conn, id, &channel, data)
+            }
             Command::Presence { channel } => self.presence(conn, id, &channel, false),
             Command::PresenceStats { channel } => self.presence(conn, id, &channel, true),
             Command::History(req) => self.history(conn, id, &req),
@@ -769,6 +884,15 @@ impl Hub {
         };
         c.connected = true;
         c.user = user;
+        if !self.admit_user(now, conn) {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.user = None; // not counted: nothing to release
+            }
+            return Err(Disconnect(CloseReason::ConnectionLimit));
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
         c.auth = expires.map(|at| {
             Box::new(Auth {
                 expires: Some(at),
@@ -1197,6 +1321,7 @@ impl Hub {
 
     pub(super) fn client_publish(
         &mut self,
+        now: Timestamp,
         conn: ConnId,
         id: u32,
         channel: &str,
@@ -1220,6 +1345,10 @@ impl Hub {
         };
         if !o.publication_data_format.accepts(&data) {
             self.error(conn, id, ErrorCode::BadRequest);
+            return Ok(());
+        }
+        if !self.spend_publish(now, st.user.as_ref()) {
+            self.error(conn, id, ErrorCode::TooManyRequests);
             return Ok(());
         }
         // The home answers, once the publication is accepted (durable).
