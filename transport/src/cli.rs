@@ -783,6 +783,13 @@ mod tests {
         let typing = config.hub.namespaces.named.remove("typing");
         assert_eq!(typing, Some(typing_namespace()), "typing:ROOM is built in");
         assert!(!typing_namespace().history());
+        // Connections: what the open-files limit allows.
+        let budget = crate::limits::SocketBudget::derive(crate::limits::open_files_limit(), None);
+        assert_eq!(config.hub.max_connections, budget.max_connections);
+        assert_eq!(config.max_sockets, budget.max_sockets);
+        assert!(config.hub.max_connections < config.max_sockets);
+        config.hub.max_connections = Config::default().max_connections;
+        config.max_sockets = ServerConfig::default().max_sockets;
         assert_eq!(config, ServerConfig::default());
         assert_eq!(config.hub, Config::default());
         assert!(config.validate().is_ok());

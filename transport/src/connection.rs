@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::log_budget::{self, LogLine};
 use fastwebsockets::upgrade::UpgradeFut;
 use hubbub_core::{Codec, ConnId, Route};
 use hyper_util::rt::TokioIo;
@@ -145,7 +146,9 @@ async fn start<R, W>(
         shared.gauge.clone(),
         codec,
     ));
-    info!(conn = conn.0, %peer, route = %describe(&route), "connection opened");
+    if let LogLine::Log { suppressed } = log_budget::CONNECTIONS.line() {
+        info!(conn = conn.0, %peer, route = %describe(&route), suppressed, "connection opened");
+    }
     let open = Event::Open {
         conn,
         route,
@@ -201,14 +204,19 @@ async fn write_until_closed<W>(
         WriterEnd::Failed(_) => reader.abort(),
     }
     let reason = end.reason();
-    info!(
-        conn = conn.0,
-        reason = %reason,
-        code = reason.code_for(outbox.codec()).0,
-        clean = matches!(end, WriterEnd::Closed(_)),
-        duration_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
-        "connection closed"
-    );
+    // `suppressed`: connection lines left out since the last one logged
+    // (at most `LINES_PER_SECOND` a second are logged one by one).
+    if let LogLine::Log { suppressed } = log_budget::CONNECTIONS.line() {
+        info!(
+            conn = conn.0,
+            reason = %reason,
+            code = reason.code_for(outbox.codec()).0,
+            clean = matches!(end, WriterEnd::Closed(_)),
+            duration_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
+            suppressed,
+            "connection closed"
+        );
+    }
     drop(guards);
 }
 

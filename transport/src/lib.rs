@@ -60,6 +60,7 @@ pub mod connection;
 pub mod http;
 pub mod hub_task;
 pub mod limits;
+pub mod log_budget;
 pub mod metrics;
 pub mod origin;
 pub mod outbox;

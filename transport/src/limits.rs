@@ -36,9 +36,16 @@ impl Default for IpLimitConfig {
     }
 }
 
+/// Sockets one address may hold in their HTTP phase (before an upgrade),
+/// when `connections_per_ip` is on: a client cannot pin descriptors with
+/// connections that never finish a request.
+pub const HTTP_SOCKETS_PER_IP: usize = 100;
+
 #[derive(Debug)]
 struct IpState {
     connections: usize,
+    /// Sockets in their HTTP phase.
+    sockets: usize,
     /// Handshake tokens left, and when they were last topped up.
     tokens: f64,
     refilled: Instant,
@@ -62,6 +69,34 @@ pub enum Refusal {
 pub struct IpLimits {
     config: IpLimitConfig,
     ips: Mutex<BTreeMap<IpAddr, IpState>>,
+}
+
+/// A socket in its HTTP phase counted against its address; uncounted on drop.
+#[derive(Debug)]
+pub struct SocketGuard {
+    limits: Arc<IpLimits>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip {
+            let mut ips = self
+                .limits
+                .ips
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(state) = ips.get_mut(&ip) {
+                state.sockets = state.sockets.saturating_sub(1);
+                if state.connections == 0
+                    && state.sockets == 0
+                    && self.limits.refilled(state, Instant::now()) >= self.limits.burst()
+                {
+                    ips.remove(&ip);
+                }
+            }
+        }
+    }
 }
 
 /// A connection counted against its address; uncounted on drop.
@@ -92,6 +127,40 @@ impl IpLimits {
         ip.is_loopback() && !self.config.limit_loopback
     }
 
+    /// Counts a socket just accepted from `ip` against its address's
+    /// [`HTTP_SOCKETS_PER_IP`]; `None` when the address is at it (or the
+    /// table is full).
+    pub fn open_socket(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Option<SocketGuard> {
+        if self.exempt(ip) || self.config.connections_per_ip == 0 {
+            return Some(SocketGuard {
+                limits: self.clone(),
+                ip: None,
+            });
+        }
+        let burst = self.burst();
+        let mut ips = self.ips.lock().unwrap_or_else(PoisonError::into_inner);
+        if !ips.contains_key(&ip) && ips.len() >= MAX_TRACKED_IPS {
+            ips.retain(|_, s| s.connections > 0 || s.sockets > 0 || self.refilled(s, now) < burst);
+            if ips.len() >= MAX_TRACKED_IPS {
+                return None;
+            }
+        }
+        let state = ips.entry(ip).or_insert(IpState {
+            connections: 0,
+            sockets: 0,
+            tokens: burst,
+            refilled: now,
+        });
+        if state.sockets >= HTTP_SOCKETS_PER_IP {
+            return None;
+        }
+        state.sockets += 1;
+        Some(SocketGuard {
+            limits: self.clone(),
+            ip: Some(ip),
+        })
+    }
+
     /// Admits a handshake from `ip` at `now`, counting the connection it
     /// opens until the guard is dropped.
     ///
@@ -109,13 +178,14 @@ impl IpLimits {
         let mut ips = self.ips.lock().unwrap_or_else(PoisonError::into_inner);
         if !ips.contains_key(&ip) && ips.len() >= MAX_TRACKED_IPS {
             // Forget the addresses with no connection and a full bucket.
-            ips.retain(|_, s| s.connections > 0 || self.refilled(s, now) < burst);
+            ips.retain(|_, s| s.connections > 0 || s.sockets > 0 || self.refilled(s, now) < burst);
             if ips.len() >= MAX_TRACKED_IPS {
                 return Err(Refusal::Busy);
             }
         }
         let state = ips.entry(ip).or_insert(IpState {
             connections: 0,
+            sockets: 0,
             tokens: burst,
             refilled: now,
         });
@@ -166,7 +236,10 @@ impl IpLimits {
             // An address with no connection and a full bucket is forgotten
             // (one that is still refilling is kept, or a client could
             // reset its bucket by closing its connections).
-            if state.connections == 0 && self.refilled(state, now) >= self.burst() {
+            if state.connections == 0
+                && state.sockets == 0
+                && self.refilled(state, now) >= self.burst()
+            {
                 ips.remove(&ip);
             }
         }
@@ -289,7 +362,13 @@ impl SocketBudget {
     /// the log, a `/health` probe, and room to answer 503.
     #[must_use]
     pub const fn reserve(open_files: usize) -> usize {
-        64 + open_files / 100
+        let reserve = 64 + open_files / 100;
+        // A tiny limit (tests, misconfigured hosts) still leaves half for clients.
+        if reserve > open_files / 2 {
+            open_files / 2
+        } else {
+            reserve
+        }
     }
 
     /// Sockets allowed in their HTTP phase on top of `max_connections`.
@@ -312,7 +391,8 @@ impl SocketBudget {
                 let usable = fds.saturating_sub(Self::reserve(fds)).max(1);
                 let headroom = Self::pre_upgrade_headroom(fds).min(usable / 2);
                 let fitting = usable - headroom;
-                let max_connections = max_connections.map_or(fitting, |m| m.min(fitting).max(1));
+                // An explicit 0 stays 0, for the configuration check to refuse.
+                let max_connections = max_connections.map_or(fitting, |m| m.min(fitting));
                 Self {
                     max_connections,
                     max_sockets: usable,
@@ -361,8 +441,9 @@ mod budget_tests {
         assert_eq!(small.max_connections, 500);
         assert_eq!(small.max_sockets, b.max_sockets);
         // A tiny limit still leaves something.
-        let tiny = SocketBudget::derive(Some(100), None);
-        assert!(tiny.max_connections >= 1 && tiny.max_sockets <= 100);
+        let tiny = SocketBudget::derive(Some(40), None);
+        assert_eq!(tiny.max_sockets, 20);
+        assert_eq!(tiny.max_connections, 10);
         // Unknown: the old default.
         let unknown = SocketBudget::derive(None, None);
         assert_eq!(unknown.max_connections, 100_000);

@@ -35,12 +35,14 @@ pub const DEPTH_BUCKETS: [u64; 10] = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256];
 const EXACT_DEPTHS: usize = 257;
 
 /// The HTTP refusals counted, by status (`hubbub_http_rejections_total`).
-const REJECTIONS: [StatusCode; 7] = [
+const REJECTIONS: [StatusCode; 9] = [
     StatusCode::BAD_REQUEST,
     StatusCode::FORBIDDEN,
     StatusCode::NOT_FOUND,
     StatusCode::METHOD_NOT_ALLOWED,
+    StatusCode::URI_TOO_LONG,
     StatusCode::UPGRADE_REQUIRED,
+    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
     StatusCode::TOO_MANY_REQUESTS,
     StatusCode::SERVICE_UNAVAILABLE,
 ];
@@ -272,7 +274,7 @@ impl Metrics {
     }
 
     /// Counts a response if it is one of the refusals in
-    /// `hubbub_http_rejections_total` (400, 404, 405, 426, 503).
+    /// `hubbub_http_rejections_total` (400, 403, 404, 405, 414, 426, 429, 431, 503).
     pub fn count_response(&self, status: StatusCode) {
         if let Some(i) = REJECTIONS.iter().position(|s| *s == status) {
             self.rejections[i].fetch_add(1, Relaxed);
@@ -621,7 +623,7 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(
             (helps, types),
-            (21, 21),
+            (24, 24),
             "the store's families show only with SQLite"
         );
         assert!(text.ends_with('\n'));

@@ -280,18 +280,25 @@ fn start_store(
 /// until its HTTP phase ends.
 type Accepted = (std::net::TcpStream, SocketAddr, PreUpgrade);
 
-/// One socket in its HTTP phase; uncounted when dropped.
+/// One socket in its HTTP phase, counted server-wide and against its
+/// address; uncounted when dropped.
 #[derive(Debug)]
-pub(crate) struct PreUpgrade(Arc<AtomicUsize>);
+pub(crate) struct PreUpgrade {
+    count: Arc<AtomicUsize>,
+    /// Held for its drop, which uncounts the socket from its address.
+    _per_ip: crate::limits::SocketGuard,
+}
 
 impl Drop for PreUpgrade {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// The answer to a connection accepted past `max_sockets`, written straight
 /// to the socket (no HTTP task is started for it).
+const PER_IP_RESPONSE: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: 55\r\nretry-after: 5\r\nconnection: close\r\n\r\n{\"error\":\"too many open connections from this address\"}";
+
 const FULL_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 67\r\nretry-after: 1\r\nconnection: close\r\n\r\n{\"error\":\"server full: too many open connections, try again later\"}";
 
 /// The server-wide counters and flags every shard's [`Shared`] points to.
@@ -383,8 +390,21 @@ async fn accept_loop(
                         .count_response(hyper::StatusCode::SERVICE_UNAVAILABLE);
                     continue;
                 }
+                let Some(per_ip) = shared
+                    .ip_limits
+                    .open_socket(peer.ip(), Instant::now().into_std())
+                else {
+                    let _ = stream.try_write(PER_IP_RESPONSE);
+                    shared
+                        .metrics
+                        .count_response(hyper::StatusCode::TOO_MANY_REQUESTS);
+                    continue;
+                };
                 shared.pre_upgrade.fetch_add(1, Ordering::AcqRel);
-                let counted = PreUpgrade(shared.pre_upgrade.clone());
+                let counted = PreUpgrade {
+                    count: shared.pre_upgrade.clone(),
+                    _per_ip: per_ip,
+                };
                 let Ok(stream) = stream.into_std() else {
                     continue; // it could not be taken off this runtime: drop it
                 };
@@ -461,6 +481,7 @@ fn spawn_http(
     }
     let token = shared.tracker.token();
     let tls = shared.tls.clone();
+    let metrics = shared.metrics.clone();
     let shared = shared.clone();
     tokio::spawn(async move {
         // Before its upgrade a connection may make a bounded number of
@@ -487,7 +508,7 @@ fn spawn_http(
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .max_buf_size(MAX_HEADER_BYTES);
         match tls {
-            None => serve_http(&builder, stream, service, peer, &mut stop).await,
+            None => serve_http(&builder, stream, service, peer, &metrics, &mut stop).await,
             Some(acceptor) => {
                 let handshake =
                     tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.0.accept(stream));
@@ -496,7 +517,9 @@ fn spawn_http(
                     () = stopped(&mut stop) => return,
                 };
                 match stream {
-                    Ok(Ok(stream)) => serve_http(&builder, stream, service, peer, &mut stop).await,
+                    Ok(Ok(stream)) => {
+                        serve_http(&builder, stream, service, peer, &metrics, &mut stop).await;
+                    }
                     Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => debug!(%peer, "TLS handshake timed out"),
                 }
@@ -513,6 +536,7 @@ async fn serve_http<S, F>(
     stream: S,
     service: F,
     peer: SocketAddr,
+    metrics: &crate::metrics::Metrics,
     stop: &mut watch::Receiver<bool>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -547,8 +571,30 @@ async fn serve_http<S, F>(
         }
     };
     if let Err(e) = result {
+        // hyper answers a request it cannot parse itself (400, 414, 431);
+        // count those refusals with ours.
+        if let Some(status) = hyper_refusal(&e) {
+            metrics.count_response(status);
+        }
         debug!(%peer, error = %e, "http connection ended with an error");
     }
+}
+
+/// The status hyper wrote for a request it refused before our service saw
+/// it, if it wrote one.
+fn hyper_refusal(e: &hyper::Error) -> Option<hyper::StatusCode> {
+    if !e.is_parse() {
+        return None;
+    }
+    Some(if e.is_parse_too_large() {
+        if e.to_string().contains("URI too long") {
+            hyper::StatusCode::URI_TOO_LONG
+        } else {
+            hyper::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        }
+    } else {
+        hyper::StatusCode::BAD_REQUEST
+    })
 }
 
 /// Resolves once shutdown has begun (or the server is gone).

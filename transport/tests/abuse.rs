@@ -5,7 +5,10 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
+use futures_util::SinkExt;
 use hubbub::limits::IpLimitConfig;
 use hubbub::origin::OriginPolicy;
 use hubbub::ServerConfig;
@@ -19,8 +22,11 @@ async fn bystanders(server: &TestServer, room: &str) -> (Ws, Ws) {
 
 async fn still_chatting(a: &mut Ws, b: &mut Ws, line: &str) {
     send_text(a, line).await;
-    let m = seed_until(b, |m| m.kind == hubbub_core::SeedType::Chat).await;
-    assert_eq!(m.content, line);
+    // (Lines an attacker got through before it may come first.)
+    seed_until(b, |m| {
+        m.kind == hubbub_core::SeedType::Chat && m.content == line
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,7 +114,7 @@ async fn one_address_gets_429_beyond_its_connections_and_handshakes() {
             admitted = true;
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(admitted, "a place came free");
     server.stop().await;
@@ -267,5 +273,130 @@ async fn frames_a_client_must_not_send_close_with_1002() {
         assert_eq!(close.close_code(), 1002, "{what}");
     }
     still_chatting(&mut ann, &mut bob, "as before").await;
+    server.stop().await;
+}
+
+/// Sends `frames` as fast as the socket takes them while reading
+/// everything that comes back (so the client is judged for flooding, not
+/// for reading slowly); returns the texts read and the close's code and reason.
+async fn flood(ws: Ws, frames: Vec<String>) -> (Vec<String>, u16, String) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut sink, mut stream) = ws.split();
+    let reader = tokio::spawn(async move {
+        let mut texts = Vec::new();
+        while let Some(Ok(m)) = stream.next().await {
+            match m {
+                Message::Text(t) => texts.push(t.as_str().to_owned()),
+                Message::Close(Some(f)) => {
+                    return (texts, u16::from(f.code), f.reason.as_str().to_owned())
+                }
+                Message::Close(None) => return (texts, 1005, String::new()),
+                _ => {}
+            }
+        }
+        (texts, 0, String::new())
+    });
+    for frame in frames {
+        if sink.send(Message::text(frame)).await.is_err() {
+            break; // already closed
+        }
+        // Thousands of commands a second, and time for replies to drain.
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    within(Duration::from_secs(20), "the flooder's close", reader)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_flood_gets_111_then_3013_and_the_room_keeps_chatting() {
+    let mut server = TestServer::start(config()).await;
+    let (mut ann, mut bob) = bystanders(&server, "chat").await;
+    let flooder = connect(&server, "/connection/websocket").await;
+    // 3,000 publishes into the bystanders' room, 20 to a frame: far over
+    // the default 200 a second (bursts of 400). (Frames of hundreds of
+    // commands would fill its send queue with replies first: that client
+    // is evicted as slow, 3008, before it counts as flooding.)
+    let mut frames = vec![r#"{"id":1,"connect":{}}"#.to_owned()];
+    for frame in 0..150 {
+        let lines: Vec<String> = (0..20)
+            .map(|i| {
+                let id = 2 + frame * 20 + i;
+                format!(
+                    r#"{{"id":{id},"publish":{{"channel":"chat","data":{{"input":"spam {id}"}}}}}}"#
+                )
+            })
+            .collect();
+        frames.push(lines.join("\n"));
+    }
+    let (texts, code, reason) = flood(flooder, frames).await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (3013, "too many requests"),
+        "persistent flooding closes with 3013"
+    );
+    let replies: Vec<serde_json::Value> = texts
+        .iter()
+        .flat_map(|t| t.split('\n'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let limited = replies.iter().filter(|r| r["error"]["code"] == 111).count();
+    let accepted = replies
+        .iter()
+        .filter(|r| r.get("publish").is_some())
+        .count();
+    assert!(limited > 0, "over the rate: error 111");
+    assert!(
+        (300..=600).contains(&accepted),
+        "about one burst accepted: {accepted}"
+    );
+    // The room heard the accepted ones and still chats.
+    still_chatting(&mut ann, &mut bob, "we are still here").await;
+    let metrics = get(server.addr, "/metrics", &[]).await.body;
+    assert!(
+        metrics.contains("hubbub_closes_total{reason=\"too_many_requests\""),
+        "{metrics}"
+    );
+    let limited_total: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("hubbub_commands_limited_total "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(limited_total >= limited as u64);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_line_flood_is_cut_off_with_1008_and_the_room_keeps_chatting() {
+    let mut server = TestServer::start(config()).await;
+    let (mut ann, mut bob) = bystanders(&server, "lobby").await;
+    let flooder = join(&server, "lobby", "mallory").await;
+    let frames = (0..5_000).map(|i| format!("spam {i}")).collect();
+    let (_, code, reason) = flood(flooder, frames).await;
+    assert_eq!((code, reason.as_str()), (1008, "too many requests"));
+    // Ann heard about a burst of it, in order (lines over the rate are
+    // dropped, so there may be gaps after the burst), then mallory left.
+    let mut heard = Vec::new();
+    loop {
+        let m = next_seed(&mut ann).await;
+        match m.kind {
+            hubbub_core::SeedType::Chat => {
+                let n: u32 = m.content.strip_prefix("spam ").unwrap().parse().unwrap();
+                heard.push(n);
+            }
+            hubbub_core::SeedType::UserLeft if m.username == "mallory" => break,
+            _ => {}
+        }
+    }
+    assert!(heard.windows(2).all(|w| w[0] < w[1]), "in order: {heard:?}");
+    assert_eq!(
+        heard[..400],
+        (0..400).collect::<Vec<_>>()[..],
+        "the burst whole"
+    );
+    assert!(heard.len() <= 700, "{} lines got through", heard.len());
+    still_chatting(&mut bob, &mut ann, "quiet again").await;
     server.stop().await;
 }

@@ -93,8 +93,9 @@ async fn sigterm_closes_every_client_with_1001_and_exits_0() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn running_out_of_file_descriptors_does_not_stop_the_server() {
-    // Room for the runtime and a few dozen sockets.
+async fn near_the_open_files_limit_new_clients_get_503_and_the_server_keeps_serving() {
+    // 40 descriptors: half kept back (listener, runtimes, the store, room
+    // to answer), 20 sockets for clients, 10 of them WebSockets.
     let mut process = Process::start_with_fd_limit(40, &[]);
     let url = format!("ws://{}/ws/r?username=early", process.addr);
     let (mut early, _) = within(STEP, "connect", tokio_tungstenite::connect_async(url))
@@ -102,18 +103,42 @@ async fn running_out_of_file_descriptors_does_not_stop_the_server() {
         .unwrap();
     seed_until(&mut early, |m| m.content == "early joined the room").await;
 
-    // Far more idle connections than descriptors: the kernel queues them,
-    // the server accepts until EMFILE, then backs off.
+    // Far more idle connections than descriptors: past the budget each one
+    // is answered 503 at once instead of hanging in the accept queue.
     let mut hogs = Vec::new();
     for _ in 0..80 {
         hogs.push(tokio::net::TcpStream::connect(process.addr).await.unwrap());
     }
-    let mut process = tokio::task::spawn_blocking(move || {
-        process.wait_for_log("accept failed");
-        process
+    let mut last = hogs.pop().unwrap();
+    let answer = within(STEP, "a 503 for the last client", async {
+        use tokio::io::AsyncReadExt;
+        let mut text = Vec::new();
+        last.read_to_end(&mut text).await.unwrap();
+        String::from_utf8_lossy(&text).into_owned()
     })
-    .await
-    .unwrap();
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("server full"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    let metrics = within(STEP, "metrics", async {
+        loop {
+            let r = get(process.addr, "/metrics", &[]).await;
+            if r.status == 200 {
+                return r.body;
+            }
+            // Still full: the idle hogs hold their sockets.
+            drop(hogs.pop());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let refused: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("hubbub_http_rejections_total{status=\"503\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(refused >= 40, "503s counted: {refused}\n{metrics}");
 
     // The existing client keeps chatting.
     send_text(&mut early, "still chatting").await;
@@ -183,7 +208,14 @@ fn help_documents_every_flag_and_its_environment_variable() {
         ("--write-timeout", "HUBBUB_WRITE_TIMEOUT", "10s"),
         ("--max-message-bytes", "HUBBUB_MAX_MESSAGE_BYTES", "512"),
         ("--send-queue", "HUBBUB_SEND_QUEUE", "256"),
-        ("--max-connections", "HUBBUB_MAX_CONNECTIONS", "100000"),
+        ("--command-rate", "HUBBUB_COMMAND_RATE", "200"),
+        ("--user-publish-rate", "HUBBUB_USER_PUBLISH_RATE", "500"),
+        (
+            "--user-connection-limit",
+            "HUBBUB_USER_CONNECTION_LIMIT",
+            "1000",
+        ),
+        ("--presence-rate", "HUBBUB_PRESENCE_RATE", "20"),
     ] {
         assert!(help.contains(flag), "{flag} missing:\n{help}");
         assert!(help.contains(env), "{env} missing:\n{help}");
@@ -192,6 +224,9 @@ fn help_documents_every_flag_and_its_environment_variable() {
             "{flag} default:\n{help}"
         );
     }
+    // Its default comes from the open-files limit, so the help says how.
+    assert!(help.contains("--max-connections") && help.contains("HUBBUB_MAX_CONNECTIONS"));
+    assert!(help.contains("open-files limit"), "{help}");
 }
 
 #[test]

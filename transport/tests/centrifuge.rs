@@ -547,6 +547,8 @@ async fn pings_keep_coming_and_a_missing_pong_closes_with_3012() {
             ping_interval: Duration::from_millis(200),
             pong_timeout: Duration::from_millis(500),
             connect_timeout: Duration::from_millis(300),
+            // Publishes as fast as round trips go, for 1.5 s.
+            command_rate: None,
             ..config().hub
         },
         ..config()

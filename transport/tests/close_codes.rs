@@ -246,6 +246,9 @@ async fn a_client_that_never_reads_is_evicted_with_1008_and_the_others_get_every
     let mut server = TestServer::start(ServerConfig {
         hub: hubbub_core::Config {
             send_queue: 16,
+            // The sender floods on purpose: no rate limits here.
+            command_rate: None,
+            user_publish_rate: None,
             ..hubbub_core::Config::default()
         },
         ..config()
@@ -298,6 +301,9 @@ async fn a_write_that_stalls_past_the_write_timeout_drops_the_client() {
     let mut server = TestServer::start(ServerConfig {
         hub: hubbub_core::Config {
             send_queue: 1_000_000,
+            // The sender floods on purpose: no rate limits here.
+            command_rate: None,
+            user_publish_rate: None,
             ..hubbub_core::Config::default()
         },
         write_timeout: Duration::from_millis(300),

@@ -389,6 +389,9 @@ async fn an_evicted_slow_consumer_shows_as_an_eviction_and_in_the_queue_depths()
     let mut server = TestServer::start(ServerConfig {
         hub: hubbub_core::Config {
             send_queue,
+            // The sender floods on purpose: no rate limits here.
+            command_rate: None,
+            user_publish_rate: None,
             ..hubbub_core::Config::default()
         },
         ..config()

@@ -592,7 +592,7 @@ impl Hub {
         let relay = usize::from(self.rooms.contains_key(""));
         Stats {
             connections: self.conns.len(),
-            rooms: self.rooms.len() - relay - self.idle.len(),
+            rooms: self.rooms.len().saturating_sub(relay + self.idle.len()),
             ..self.stats.clone()
         }
     }

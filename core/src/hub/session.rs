@@ -628,6 +628,7 @@ impl Hub {
         self.timers.clear();
         self.presence_timers.clear();
         self.users.clear();
+        self.idle.clear();
         self.bus_self.clear();
     }
 
