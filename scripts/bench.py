@@ -45,10 +45,10 @@ STORES = {
 }
 
 
-def hubbub_cmd(port, extra=()):
+def hubbub_cmd(port, extra=(), binary=None):
     """hubbub on `port` with a fresh data directory (its store starts empty)."""
     data = tempfile.mkdtemp(prefix="hubbub-bench-")
-    return ([HUBBUB, "--listen", f"127.0.0.1:{port}", "--data-dir", data, *extra], {"RUST_LOG": "warn"})
+    return ([binary or HUBBUB, "--listen", f"127.0.0.1:{port}", "--data-dir", data, *extra], {"RUST_LOG": "warn"})
 
 
 # name -> (command builder, protocols it speaks)
@@ -134,7 +134,7 @@ def run_one(server, protocol, args):
     build, _ = SERVERS[server]
     port = free_port()
     cmd, env = build(port)
-    if server.startswith("hubbub") and flat_out(args):
+    if server.startswith("hubbub") and server != "hubbub-baseline" and flat_out(args):
         # A flat-out sender is a flood by design: the per-connection and
         # per-user rate limits (on by default) would be what is measured.
         cmd = [*cmd, "--command-rate", "0", "--user-publish-rate", "0"]
@@ -176,7 +176,10 @@ def main():
     ap.add_argument("--servers", default="", help="comma-separated subset of the servers (hubbub, seed001, seed000)")
     ap.add_argument("--shards", default="", help="comma-separated shard counts: run hubbub once per count (hubbub-sN)")
     ap.add_argument("--stores", default="", help="comma-separated history stores: run hubbub once per store (hubbub-STORE): " + ",".join(STORES))
+    ap.add_argument("--baseline", default="", help="another hubbub binary (an earlier build) to run as hubbub-baseline, alternating with this one")
     opts = ap.parse_args()
+    if opts.baseline:
+        SERVERS["hubbub-baseline"] = (lambda port: hubbub_cmd(port, binary=opts.baseline), SERVERS["hubbub"][1])
     if opts.shards:
         base = SERVERS.pop("hubbub")
         for n in [int(x) for x in opts.shards.split(",") if x]:

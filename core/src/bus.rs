@@ -97,6 +97,29 @@ pub struct Delivery {
     pub to: Audience,
 }
 
+/// What a client's tokens say about it: the connection token's `info`
+/// (`conn_info`) and the subscription token's (`chan_info`), raw JSON,
+/// shown with its publications, presence and join/leave pushes. `None` for
+/// a client without either: most clients pay one pointer.
+pub type Infos = Option<Arc<InfoPair>>;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InfoPair {
+    pub conn_info: Option<Bytes>,
+    pub chan_info: Option<Bytes>,
+}
+
+/// The [`Infos`] for a client with `conn_info` and `chan_info`.
+#[must_use]
+pub fn infos(conn_info: Option<Bytes>, chan_info: Option<Bytes>) -> Infos {
+    (conn_info.is_some() || chan_info.is_some()).then(|| {
+        Arc::new(InfoPair {
+            conn_info,
+            chan_info,
+        })
+    })
+}
+
 /// A publication as a channel's home keeps it in the stream's window, and
 /// sends it to a recovering subscriber.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,6 +135,8 @@ pub struct Stored {
     /// history shows the same publisher after a restart).
     pub user: Option<Name>,
     pub client: ClientId,
+    /// The publisher's `conn_info` / `chan_info` when it published.
+    pub infos: Infos,
 }
 
 /// What the home decided about a subscriber's recovery.
@@ -185,6 +210,7 @@ pub enum BusMessage {
         shard: ShardId,
         codec: Codec,
         user: Option<Name>,
+        infos: Infos,
         join_leave: bool,
         attempt: u32,
         /// The position a recovering subscriber had (offset, epoch).
@@ -201,6 +227,7 @@ pub enum BusMessage {
         channel: ChannelName,
         from: ConnId,
         user: Option<Name>,
+        infos: Infos,
         payload: PubPayload,
         reply: Option<(ShardId, u32)>,
     },

@@ -283,6 +283,7 @@ mod tests {
             text: Some(text.into()),
             user: None,
             client: ClientId(7),
+            infos: None,
         }
     }
 

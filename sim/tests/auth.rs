@@ -519,3 +519,101 @@ fn no_publication_reaches_a_client_that_may_not_read_it() {
     }
     assert!(delivered > 1_000, "the runs publish: {delivered}");
 }
+
+/// Lines the hub sent to `conn`, parsed.
+fn sent_to(outputs: &[Output], conn: ConnId) -> Vec<Value> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send { conn: c, frame, .. } if *c == conn => Some(frame),
+            _ => None,
+        })
+        .flat_map(|f| {
+            std::str::from_utf8(&f.payload)
+                .unwrap()
+                .split('\n')
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn token_info_is_shown_as_conn_info_and_chan_info() {
+    let mut hub = Hub::new(Config {
+        tokens: Tokens::new(Fake),
+        ..Config::default()
+    });
+    let now = Timestamp::from_millis(1_700_000_000_000);
+    let mut outputs = Vec::new();
+    let feed = |hub: &mut Hub, input: Input, outputs: &mut Vec<Output>| {
+        hub.handle_input(now, input);
+        while let Some(o) = hub.poll_output() {
+            outputs.push(o);
+        }
+    };
+    let text = |conn: ConnId, s: String| Input::Message {
+        conn,
+        frame: Frame::text(s.into_bytes()),
+    };
+    let (alice, bob) = (ConnId(1), ConnId(2));
+    for (conn, claims) in [
+        (alice, json!({"sub": "alice", "info": {"name": "Alice"}})),
+        (bob, json!({"sub": "bob"})),
+    ] {
+        feed(
+            &mut hub,
+            Input::Open {
+                conn,
+                route: Route::Centrifuge,
+            },
+            &mut outputs,
+        );
+        let connect = json!({"id": 1, "connect": {"token": token(&claims)}});
+        feed(&mut hub, text(conn, connect.to_string()), &mut outputs);
+    }
+    // Bob listens with join/leave pushes; alice joins with a subscription
+    // token carrying her role in the channel.
+    let sub = json!({"id": 2, "subscribe": {"channel": "news", "join_leave": true}});
+    feed(&mut hub, text(bob, sub.to_string()), &mut outputs);
+    let sub_token = token(&json!({"sub": "alice", "channel": "news", "info": {"role": "editor"}}));
+    let sub = json!({"id": 2, "subscribe": {"channel": "news", "token": sub_token}});
+    feed(&mut hub, text(alice, sub.to_string()), &mut outputs);
+    let publish = json!({"id": 3, "publish": {"channel": "news", "data": {"t": 1}}});
+    feed(&mut hub, text(alice, publish.to_string()), &mut outputs);
+    let presence = json!({"id": 4, "presence": {"channel": "news"}});
+    feed(&mut hub, text(bob, presence.to_string()), &mut outputs);
+    let history = json!({"id": 5, "history": {"channel": "news", "limit": 10}});
+    feed(&mut hub, text(bob, history.to_string()), &mut outputs);
+
+    let to_bob = sent_to(&outputs, bob);
+    let expected = json!({"name": "Alice"});
+    let role = json!({"role": "editor"});
+    let join = to_bob
+        .iter()
+        .find(|m| m["push"]["join"]["info"]["user"] == "alice")
+        .unwrap();
+    assert_eq!(
+        join["push"]["join"]["info"]["conn_info"], expected,
+        "{join}"
+    );
+    assert_eq!(join["push"]["join"]["info"]["chan_info"], role, "{join}");
+    let publication = to_bob
+        .iter()
+        .find(|m| m["push"]["pub"].is_object())
+        .unwrap();
+    assert_eq!(publication["push"]["pub"]["info"]["user"], "alice");
+    assert_eq!(publication["push"]["pub"]["info"]["conn_info"], expected);
+    assert_eq!(publication["push"]["pub"]["info"]["chan_info"], role);
+    let presence = to_bob.iter().find(|m| m["id"] == 4).unwrap();
+    let members = presence["presence"]["presence"].as_object().unwrap();
+    let alice_entry = members.values().find(|v| v["user"] == "alice").unwrap();
+    assert_eq!(alice_entry["conn_info"], expected, "{presence}");
+    let bob_entry = members.values().find(|v| v["user"] == "bob").unwrap();
+    assert!(bob_entry.get("conn_info").is_none(), "bob has no info");
+    let history = to_bob.iter().find(|m| m["id"] == 5).unwrap();
+    assert_eq!(
+        history["history"]["publications"][0]["info"]["conn_info"], expected,
+        "{history}"
+    );
+}

@@ -258,6 +258,7 @@ fn the_model_answers_as_memory_store_does() {
                     text: None,
                     user: None,
                     client: ClientId(1),
+                    infos: None,
                 },
                 limits,
             }

@@ -316,7 +316,7 @@ impl Hub {
                 self.home_publish_as(
                     channel,
                     API_CONN,
-                    None,
+                    (None, None),
                     PubPayload::Json(data),
                     PubReply::Api {
                         to: reply,

@@ -15,6 +15,7 @@ pub(super) struct HomeMember {
     pub(super) shard: ShardId,
     pub(super) codec: Codec,
     pub(super) user: Option<Name>,
+    pub(super) infos: crate::bus::Infos,
     pub(super) join_leave: bool,
 }
 
@@ -159,6 +160,7 @@ impl Hub {
         let (top, epoch) = (room.top, room.epoch);
         let (conn, to) = (member.conn, member.shard);
         let user = member.user.clone();
+        let infos = member.infos.clone();
         room.members.insert(seq, member);
         // Registered and answered in one step: the missed publications in
         // the reply, then live ones from top + 1, none twice, none lost.
@@ -206,7 +208,7 @@ impl Hub {
                 recovery,
             },
         );
-        self.announce(channel, conn, user.as_ref(), true);
+        self.announce(channel, conn, (user.as_ref(), infos.as_deref()), true);
     }
 
     pub(super) fn home_leave(&mut self, channel: &ChannelName, conn: ConnId) {
@@ -235,7 +237,7 @@ impl Hub {
             self.room_emptied(channel);
             return;
         }
-        self.announce(channel, conn, m.user.as_ref(), false);
+        self.announce(channel, conn, (m.user.as_ref(), m.infos.as_deref()), false);
     }
 
     /// `channel` has no members left: a positioned stream stays in memory
@@ -285,7 +287,7 @@ impl Hub {
         &mut self,
         channel: &ChannelName,
         conn: ConnId,
-        user: Option<&Name>,
+        (user, infos): (Option<&Name>, Option<&crate::bus::InfoPair>),
         joined: bool,
     ) {
         let send_list = user.is_some() && self.take_presence(channel);
@@ -300,7 +302,7 @@ impl Hub {
                 frame: Frame::text(centrifuge::presence_push(
                     channel.as_str(),
                     kind,
-                    &info(user, &client),
+                    &info(user, &client, infos),
                 )),
                 to: Audience::CentrifugeJoinLeave,
             });
@@ -437,11 +439,18 @@ impl Hub {
         &mut self,
         channel: &ChannelName,
         from: ConnId,
-        user: Option<Name>,
+        publisher: (Option<Name>, crate::bus::Infos),
         payload: PubPayload,
         reply: Option<(ShardId, u32)>,
     ) {
-        self.home_publish_as(channel, from, user, payload, PubReply::Client(reply), false);
+        self.home_publish_as(
+            channel,
+            from,
+            publisher,
+            payload,
+            PubReply::Client(reply),
+            false,
+        );
     }
 
     /// [`Hub::home_publish`] for any publisher; with `skip_history`, a
@@ -451,7 +460,7 @@ impl Hub {
         &mut self,
         channel: &ChannelName,
         from: ConnId,
-        user: Option<Name>,
+        (user, infos): (Option<Name>, crate::bus::Infos),
         payload: PubPayload,
         reply: PubReply,
         skip_history: bool,
@@ -474,6 +483,7 @@ impl Hub {
                         channel: channel.clone(),
                         from,
                         user,
+                        infos,
                         payload,
                         reply,
                     },
@@ -499,13 +509,25 @@ impl Hub {
         };
         let data = publication_data(&payload);
         if skip_history && room.options.history() {
-            self.fan_out(channel, from, user.as_ref(), &payload, None);
+            self.fan_out(
+                channel,
+                from,
+                (user.as_ref(), infos.as_deref()),
+                &payload,
+                None,
+            );
             self.publish_answer(channel, from, reply, Ok(None));
             return;
         }
         let (Some(data), true) = (data, room.options.history()) else {
             room.top += 1;
-            self.fan_out(channel, from, user.as_ref(), &payload, None);
+            self.fan_out(
+                channel,
+                from,
+                (user.as_ref(), infos.as_deref()),
+                &payload,
+                None,
+            );
             self.publish_answer(channel, from, reply, Ok(None));
             return;
         };
@@ -529,6 +551,7 @@ impl Hub {
             } else {
                 self.client_id(from)
             },
+            infos,
         };
         let token = self.next_token;
         self.next_token += 1;
@@ -666,9 +689,16 @@ impl Hub {
             }
             room.top = offset;
             stored.offset = offset;
+            let infos = stored.infos.clone();
             room.history.push_back(stored);
             room.trim(now);
-            self.fan_out(channel, from, user.as_ref(), &payload, Some(offset));
+            self.fan_out(
+                channel,
+                from,
+                (user.as_ref(), infos.as_deref()),
+                &payload,
+                Some(offset),
+            );
         }
         self.publish_answer(channel, from, reply, Ok(Some((offset, epoch))));
     }
@@ -712,7 +742,7 @@ impl Hub {
         &mut self,
         channel: &ChannelName,
         from: ConnId,
-        user: Option<&Name>,
+        (user, infos): (Option<&Name>, Option<&crate::bus::InfoPair>),
         payload: &PubPayload,
         offset: Option<u64>,
     ) {
@@ -745,7 +775,7 @@ impl Hub {
             if let Some(data) = publication_data(payload) {
                 let client = self.client_id(from).to_string();
                 // API publications have no publisher: no `info`.
-                let info = (from != api::API_CONN).then(|| info(user, &client));
+                let info = (from != api::API_CONN).then(|| info(user, &client, infos));
                 items.push(Delivery {
                     frame: Frame::text(centrifuge::publication(
                         channel.as_str(),
@@ -782,7 +812,10 @@ impl Hub {
                     for m in members {
                         let client = self.client_id(m.conn).to_string();
                         p.with(&client, |out| {
-                            centrifuge::push_client_info(out, &info(m.user.as_ref(), &client));
+                            centrifuge::push_client_info(
+                                out,
+                                &info(m.user.as_ref(), &client, m.infos.as_deref()),
+                            );
                         });
                     }
                 });
@@ -858,7 +891,8 @@ impl Hub {
                 out.push(b',');
             }
             let client = p.client.to_string();
-            let info = (p.client != api::API_CLIENT).then(|| info(p.user.as_ref(), &client));
+            let info = (p.client != api::API_CLIENT)
+                .then(|| info(p.user.as_ref(), &client, p.infos.as_deref()));
             centrifuge::push_publication(out, &p.data, info.as_ref(), Some(p.offset));
         }
         out.push(b']');

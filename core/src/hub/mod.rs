@@ -384,12 +384,16 @@ pub struct Hub {
     api: api::ApiState,
 }
 
-fn info<'a>(user: Option<&'a Name>, client: &'a str) -> ClientInfo<'a> {
+fn info<'a>(
+    user: Option<&'a Name>,
+    client: &'a str,
+    infos: Option<&'a crate::bus::InfoPair>,
+) -> ClientInfo<'a> {
     ClientInfo {
         user: user.map_or("", Name::as_str),
         client,
-        conn_info: None,
-        chan_info: None,
+        conn_info: infos.and_then(|i| i.conn_info.as_deref()),
+        chan_info: infos.and_then(|i| i.chan_info.as_deref()),
     }
 }
 
@@ -805,6 +809,7 @@ impl Hub {
                 shard,
                 codec,
                 user,
+                infos,
                 join_leave,
                 attempt,
                 recover,
@@ -816,6 +821,7 @@ impl Hub {
                     shard,
                     codec,
                     user,
+                    infos,
                     join_leave,
                 },
                 attempt,
@@ -826,9 +832,10 @@ impl Hub {
                 channel,
                 from,
                 user,
+                infos,
                 payload,
                 reply,
-            } => self.home_publish(&channel, from, user, payload, reply),
+            } => self.home_publish(&channel, from, (user, infos), payload, reply),
             BusMessage::Query {
                 channel,
                 conn,

@@ -89,6 +89,30 @@ pub(super) struct Auth {
     pub(super) expires: Option<Timestamp>,
     /// Subscriptions granted by expiring subscription tokens, and when.
     pub(super) subs: Vec<(ChannelName, Timestamp)>,
+    /// The connection token's `info`: this client's `conn_info`.
+    pub(super) conn_info: Option<Bytes>,
+    /// Subscription tokens' `info`, per channel: `chan_info`.
+    pub(super) chan_infos: Vec<(ChannelName, Bytes)>,
+}
+
+impl Auth {
+    /// What others are shown about this client in `channel`.
+    pub(super) fn infos(&self, channel: &str) -> crate::bus::Infos {
+        let chan_info = self
+            .chan_infos
+            .iter()
+            .find(|(ch, _)| ch.as_str() == channel)
+            .map(|(_, info)| info.clone());
+        crate::bus::infos(self.conn_info.clone(), chan_info)
+    }
+
+    /// Nothing left to keep: no expiry to enforce, no info to show.
+    fn is_empty(&self) -> bool {
+        self.expires.is_none()
+            && self.subs.is_empty()
+            && self.conn_info.is_none()
+            && self.chan_infos.is_empty()
+    }
 }
 
 impl Auth {
@@ -185,6 +209,11 @@ impl Conn {
     fn user_str(&self) -> &str {
         self.user.as_ref().map_or("", Name::as_str)
     }
+
+    /// This client's `conn_info` / `chan_info` for `channel`.
+    pub(super) fn infos(&self, channel: &str) -> crate::bus::Infos {
+        self.auth.as_ref().and_then(|a| a.infos(channel))
+    }
 }
 
 /// A local member of a channel, with what fan-out needs to know about it.
@@ -228,6 +257,10 @@ impl Standing {
 }
 
 type CommandResult = Result<(), Disconnect>;
+
+/// What a valid subscription token grants: its expiry (Unix ms) and its
+/// `info`, shown as `chan_info`.
+type SubscriptionGrant = (Option<u64>, Option<Bytes>);
 
 /// The user a token's `sub` names: `None` for an empty one (anonymous); a
 /// `sub` that is not a valid name (too long, control characters) is an
@@ -348,12 +381,14 @@ impl Hub {
             .last()
             .and_then(|p| p.request.as_ref())
             .and_then(|ask| ask.recover.clone());
+        let infos = c.infos(channel.as_str());
         let msg = BusMessage::Join {
             channel,
             conn,
             shard,
             codec: c.codec,
             user: c.user.clone(),
+            infos,
             join_leave,
             attempt,
             recover,
@@ -531,6 +566,7 @@ impl Hub {
                     channel,
                     from: conn,
                     user: None,
+                    infos: None,
                     payload: PubPayload::Relay(frame),
                     reply: None,
                 };
@@ -566,6 +602,7 @@ impl Hub {
                         channel,
                         from: conn,
                         user: user.clone(),
+                        infos: None,
                         payload: PubPayload::Text(content.clone()),
                         reply: None,
                     };
@@ -852,6 +889,7 @@ impl Hub {
         let mut user = None;
         let mut expires = None;
         let mut channels = Vec::new();
+        let mut conn_info = None;
         if self.config.tokens.enabled() {
             if token.is_empty() {
                 if !self.config.allow_anonymous {
@@ -868,6 +906,7 @@ impl Hub {
                 }
                 user = claims_user(&claims.sub)?;
                 channels = claims.channels;
+                conn_info = claims.info;
             }
         }
         // Server-side subscriptions must name configured namespaces (102).
@@ -894,10 +933,11 @@ impl Hub {
         let Some(c) = self.conns.get_mut(&conn) else {
             return Ok(());
         };
-        c.auth = expires.map(|at| {
+        c.auth = (expires.is_some() || conn_info.is_some()).then(|| {
             Box::new(Auth {
-                expires: Some(at),
-                subs: Vec::new(),
+                expires,
+                conn_info,
+                ..Auth::default()
             })
         });
         c.last_pong = now;
@@ -986,7 +1026,7 @@ impl Hub {
             (None, Some(_)) => {
                 c.auth = Some(Box::new(Auth {
                     expires,
-                    subs: Vec::new(),
+                    ..Auth::default()
                 }));
             }
             (None, None) => {}
@@ -1016,7 +1056,7 @@ impl Hub {
         channel: &str,
         token: &str,
         invalid: Option<ErrorCode>,
-    ) -> Result<Result<Option<u64>, ErrorCode>, Disconnect> {
+    ) -> Result<Result<SubscriptionGrant, ErrorCode>, Disconnect> {
         let Ok(claims) = self.config.tokens.claims(token) else {
             return invalid
                 .map(Err)
@@ -1032,7 +1072,7 @@ impl Hub {
         }
         Ok(match claims.timing(now) {
             Timing::Expired => Err(ErrorCode::TokenExpired),
-            Timing::Valid(at) => Ok(at),
+            Timing::Valid(at) => Ok((at, claims.info)),
         })
     }
 
@@ -1047,7 +1087,7 @@ impl Hub {
         token: &str,
     ) -> CommandResult {
         let expires = match self.subscription_claims(now, conn, channel, token, None)? {
-            Ok(at) => at,
+            Ok((at, _)) => at,
             Err(code) => {
                 self.error(conn, id, code);
                 return Ok(());
@@ -1107,7 +1147,7 @@ impl Hub {
             }
             keep
         });
-        if auth.expires.is_none() && auth.subs.is_empty() {
+        if auth.is_empty() {
             c.auth = None;
         }
         for channel in expired {
@@ -1204,8 +1244,13 @@ impl Hub {
                 Some(ErrorCode::PermissionDenied),
             )?;
             match checked {
-                Ok(at) => {
+                Ok((at, info)) => {
                     expires = at;
+                    if let (Some(info), Some(c)) = (info, self.conns.get_mut(&conn)) {
+                        let auth = c.auth.get_or_insert_with(Box::default);
+                        auth.chan_infos.retain(|(ch, _)| ch.as_str() != req.channel);
+                        auth.chan_infos.push((ChannelName::new(&req.channel), info));
+                    }
                     true
                 }
                 Err(code) => {
@@ -1272,6 +1317,7 @@ impl Hub {
         let channel = ChannelName::new(channel);
         if let Some(auth) = c.auth.as_mut() {
             auth.subs.retain(|(ch, _)| *ch != channel);
+            auth.chan_infos.retain(|(ch, _)| *ch != channel);
         }
         let mut leave = false;
         if let Some(i) = c.subs.iter().position(|(ch, _)| *ch == channel) {
@@ -1354,10 +1400,12 @@ impl Hub {
         }
         // The home answers, once the publication is accepted (durable).
         let home = self.home(channel);
+        let infos = self.conns.get(&conn).and_then(|c| c.infos(channel));
         let msg = BusMessage::Publish {
             channel: ChannelName::new(channel),
             from: conn,
             user: st.user,
+            infos,
             payload: PubPayload::Json(data),
             reply: Some((self.config.shard, id)),
         };

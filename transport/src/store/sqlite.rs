@@ -30,8 +30,10 @@ use super::{HistorySync, OpenError, OpenProblem, StoreStats};
 /// The database file in the data directory.
 pub const DB_FILE: &str = "hubbub.db";
 
-/// The schema this hubbub writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema this hubbub writes (`PRAGMA user_version`). Version 2 added
+/// the publisher's `conn_info` and `chan_info`; a version 1 store is
+/// upgraded in place when opened (two nullable columns).
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// WAL pages (4 KiB) after which a commit checkpoints (SQLite's default
 /// is 1,000).
@@ -60,8 +62,16 @@ CREATE TABLE publications (
     text TEXT,
     user TEXT,
     client BLOB NOT NULL,
+    conn_info BLOB,
+    chan_info BLOB,
     PRIMARY KEY (channel, offset)
 ) WITHOUT ROWID;
+";
+
+/// From schema 1 to 2.
+const UPGRADE_1_TO_2: &str = "
+ALTER TABLE publications ADD COLUMN conn_info BLOB;
+ALTER TABLE publications ADD COLUMN chan_info BLOB;
 ";
 
 const SELECT_STREAM: &str = "SELECT epoch, top FROM streams WHERE channel = ?1";
@@ -70,8 +80,10 @@ const INSERT_STREAM: &str =
 const UPDATE_STREAM: &str =
     "UPDATE streams SET top = ?2, size = ?3, ttl_ms = ?4 WHERE channel = ?1";
 const INSERT_PUBLICATION: &str = "INSERT INTO publications \
-     (channel, offset, at_ms, data, text, user, client) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
-const SELECT_TAIL: &str = "SELECT offset, at_ms, data, text, user, client FROM publications \
+     (channel, offset, at_ms, data, text, user, client, conn_info, chan_info) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+const SELECT_TAIL: &str = "SELECT offset, at_ms, data, text, user, client, conn_info, chan_info \
+     FROM publications \
      WHERE channel = ?1 AND offset > ?3 ORDER BY offset DESC LIMIT ?2";
 const TRIM: &str = "DELETE FROM publications WHERE channel = ?1 AND offset <= ?2";
 const SWEEP: &str = "DELETE FROM publications WHERE channel = ?1 AND offset IN \
@@ -219,6 +231,9 @@ impl SqliteStore {
                 if version == 0 {
                     tx.execute_batch(SCHEMA)?;
                 }
+                if version == 1 {
+                    tx.execute_batch(UPGRADE_1_TO_2)?;
+                }
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
                 tx.commit()
             })
@@ -352,6 +367,14 @@ impl SqliteStore {
                                 publication.text.as_deref(),
                                 publication.user.as_ref().map(Name::as_str),
                                 publication.client.0.to_be_bytes().as_slice(),
+                                publication
+                                    .infos
+                                    .as_ref()
+                                    .and_then(|i| i.conn_info.as_deref()),
+                                publication
+                                    .infos
+                                    .as_ref()
+                                    .and_then(|i| i.chan_info.as_deref()),
                             ])?;
                             stream.top = offset;
                             stream.limits = Some(*limits);
@@ -594,6 +617,8 @@ fn tail(
             text: row.get(3)?,
             user: row.get(4)?,
             client: row.get(5)?,
+            conn_info: row.get(6)?,
+            chan_info: row.get(7)?,
         };
         match raw.decode() {
             Ok(stored) => tail.push(stored),
@@ -617,6 +642,8 @@ struct RawRow {
     text: Option<String>,
     user: Option<String>,
     client: Vec<u8>,
+    conn_info: Option<Vec<u8>>,
+    chan_info: Option<Vec<u8>>,
 }
 
 impl RawRow {
@@ -642,6 +669,10 @@ impl RawRow {
             text: self.text.map(Arc::from),
             user,
             client: ClientId(u128::from_be_bytes(client)),
+            infos: hubbub_core::bus::infos(
+                self.conn_info.map(Bytes::from),
+                self.chan_info.map(Bytes::from),
+            ),
         })
     }
 }

@@ -55,6 +55,12 @@ fn publication(at: u64, text: &str) -> Stored {
         text: Some(text.into()),
         user: Some(Name::new("ann").unwrap()),
         client: ClientId(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210),
+        // Every other one with the publisher's token infos, which must
+        // come back as they went in.
+        infos: hubbub_core::bus::infos(
+            (at % 2 == 0).then(|| Bytes::from_static(br#"{"name":"Ann"}"#)),
+            (at % 4 == 0).then(|| Bytes::from_static(br#"{"role":"mod"}"#)),
+        ),
     }
 }
 
@@ -138,6 +144,10 @@ fn store_round_trip_survives_a_restart() {
     let mut expected = publication(3, "m3");
     expected.offset = 3;
     assert_eq!(state.tail[1], expected, "every field round-trips");
+    let mut expected = publication(2, "m2");
+    expected.offset = 2;
+    assert!(expected.infos.is_some());
+    assert_eq!(state.tail[0], expected, "conn_info too");
     assert_eq!(append(&mut store, "a", 4), (4, 42), "offsets go on");
     // A u64 epoch with the top bit set survives the i64 column.
     assert_eq!(open(&mut store, "b", u64::MAX - 1, 0).epoch, u64::MAX - 1);
@@ -311,6 +321,39 @@ fn store_refuses_a_database_with_damaged_pages() {
 }
 
 #[test]
+fn store_upgrades_a_version_1_file_in_place() {
+    let dir = TempDir::new("upgrade");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    // A store as the first release wrote it, with one publication.
+    let old = rusqlite::Connection::open(dir.db()).unwrap();
+    old.execute_batch(
+        "CREATE TABLE streams (channel TEXT PRIMARY KEY NOT NULL, epoch INTEGER NOT NULL, \
+         top INTEGER NOT NULL, size INTEGER NOT NULL, ttl_ms INTEGER NOT NULL) WITHOUT ROWID;
+         CREATE TABLE publications (channel TEXT NOT NULL, offset INTEGER NOT NULL, \
+         at_ms INTEGER NOT NULL, data BLOB NOT NULL, text TEXT, user TEXT, client BLOB NOT NULL, \
+         PRIMARY KEY (channel, offset)) WITHOUT ROWID;
+         INSERT INTO streams VALUES ('a', 7, 1, 10, 3600000);
+         INSERT INTO publications VALUES ('a', 1, 1, CAST('{\"text\":\"old\"}' AS BLOB), 'old', 'ann', \
+         x'0123456789abcdeffedcba9876543210');
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    drop(old);
+    let mut store = SqliteStore::open(&dir.0, HistorySync::Normal).unwrap();
+    let state = open(&mut store, "a", 99, 2);
+    assert_eq!((state.top, state.epoch, offsets(&state)), (1, 7, vec![1]));
+    assert_eq!(state.tail[0].text.as_deref(), Some("old"));
+    assert_eq!(state.tail[0].infos, None);
+    assert_eq!(append(&mut store, "a", 2), (2, 7));
+    drop(store);
+    let version: i64 = rusqlite::Connection::open(dir.db())
+        .unwrap()
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+}
+
+#[test]
 fn store_refuses_a_newer_schema_and_a_foreign_database() {
     let dir = TempDir::new("newer");
     drop(SqliteStore::open(&dir.0, HistorySync::Normal).unwrap());
@@ -324,7 +367,7 @@ fn store_refuses_a_newer_schema_and_a_foreign_database() {
             e.problem,
             OpenProblem::NewerSchema {
                 found: 99,
-                supported: 1
+                supported: 2
             }
         ),
         "{e:?}"
