@@ -276,6 +276,10 @@ fn start_store(
     Ok((Some(handle), links.into_iter()))
 }
 
+/// `SO_SNDBUF` for client sockets (Linux doubles it for its own
+/// bookkeeping): ample for chat at any rate a reader keeps up with.
+pub const SEND_BUFFER_BYTES: usize = 256 * 1024;
+
 /// An accepted socket on its way to a shard, counted in `pre_upgrade`
 /// until its HTTP phase ends.
 type Accepted = (std::net::TcpStream, SocketAddr, PreUpgrade);
@@ -478,6 +482,13 @@ fn spawn_http(
     // the writer already batches.
     if let Err(e) = stream.set_nodelay(true) {
         debug!(%peer, error = %e, "set_nodelay failed");
+    }
+    // A bounded kernel buffer: a client that stops reading fills it in
+    // moments, then its send queue, and is evicted as slow (with a close
+    // frame) instead of letting the kernel hold megabytes for it until
+    // the write timeout.
+    if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER_BYTES) {
+        debug!(%peer, error = %e, "SO_SNDBUF failed");
     }
     let token = shared.tracker.token();
     let tls = shared.tls.clone();
