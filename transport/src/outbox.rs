@@ -104,6 +104,8 @@ pub struct Outbox {
     gauge: Arc<WriterGauge>,
     /// The connection's protocol: how the writer frames pings, data and the close.
     codec: Codec,
+    /// Keys this connection's ping payloads (see [`Outbox::ping_payload`]).
+    ping_key: u64,
 }
 
 #[derive(Debug, Default)]
@@ -112,6 +114,8 @@ struct State {
     /// presence conflation).
     queue: OutQueue,
     ping: bool,
+    /// Pings handed to the writer so far: the latest one's number.
+    pings: u64,
     pongs: VecDeque<Bytes>,
     /// The close frame fastwebsockets' reader obliged us to send (the echo of
     /// the client's close, or a 1002 for a bad close code).
@@ -140,6 +144,8 @@ pub struct Work {
     /// Data frames in order; `None` entries (superseded snapshots) are skipped.
     pub data: VecDeque<Option<Queued>>,
     pub ping: bool,
+    /// The payload of the ping to send, when `ping`.
+    pub ping_payload: [u8; 8],
     pub pongs: Vec<Bytes>,
     /// Set once: the hub's close order. The outbox is finished after it.
     pub close: Option<CloseReason>,
@@ -174,7 +180,28 @@ impl Outbox {
             capacity: capacity.max(1),
             gauge,
             codec,
+            ping_key: random_key(),
         }
+    }
+
+    /// The payload of ping number `n`: keyed, so only a client that read
+    /// the ping can answer it.
+    fn ping_payload(&self, n: u64) -> [u8; 8] {
+        (n ^ self.ping_key)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .to_be_bytes()
+    }
+
+    /// Whether a pong's payload answers one of the last two pings sent
+    /// (reader task). Only those count as the client being alive: a client
+    /// that never reads cannot keep itself open with unsolicited pongs.
+    #[must_use]
+    pub fn answers_ping(&self, payload: &[u8]) -> bool {
+        let sent = self.lock().pings;
+        [sent, sent.saturating_sub(1)]
+            .into_iter()
+            .filter(|&n| n > 0)
+            .any(|n| payload == self.ping_payload(n))
     }
 
     /// Whether the shards are behind on their messages to each other, so
@@ -309,6 +336,10 @@ impl Outbox {
         }
         s.queue.take_all(&mut work.data);
         work.ping = std::mem::take(&mut s.ping);
+        if work.ping {
+            s.pings += 1;
+            work.ping_payload = self.ping_payload(s.pings);
+        }
         work.pongs.extend(s.pongs.drain(..));
         if let Some(reason) = s.close.take() {
             work.close = Some(reason);
@@ -355,6 +386,15 @@ impl Drop for Outbox {
             self.gauge.down();
         }
     }
+}
+
+/// A per-connection key from the standard library's randomly seeded hasher
+/// (fresh keys for every `RandomState`).
+fn random_key() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x7069_6e67);
+    h.finish()
 }
 
 #[cfg(test)]

@@ -184,7 +184,9 @@ where
             }
             // The echo was handed to the outbox by `obligated`.
             OpCode::Close => return Some(CloseReason::PeerClosed),
-            OpCode::Pong => {
+            // Only a pong that answers our ping says the client is alive
+            // (unsolicited ones are allowed, and ignored).
+            OpCode::Pong if outbox.answers_ping(&frame.payload) => {
                 if send_to_hub(hub, Event::Input(Input::Pong { conn }))
                     .await
                     .is_err()
@@ -193,6 +195,7 @@ where
                 }
                 None
             }
+            OpCode::Pong => None,
             // Answered by fastwebsockets (auto_pong); never returned.
             OpCode::Ping => None,
         };

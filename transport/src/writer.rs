@@ -137,7 +137,7 @@ fn encode(work: &Work, codec: Codec, batch: &mut Batch) -> Option<CloseReason> {
         match codec {
             // The Centrifugo protocol pings in-band, in a frame of its own.
             Codec::Centrifuge => batch.push_small(OpCode::Text, centrifuge::PING),
-            Codec::Relay | Codec::SeedJson => batch.push_small(OpCode::Ping, b""),
+            Codec::Relay | Codec::SeedJson => batch.push_small(OpCode::Ping, &work.ping_payload),
         }
     }
     let flush = work.close.is_none_or(flushes_queue);

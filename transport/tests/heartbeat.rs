@@ -102,3 +102,29 @@ async fn a_client_that_answers_pings_by_hand_stays() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsolicited_pongs_do_not_keep_a_client_that_never_reads() {
+    let pong_timeout = Duration::from_millis(400);
+    let mut server = TestServer::start(ServerConfig {
+        hub: hubbub_core::Config {
+            ping_interval: Duration::from_millis(100),
+            pong_timeout,
+            ..hubbub_core::Config::default()
+        },
+        ..config()
+    })
+    .await;
+    let mut raw = RawWs::connect(server.addr, "/ws/hall?username=mute").await;
+    // Pongs it makes up (empty, or a guess), never reading a ping.
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < pong_timeout * 3 {
+        raw.send_frame(true, OP_PONG, b"").await;
+        raw.send_frame(true, OP_PONG, &[0; 8]).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let (close, _) = raw.read_until_close().await;
+    assert_eq!(close.close_code(), 1008);
+    assert_eq!(&close.payload[2..], b"heartbeat timeout: no pong");
+    server.stop().await;
+}
