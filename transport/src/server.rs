@@ -145,7 +145,15 @@ pub async fn serve(
         shared.push(state);
     }
     drop(peers);
-    info!(%addr, shards, tls = tls.is_some(), api = config.api_key.is_some(), "listening");
+    info!(
+        %addr,
+        shards,
+        tls = tls.is_some(),
+        api = config.api_key.is_some(),
+        max_connections = config.hub.max_connections,
+        max_sockets = config.max_sockets,
+        "listening"
+    );
 
     // A hub task only ends once every connection is gone; one ending
     // earlier panicked, and the server cannot work without it.

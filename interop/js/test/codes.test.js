@@ -203,3 +203,33 @@ test('raw ws: proto3-style encoding, anonymous info is {client} with user omitte
   assert.deepEqual(pres.presence.presence, { [conn.connect.client]: { client: conn.connect.client } }, 'presence info');
   raw.close();
 });
+
+test('111 and 3013 (SDK): publishes over --command-rate are refused as temporary, flooding reconnects', { timeout: 20000 }, async () => {
+  // Its own server: 20 commands a second, bursts of 40.
+  const limited = await h.startServer({ args: ['--command-rate', '20'] });
+  const a = await h.connectedClient(limited.url);
+  const channel = h.channelName('flood');
+  const results = await Promise.allSettled(
+    Array.from({ length: 60 }, (_, i) => a.client.publish(channel, { i })),
+  );
+  const ok = results.filter(r => r.status === 'fulfilled').length;
+  const refused = results.filter(r => r.status === 'rejected').map(r => r.reason);
+  assert.ok(ok >= 35 && ok <= 45, `about one burst accepted: ${ok}`);
+  assert.ok(refused.length > 0, 'the rest refused');
+  for (const e of refused) {
+    assert.equal(e.code, 111, JSON.stringify(e));
+    assert.equal(e.temporary, true, 'the SDK may retry later');
+  }
+  // Still connected: a burst is not a flood. Keep sending, and the server
+  // closes with 3013, a code the SDK reconnects after.
+  assert.equal(a.client.state, 'connected');
+  const connecting = h.waitEvent(a.client, 'connecting', { filter: ctx => ctx.code === 3013 });
+  for (let i = 0; i < 200 && a.client.state === 'connected'; i++) {
+    a.client.publish(channel, { i }).catch(() => {});
+  }
+  const ctx = await connecting;
+  assert.equal(ctx.reason, 'too many requests');
+  await h.waitEvent(a.client, 'connected', { timeoutMs: 5000 });
+  // The new connection starts with a full budget.
+  await h.within(a.client.publish(channel, { after: true }), 3000, 'publish after the flood');
+});
