@@ -22,8 +22,6 @@ pub(super) struct HomeMember {
 #[derive(Debug)]
 pub(super) struct Appending {
     from: ConnId,
-    user: Option<Name>,
-    payload: PubPayload,
     reply: PubReply,
     /// As the window will keep it, once it has its offset.
     stored: Stored,
@@ -51,6 +49,11 @@ pub(super) struct Room {
     /// `history_size` and none older than `history_ttl` (kept while the
     /// channel has members; keeping streams past that is the store's job).
     pub(super) history: VecDeque<Stored>,
+    /// Publications after `top` that came before the one at `top + 1` (a
+    /// delivering engine: this home's own append answered before another
+    /// node's publication was delivered), by offset; at most
+    /// `MAX_PUBLICATIONS`.
+    pub(super) pending: BTreeMap<u64, Stored>,
 }
 
 /// The most publications one recovery or one `history` reply carries
@@ -75,6 +78,7 @@ impl Room {
             epoch,
             idle: None,
             history: tail.into(),
+            pending: BTreeMap::new(),
         }
     }
 
@@ -253,11 +257,21 @@ impl Hub {
             self.idle.insert((seq, channel.clone()));
             while self.idle.len() > self.config.idle_streams {
                 if let Some((_, oldest)) = self.idle.pop_first() {
-                    self.rooms.remove(&oldest);
+                    self.forget_room(&oldest);
                 }
             }
         } else {
-            self.rooms.remove(channel);
+            self.forget_room(channel);
+        }
+    }
+
+    /// Removes `channel`'s room; a delivering engine stops following its
+    /// stream.
+    fn forget_room(&mut self, channel: &ChannelName) {
+        if let Some(room) = self.rooms.remove(channel) {
+            if self.delivering && room.options.history() && !channel.as_str().is_empty() {
+                self.unfollow.insert(channel.clone());
+            }
         }
     }
 
@@ -426,13 +440,15 @@ impl Hub {
         };
         let data = publication_data(&payload);
         if skip_history && room.options.history() {
-            self.fan_out(channel, from, user.as_ref(), &payload, None);
+            let publisher = self.publisher(from);
+            self.fan_out(channel, publisher, user.as_ref(), &payload, None);
             self.publish_answer(channel, from, reply, Ok(None));
             return;
         }
         let (Some(data), true) = (data, room.options.history()) else {
             room.top += 1;
-            self.fan_out(channel, from, user.as_ref(), &payload, None);
+            let publisher = self.publisher(from);
+            self.fan_out(channel, publisher, user.as_ref(), &payload, None);
             self.publish_answer(channel, from, reply, Ok(None));
             return;
         };
@@ -451,11 +467,7 @@ impl Hub {
                 _ => None,
             },
             user: user.clone(),
-            client: if from == api::API_CONN {
-                api::API_CLIENT
-            } else {
-                self.client_id(from)
-            },
+            client: self.publisher(from),
         };
         let token = self.next_token;
         self.next_token += 1;
@@ -469,8 +481,6 @@ impl Hub {
             token,
             Appending {
                 from,
-                user,
-                payload,
                 reply,
                 stored,
             },
@@ -511,7 +521,10 @@ impl Hub {
                     let mut room = Room::new(options, state.top, state.epoch, tail);
                     room.trim(self.now);
                     self.rooms.insert(channel.clone(), room);
+                } else {
+                    self.reopened(channel, state);
                 }
+                self.apply_early(channel);
                 for msg in waiting {
                     self.home_dispatch(msg);
                 }
@@ -519,6 +532,7 @@ impl Hub {
             }
             Err(_) => {
                 self.stats.store_failures += 1;
+                self.early.remove(channel);
                 for msg in waiting {
                     match msg {
                         BusMessage::Join {
@@ -570,8 +584,6 @@ impl Hub {
         };
         let Appending {
             from,
-            user,
-            payload,
             reply,
             mut stored,
         } = appending;
@@ -581,7 +593,6 @@ impl Hub {
             return;
         };
         self.stats.store_appends += 1;
-        let now = self.now;
         // A channel nobody is in may have been forgotten meanwhile: the
         // publication is durable, and whoever opens the stream reads it.
         if let Some(room) = self.rooms.get_mut(channel) {
@@ -589,15 +600,174 @@ impl Hub {
                 // The stream was lost and started again: what the window
                 // held belongs to the old one.
                 room.epoch = epoch;
+                room.top = 0;
                 room.history.clear();
+                room.pending.clear();
             }
-            room.top = offset;
-            stored.offset = offset;
-            room.history.push_back(stored);
-            room.trim(now);
-            self.fan_out(channel, from, user.as_ref(), &payload, Some(offset));
+            // With one writer this is `top + 1` and goes out at once; with
+            // a delivering engine it may already have been delivered (then
+            // it is not sent twice), or wait for other nodes' before it.
+            if offset > room.top && room.pending.len() < MAX_PUBLICATIONS {
+                stored.offset = offset;
+                room.pending.insert(offset, stored);
+            }
+            self.drain_pending(channel);
         }
         self.publish_answer(channel, from, reply, Ok(Some((offset, epoch))));
+    }
+
+    /// Who a publication from `from` is by (the API has its own id).
+    fn publisher(&self, from: ConnId) -> ClientId {
+        if from == api::API_CONN {
+            api::API_CLIENT
+        } else {
+            self.client_id(from)
+        }
+    }
+
+    /// Takes the publications at `top + 1`, `top + 2`… out of the room's
+    /// pending ones, in order: each enters the window and goes out to
+    /// every member, once.
+    fn drain_pending(&mut self, channel: &ChannelName) {
+        let now = self.now;
+        loop {
+            let Some(room) = self.rooms.get_mut(channel) else {
+                return;
+            };
+            let next = room.top + 1;
+            // What is at or below the top has been seen.
+            room.pending = room.pending.split_off(&next);
+            let Some(stored) = room.pending.remove(&next) else {
+                return;
+            };
+            room.top = next;
+            room.history.push_back(stored.clone());
+            room.trim(now);
+            let payload = match &stored.text {
+                Some(text) => PubPayload::Text(text.clone()),
+                None => PubPayload::Json(stored.data.clone()),
+            };
+            self.fan_out(
+                channel,
+                stored.client,
+                stored.user.as_ref(),
+                &payload,
+                Some(next),
+            );
+        }
+    }
+
+    /// A delivering engine's publication (this node's or another's): goes
+    /// out if it is the next; a gap or another epoch reads the stream again.
+    pub(super) fn delivered(&mut self, channel: &ChannelName, epoch: u64, publication: Stored) {
+        if self.loading.contains_key(channel) {
+            // Its stream is being read: applied after the read, if newer.
+            let early = self.early.entry(channel.clone()).or_default();
+            if early.len() < MAX_PUBLICATIONS {
+                early.push((epoch, publication));
+            }
+            return;
+        }
+        let Some(room) = self.rooms.get_mut(channel) else {
+            // Not followed any more: nobody here needs it.
+            return;
+        };
+        let offset = publication.offset;
+        if room.epoch != epoch {
+            let early = self.early.entry(channel.clone()).or_default();
+            if early.len() < MAX_PUBLICATIONS {
+                early.push((epoch, publication));
+            }
+            self.reopen(channel);
+            return;
+        }
+        if offset <= room.top {
+            return;
+        }
+        if room.pending.len() < MAX_PUBLICATIONS {
+            room.pending.insert(offset, publication);
+        }
+        self.drain_pending(channel);
+        if self
+            .rooms
+            .get(channel)
+            .is_some_and(|room| room.top < offset)
+        {
+            // Deliveries come in order: what is missing was lost.
+            self.reopen(channel);
+        }
+    }
+
+    /// The engine may have missed deliveries: read the stream again.
+    pub(super) fn resync(&mut self, channel: &ChannelName) {
+        if self.rooms.contains_key(channel) && !self.loading.contains_key(channel) {
+            self.reopen(channel);
+        }
+    }
+
+    /// Reads a stream this home already has again (to fill a gap): its
+    /// messages wait for the answer, as at a first open.
+    fn reopen(&mut self, channel: &ChannelName) {
+        if self.loading.contains_key(channel) {
+            return;
+        }
+        let Some(room) = self.rooms.get(channel) else {
+            return;
+        };
+        let limits = room.options.stream_limits();
+        let new_epoch = self.new_epoch();
+        self.unfollow.remove(channel);
+        self.store_out.push_back(StoreRequest::Open {
+            channel: channel.clone(),
+            new_epoch,
+            limits,
+            now: self.now,
+        });
+        self.loading.insert(channel.clone(), Vec::new());
+    }
+
+    /// A stream read again while its room is here: what the room has not
+    /// seen goes out in order; a range the stream no longer holds is
+    /// skipped (the window starts again after it, so recovery across it
+    /// says it cannot); another epoch replaces the room's position.
+    fn reopened(&mut self, channel: &ChannelName, state: StreamState) {
+        let Some(room) = self.rooms.get_mut(channel) else {
+            return;
+        };
+        if state.epoch != room.epoch {
+            room.epoch = state.epoch;
+            room.top = 0;
+            room.history.clear();
+            room.pending.clear();
+        }
+        let floor = state
+            .tail
+            .first()
+            .map_or(state.top, |p| p.offset.saturating_sub(1));
+        if room.top < floor {
+            room.top = floor;
+            room.history.clear();
+        }
+        for p in state.tail {
+            if p.offset > room.top && room.pending.len() < MAX_PUBLICATIONS {
+                room.pending.insert(p.offset, p);
+            }
+        }
+        self.drain_pending(channel);
+    }
+
+    /// Applies what was delivered while `channel`'s stream was read.
+    fn apply_early(&mut self, channel: &ChannelName) {
+        let early = self.early.remove(channel).unwrap_or_default();
+        let Some(room) = self.rooms.get_mut(channel) else {
+            return;
+        };
+        for (epoch, p) in early {
+            if epoch == room.epoch && p.offset > room.top && room.pending.len() < MAX_PUBLICATIONS {
+                room.pending.insert(p.offset, p);
+            }
+        }
+        self.drain_pending(channel);
     }
 
     /// Answers a publication's publisher: a client's command, or the server API.
@@ -638,7 +808,7 @@ impl Hub {
     fn fan_out(
         &mut self,
         channel: &ChannelName,
-        from: ConnId,
+        publisher: ClientId,
         user: Option<&Name>,
         payload: &PubPayload,
         offset: Option<u64>,
@@ -670,9 +840,9 @@ impl Hub {
         }
         if centrifuge {
             if let Some(data) = publication_data(payload) {
-                let client = self.client_id(from).to_string();
+                let client = publisher.to_string();
                 // API publications have no publisher: no `info`.
-                let info = (from != api::API_CONN).then(|| info(user, &client));
+                let info = (publisher != api::API_CLIENT).then(|| info(user, &client));
                 items.push(Delivery {
                     frame: Frame::text(centrifuge::publication(
                         channel.as_str(),

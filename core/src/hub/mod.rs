@@ -360,6 +360,17 @@ pub struct Hub {
     /// The in-memory engine, when the hub serves its own store requests
     /// (the default); `None` when the driver runs an engine.
     inline_store: Option<crate::store::MemoryStore>,
+    /// Whether the engine delivers other nodes' publications
+    /// ([`Hub::with_delivering_store`]): then the hub says which channels
+    /// it stops following.
+    delivering: bool,
+    /// Channels whose rooms went away since the driver last asked, to be
+    /// unfollowed (an `Open` queued since takes its channel out).
+    unfollow: BTreeSet<ChannelName>,
+    /// Publications delivered while their channel's stream was being
+    /// opened (with their epoch), applied once it is: at most
+    /// `MAX_PUBLICATIONS` per channel.
+    early: BTreeMap<ChannelName, Vec<(u64, Stored)>>,
     next_join_seq: u64,
     next_room_id: u64,
     next_local_room: u64,
@@ -400,6 +411,9 @@ impl Hub {
             appending: BTreeMap::new(),
             next_token: 0,
             inline_store: Some(crate::store::MemoryStore::new(INLINE_STREAMS)),
+            delivering: false,
+            unfollow: BTreeSet::new(),
+            early: BTreeMap::new(),
             next_join_seq: 0,
             next_room_id: 0,
             next_local_room: 0,
@@ -418,6 +432,18 @@ impl Hub {
         Self {
             inline_store: None,
             ..Self::new(config)
+        }
+    }
+
+    /// A hub with an external engine shared by several nodes, which
+    /// delivers publications appended by any of them
+    /// ([`StoreEvent::Delivered`]) to the channels the hub follows: from
+    /// the channel's `Open` until [`Hub::poll_unfollow`] names it.
+    #[must_use]
+    pub fn with_delivering_store(config: Config) -> Self {
+        Self {
+            delivering: true,
+            ..Self::with_external_store(config)
         }
     }
 
@@ -473,6 +499,12 @@ impl Hub {
                 token,
                 result,
             } => self.appended(&channel, token, result.as_ref().copied()),
+            StoreEvent::Delivered {
+                channel,
+                epoch,
+                publication,
+            } => self.delivered(&channel, epoch, publication),
+            StoreEvent::Resync { channel } => self.resync(&channel),
         }
     }
 
@@ -544,6 +576,15 @@ impl Hub {
     /// least), whenever the engine is done: the hub never waits for it.
     pub fn poll_store(&mut self) -> Option<StoreRequest> {
         self.store_out.pop_front()
+    }
+
+    /// A channel whose stream this hub no longer follows (its room went
+    /// away): a delivering engine stops delivering it. Poll after
+    /// [`Hub::poll_store`], in the same drain: a channel opened again
+    /// before this poll is not named (its `Open` came first). Only with
+    /// [`Hub::with_delivering_store`].
+    pub fn poll_unfollow(&mut self) -> Option<ChannelName> {
+        self.unfollow.pop_first()
     }
 
     /// Publications waiting for the store.
@@ -754,6 +795,7 @@ impl Hub {
                 let limits = options.stream_limits();
                 let channel = channel.clone();
                 let new_epoch = self.new_epoch();
+                self.unfollow.remove(&channel);
                 self.store_out.push_back(StoreRequest::Open {
                     channel: channel.clone(),
                     new_epoch,
