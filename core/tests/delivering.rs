@@ -130,11 +130,13 @@ impl Cluster {
         loop {
             let mut any = false;
             for node in 0..self.nodes.len() {
-                if deliveries_first {
-                    any |= self.deliver(node) || self.answer(node);
+                type Step = fn(&mut Cluster, usize) -> bool;
+                let (first, then): (Step, Step) = if deliveries_first {
+                    (Self::deliver, Self::answer)
                 } else {
-                    any |= self.answer(node) || self.deliver(node);
-                }
+                    (Self::answer, Self::deliver)
+                };
+                any |= first(self, node) || then(self, node);
             }
             if !any {
                 return;
