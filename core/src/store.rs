@@ -32,7 +32,11 @@
 //! some (its subscription was lost and is back). The home fans out offset
 //! `top + 1` only, drops what it has already seen (offset ≤ top: its own
 //! appends come back too), and opens the stream again to fill a gap. Such
-//! a hub is made with [`crate::Hub::with_delivering_store`].
+//! a hub is made with [`crate::Hub::with_delivering_store`]. Channels
+//! without a stream cross nodes too, without a position: the hub hands
+//! their publications to the engine ([`crate::Hub::poll_broadcast`]), which
+//! delivers them (offset 0) to the other nodes that follow the channel
+//! ([`crate::Hub::poll_follow`]), with no order across nodes.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -126,8 +130,9 @@ pub enum StoreEvent {
         result: Result<(u64, u64), StoreError>,
     },
     /// A publication appended to a stream this hub follows, by this node
-    /// or another, with its offset set (delivering engines only; not an
-    /// answer to a request).
+    /// or another, with its offset set; or (offset 0, epoch 0) another
+    /// node's publication in a channel without a stream (delivering engines
+    /// only; not an answer to a request).
     Delivered {
         channel: ChannelName,
         epoch: u64,

@@ -6,10 +6,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use hubbub_core::{
-    ChannelName, Config, ConnId, Frame, Hub, Input, MemoryStore, Output, Route, StoreEvent,
-    StoreRequest, Timestamp,
+    ChannelName, ChannelOptions, Config, ConnId, Frame, Hub, Input, MemoryStore, Namespaces,
+    Output, Route, StoreEvent, StoreRequest, Timestamp,
 };
 use serde_json::Value;
 
@@ -30,6 +31,10 @@ struct Cluster {
 
 impl Cluster {
     fn new(nodes: usize, idle_streams: usize) -> Self {
+        Self::with_history(nodes, idle_streams, 1000)
+    }
+
+    fn with_history(nodes: usize, idle_streams: usize, history_size: u32) -> Self {
         Self {
             store: MemoryStore::new(100),
             nodes: (0..nodes)
@@ -37,6 +42,13 @@ impl Cluster {
                     Hub::with_delivering_store(Config {
                         entropy: 1 + i as u64,
                         idle_streams,
+                        namespaces: Namespaces {
+                            default: Arc::new(ChannelOptions {
+                                history_size,
+                                ..ChannelOptions::default()
+                            }),
+                            ..Namespaces::default()
+                        },
                         ..Config::default()
                     })
                 })
@@ -86,6 +98,20 @@ impl Cluster {
                 }
             }
             self.answers[node].push_back(event);
+        }
+        while let Some(channel) = self.nodes[node].poll_follow() {
+            self.follows[node].insert(channel.as_str().to_owned());
+        }
+        while let Some((channel, publication)) = self.nodes[node].poll_broadcast() {
+            for to in 0..self.nodes.len() {
+                if to != node && self.follows[to].contains(channel.as_str()) {
+                    self.deliveries[to].push_back(StoreEvent::Delivered {
+                        channel: channel.clone(),
+                        epoch: 0,
+                        publication: publication.clone(),
+                    });
+                }
+            }
         }
         while let Some(channel) = self.nodes[node].poll_unfollow() {
             self.follows[node].remove(channel.as_str());
@@ -280,4 +306,61 @@ fn a_node_follows_a_channel_only_while_it_has_its_room() {
         cluster.follows[1].is_empty(),
         "unfollowed with its last member"
     );
+}
+
+#[test]
+fn a_channel_without_history_crosses_nodes_without_offsets() {
+    let mut cluster = Cluster::with_history(2, 1000, 0);
+    for (node, conn) in [(0, 1), (1, 2)] {
+        cluster.input(
+            node,
+            Input::Open {
+                conn: ConnId(conn),
+                route: Route::Centrifuge,
+            },
+        );
+        cluster.send(
+            node,
+            conn,
+            "{\"id\":1,\"connect\":{}}\n{\"id\":2,\"subscribe\":{\"channel\":\"t\"}}",
+        );
+    }
+    assert!(cluster.follows[1].contains("t"), "followed without an open");
+    // A publisher on node 0 that is not a member there.
+    cluster.input(
+        0,
+        Input::Open {
+            conn: ConnId(3),
+            route: Route::Centrifuge,
+        },
+    );
+    cluster.send(0, 3, "{\"id\":1,\"connect\":{}}");
+    for (conn, data) in [(1, 7), (3, 8)] {
+        cluster.send(
+            0,
+            conn,
+            &format!(r#"{{"id":5,"publish":{{"channel":"t","data":{data}}}}}"#),
+        );
+    }
+    cluster.settle(false);
+    let typing = |cluster: &Cluster, node: usize, conn: u64| -> Vec<Value> {
+        cluster.seen[node]
+            .iter()
+            .filter(|(c, v)| *c == conn && v["push"]["channel"] == "t")
+            .map(|(_, v)| v["push"]["pub"].clone())
+            .collect()
+    };
+    let on_1 = typing(&cluster, 1, 2);
+    let data: Vec<&Value> = on_1.iter().map(|p| &p["data"]).collect();
+    assert_eq!(data, [7, 8], "once each");
+    assert!(on_1.iter().all(|p| p.get("offset").is_none()), "no offset");
+    assert_eq!(typing(&cluster, 0, 1), on_1, "its own not twice");
+    cluster.input(
+        1,
+        Input::Disconnect {
+            conn: ConnId(2),
+            reason: hubbub_core::CloseReason::PeerClosed,
+        },
+    );
+    assert!(!cluster.follows[1].contains("t"));
 }

@@ -298,8 +298,14 @@ impl Driver {
                 }
             }
             // After the opens they may follow (the hub names none opened since).
-            while let Some(channel) = self.hub.poll_unfollow() {
-                if let Some(store) = &self.store {
+            if let Some(store) = &self.store {
+                while let Some(channel) = self.hub.poll_follow() {
+                    store.follow(self.shard, channel);
+                }
+                while let Some((channel, publication)) = self.hub.poll_broadcast() {
+                    store.broadcast(channel, publication);
+                }
+                while let Some(channel) = self.hub.poll_unfollow() {
                     store.unfollow(channel);
                 }
             }

@@ -483,3 +483,83 @@ async fn a_flushed_redis_starts_a_new_epoch_and_recovery_says_so() {
         assert_eq!(sub["offset"], json!(1), "{reply}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_without_history_cross_nodes_once_without_offsets() {
+    let redis = Redis::start(false);
+    // No history: seed rooms have no stream; `typing:ROOM` never has one.
+    let a = Process::start(&[
+        "--store",
+        "redis",
+        "--redis-url",
+        &redis.url(),
+        "--history-size",
+        "0",
+    ]);
+    let b = Process::start(&[
+        "--store",
+        "redis",
+        "--redis-url",
+        &redis.url(),
+        "--history-size",
+        "0",
+    ]);
+    let mut bea = seed_join(b.addr, "lobby", "Bea").await;
+    let mut ann = seed_join(a.addr, "lobby", "Ann").await;
+    let mut sub_b = Sdk::connect(b.addr).await;
+    let r = sub_b
+        .call(json!({"subscribe": {"channel": "typing:lobby"}}))
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let mut pub_a = Sdk::connect(a.addr).await;
+    // Node B subscribes in Redis as its rooms come to be, without holding
+    // up the join: send until something arrives, then a marker.
+    let deadline = Instant::now() + STEP;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "node B never heard node A's room"
+        );
+        send_text(&mut ann, "ready?").await;
+        if tokio::time::timeout(Duration::from_millis(200), next_chat(&mut bea))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    send_text(&mut ann, "go").await;
+    while next_chat(&mut bea).await.0 != "go" {}
+    while next_chat(&mut ann).await.0 != "go" {}
+    loop {
+        assert!(Instant::now() < deadline, "node B never heard typing:lobby");
+        publish(&mut pub_a, "typing:lobby", json!({"ready": true})).await;
+        let got = tokio::time::timeout(
+            Duration::from_millis(200),
+            next_pub(&mut sub_b, "typing:lobby"),
+        );
+        if got.await.is_ok() {
+            break;
+        }
+    }
+    publish(&mut pub_a, "typing:lobby", json!("go")).await;
+    while next_pub(&mut sub_b, "typing:lobby").await.1 != json!("go") {}
+
+    // Now exactly once each way, without offsets (and without an order
+    // between nodes: one line at a time).
+    send_text(&mut ann, "one").await;
+    assert_eq!(next_chat(&mut bea).await, ("one".into(), "Ann".into()));
+    assert_eq!(next_chat(&mut ann).await, ("one".into(), "Ann".into()));
+    send_text(&mut bea, "two").await;
+    assert_eq!(next_chat(&mut ann).await, ("two".into(), "Bea".into()));
+    assert_eq!(next_chat(&mut bea).await, ("two".into(), "Bea".into()));
+    publish(&mut pub_a, "typing:lobby", json!({"typing": "Ann"})).await;
+    assert_eq!(
+        next_pub(&mut sub_b, "typing:lobby").await,
+        (0, json!({"typing": "Ann"})),
+        "no offset"
+    );
+    send_text(&mut ann, "end").await;
+    assert_eq!(next_chat(&mut bea).await.0, "end", "nothing twice");
+    assert_eq!(next_chat(&mut ann).await.0, "end", "its own line once");
+}

@@ -132,6 +132,10 @@ impl Hub {
             let epoch = self.new_epoch();
             self.rooms
                 .insert(channel.clone(), Room::new(options, 0, epoch, Vec::new()));
+            // Other nodes' publications to it come through the engine too.
+            if self.delivering && !channel.as_str().is_empty() && !self.unfollow.remove(channel) {
+                self.follow.insert(channel.clone());
+            }
         }
         let Some(room) = self.rooms.get_mut(channel) else {
             return;
@@ -268,10 +272,12 @@ impl Hub {
     /// Removes `channel`'s room; a delivering engine stops following its
     /// stream.
     fn forget_room(&mut self, channel: &ChannelName) {
-        if let Some(room) = self.rooms.remove(channel) {
-            if self.delivering && room.options.history() && !channel.as_str().is_empty() {
-                self.unfollow.insert(channel.clone());
-            }
+        if self.rooms.remove(channel).is_some()
+            && self.delivering
+            && !channel.as_str().is_empty()
+            && !self.follow.remove(channel)
+        {
+            self.unfollow.insert(channel.clone());
         }
     }
 
@@ -435,6 +441,9 @@ impl Hub {
                 self.at_home(msg);
                 return;
             }
+            // Nobody here, but other nodes may have members.
+            let publisher = self.publisher(from);
+            self.broadcast(channel, publisher, user.as_ref(), &payload);
             self.publish_answer(channel, from, reply, Ok(None));
             return;
         };
@@ -442,6 +451,7 @@ impl Hub {
         if skip_history && room.options.history() {
             let publisher = self.publisher(from);
             self.fan_out(channel, publisher, user.as_ref(), &payload, None);
+            self.broadcast(channel, publisher, user.as_ref(), &payload);
             self.publish_answer(channel, from, reply, Ok(None));
             return;
         }
@@ -449,6 +459,7 @@ impl Hub {
             room.top += 1;
             let publisher = self.publisher(from);
             self.fan_out(channel, publisher, user.as_ref(), &payload, None);
+            self.broadcast(channel, publisher, user.as_ref(), &payload);
             self.publish_answer(channel, from, reply, Ok(None));
             return;
         };
@@ -616,6 +627,44 @@ impl Hub {
         self.publish_answer(channel, from, reply, Ok(Some((offset, epoch))));
     }
 
+    /// With a delivering engine: hands a publication without a position
+    /// (a channel without history) to the other nodes, which fan it out to
+    /// their members as it comes. Bounded: beyond `store_queue` waiting,
+    /// the other nodes miss it (this node's members have it).
+    fn broadcast(
+        &mut self,
+        channel: &ChannelName,
+        publisher: ClientId,
+        user: Option<&Name>,
+        payload: &PubPayload,
+    ) {
+        if !self.delivering || channel.as_str().is_empty() {
+            return;
+        }
+        let Some(data) = publication_data(payload) else {
+            return;
+        };
+        if self.broadcasts.len() >= self.config.store_queue {
+            self.stats.store_rejected += 1;
+            return;
+        }
+        let text = match payload {
+            PubPayload::Text(text) => Some(text.clone()),
+            _ => None,
+        };
+        self.broadcasts.push_back((
+            channel.clone(),
+            Stored {
+                offset: 0,
+                at: self.now,
+                data,
+                text,
+                user: user.cloned(),
+                client: publisher,
+            },
+        ));
+    }
+
     /// Who a publication from `from` is by (the API has its own id).
     fn publisher(&self, from: ConnId) -> ClientId {
         if from == api::API_CONN {
@@ -660,6 +709,20 @@ impl Hub {
     /// A delivering engine's publication (this node's or another's): goes
     /// out if it is the next; a gap or another epoch reads the stream again.
     pub(super) fn delivered(&mut self, channel: &ChannelName, epoch: u64, publication: Stored) {
+        if publication.offset == 0 {
+            // Without a position (another node's, in a channel without
+            // history): its members here get it as it comes.
+            if let Some(room) = self.rooms.get_mut(channel) {
+                room.top += 1;
+                let payload = match &publication.text {
+                    Some(text) => PubPayload::Text(text.clone()),
+                    None => PubPayload::Json(publication.data.clone()),
+                };
+                let user = publication.user.as_ref();
+                self.fan_out(channel, publication.client, user, &payload, None);
+            }
+            return;
+        }
         if self.loading.contains_key(channel) {
             // Its stream is being read: applied after the read, if newer.
             let early = self.early.entry(channel.clone()).or_default();

@@ -367,6 +367,12 @@ pub struct Hub {
     /// Channels whose rooms went away since the driver last asked, to be
     /// unfollowed (an `Open` queued since takes its channel out).
     unfollow: BTreeSet<ChannelName>,
+    /// Channels without a stream whose rooms came to be since the driver
+    /// last asked, to be followed (streams are followed from their `Open`).
+    follow: BTreeSet<ChannelName>,
+    /// Publications without a position for the other nodes (a delivering
+    /// engine), in order; at most `store_queue`.
+    broadcasts: VecDeque<(ChannelName, Stored)>,
     /// Publications delivered while their channel's stream was being
     /// opened (with their epoch), applied once it is: at most
     /// `MAX_PUBLICATIONS` per channel.
@@ -413,6 +419,8 @@ impl Hub {
             inline_store: Some(crate::store::MemoryStore::new(INLINE_STREAMS)),
             delivering: false,
             unfollow: BTreeSet::new(),
+            follow: BTreeSet::new(),
+            broadcasts: VecDeque::new(),
             early: BTreeMap::new(),
             next_join_seq: 0,
             next_room_id: 0,
@@ -585,6 +593,23 @@ impl Hub {
     /// [`Hub::with_delivering_store`].
     pub fn poll_unfollow(&mut self) -> Option<ChannelName> {
         self.unfollow.pop_first()
+    }
+
+    /// A channel without a stream (no history) that this hub now has a
+    /// room for: a delivering engine delivers other nodes' publications to
+    /// it (`StoreEvent::Delivered` with offset 0) until
+    /// [`Hub::poll_unfollow`] names it. Poll with the others, in the same
+    /// drain. Only with [`Hub::with_delivering_store`].
+    pub fn poll_follow(&mut self) -> Option<ChannelName> {
+        self.follow.pop_first()
+    }
+
+    /// A publication without a position (a channel without history, or the
+    /// API's `skip_history`) for the other nodes: a delivering engine hands
+    /// it to those that follow the channel, not back to this one. Only with
+    /// [`Hub::with_delivering_store`].
+    pub fn poll_broadcast(&mut self) -> Option<(ChannelName, Stored)> {
+        self.broadcasts.pop_front()
     }
 
     /// Publications waiting for the store.

@@ -64,6 +64,25 @@ impl Engine {
         matches!(self, Self::Redis(_))
     }
 
+    /// The hub of `shard` follows `channel`, which has no stream (only a
+    /// delivering engine cares).
+    pub fn follow(&self, shard: usize, channel: hubbub_core::ChannelName) {
+        if let Self::Redis(handle) = self {
+            handle.follow(shard, channel);
+        }
+    }
+
+    /// A publication without a position for the other nodes.
+    pub fn broadcast(
+        &self,
+        channel: hubbub_core::ChannelName,
+        publication: hubbub_core::bus::Stored,
+    ) {
+        if let Self::Redis(handle) = self {
+            handle.broadcast(channel, publication);
+        }
+    }
+
     /// A hub no longer follows `channel` (only a delivering engine cares).
     pub fn unfollow(&self, channel: hubbub_core::ChannelName) {
         if let Self::Redis(handle) = self {

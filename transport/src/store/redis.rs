@@ -12,8 +12,13 @@
 //! ```text
 //! hubbub:{C}:meta     hash   epoch (decimal u64), top (last offset)
 //! hubbub:{C}:stream   stream entries with id "<offset>-1", field p = publication
-//! hubbub:<db>:C       pub/sub channel: "<offset> <epoch> <publication>"
+//! hubbub:<db>:C       pub/sub channel: "<offset> <epoch> <publication>", or
+//!                     "0 <node> <publication>" for a channel without history
 //! ```
+//!
+//! Channels without history have no stream: their publications are only
+//! PUBLISHed (offset 0, with the sending node's random id, so a node skips
+//! its own), to the nodes that follow them while they have members there.
 //!
 //! The engine runs on its own thread (`hubbub-redis`) with a
 //! current-thread runtime, takes every shard's requests from one bounded
@@ -172,6 +177,10 @@ impl RedisStats {
 /// What the hubs ask of the engine.
 enum Command {
     Request(usize, StoreRequest),
+    /// The shard's hub follows a channel without a stream.
+    Follow(usize, ChannelName),
+    /// A publication without a position for the other nodes.
+    Broadcast(ChannelName, Stored),
     /// The shard's hub no longer follows the channel.
     Unfollow(ChannelName),
 }
@@ -213,6 +222,7 @@ pub fn spawn(url: &str, shards: Vec<UnboundedSender<StoreEvent>>) -> std::io::Re
         last_attempt: None,
         ever_connected: false,
         fresh: 0,
+        node: hubbub_core::hub::mix64(now_nanos() ^ u64::from(std::process::id())),
     };
     let thread = std::thread::Builder::new()
         .name("hubbub-redis".into())
@@ -260,9 +270,27 @@ impl RedisHandle {
     /// The hub no longer follows `channel`. Best effort: with the queue
     /// full, the node stays subscribed, and the hub ignores what comes.
     pub fn unfollow(&self, channel: ChannelName) {
+        self.best_effort(Command::Unfollow(channel));
+    }
+
+    /// The hub of `shard` follows `channel`, which has no stream.
+    pub fn follow(&self, shard: usize, channel: ChannelName) {
+        self.best_effort(Command::Follow(shard, channel));
+    }
+
+    /// Hands a publication without a position to the other nodes.
+    pub fn broadcast(&self, channel: ChannelName, publication: Stored) {
+        self.best_effort(Command::Broadcast(channel, publication));
+    }
+
+    /// Queues `command` unless the queue is full (then it is counted as an
+    /// error and dropped: none of these has a publisher waiting for it).
+    fn best_effort(&self, command: Command) {
         let tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(tx) = tx.as_ref() {
-            let _ = tx.try_send(Command::Unfollow(channel));
+            if tx.try_send(command).is_err() {
+                RedisStats::add(&self.stats.errors, 1);
+            }
         }
     }
 
@@ -307,6 +335,8 @@ struct Engine {
     last_attempt: Option<Instant>,
     ever_connected: bool,
     fresh: u64,
+    /// This node's id in messages without a position.
+    node: u64,
 }
 
 enum Wake {
@@ -443,6 +473,13 @@ impl Engine {
             RedisStats::add(&self.stats.malformed, 1);
             return;
         };
+        // Without a position, the second field is the sending node: this
+        // node's members had it already.
+        let (offset, epoch) = match (offset, epoch) {
+            (0, node) if node == self.node => return,
+            (0, _) => (0, 0),
+            position => position,
+        };
         let Some(mut publication) = decode(publication) else {
             RedisStats::add(&self.stats.malformed, 1);
             return;
@@ -469,17 +506,33 @@ impl Engine {
         let mut requests = Vec::with_capacity(batch.len());
         let mut subscribe = BTreeSet::new();
         let mut touched = BTreeSet::new();
+        let mut broadcasts = Vec::new();
+        // Channels first followed by an `Open` here: if it fails, the hub
+        // has no room for them (a followed channel without a stream stays
+        // followed, and is subscribed again on reconnection).
+        let mut first_opens = BTreeSet::new();
         for command in batch {
             match command {
                 Command::Request(shard, request) => {
                     if let StoreRequest::Open { channel, .. } = &request {
                         if !self.followed.contains_key(channel) {
                             subscribe.insert(channel.clone());
+                            first_opens.insert(channel.clone());
                         }
                         self.followed.insert(channel.clone(), shard);
                         touched.insert(channel.clone());
                     }
                     requests.push((shard, request));
+                }
+                Command::Follow(shard, channel) => {
+                    if !self.followed.contains_key(&channel) {
+                        subscribe.insert(channel.clone());
+                    }
+                    self.followed.insert(channel.clone(), shard);
+                    touched.insert(channel);
+                }
+                Command::Broadcast(channel, publication) => {
+                    broadcasts.push((channel, publication));
                 }
                 Command::Unfollow(channel) => {
                     self.followed.remove(&channel);
@@ -495,11 +548,11 @@ impl Engine {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let answers = match self.pipeline(&subscribe, &requests).await {
+        let answers = match self.pipeline(&subscribe, &requests, &broadcasts).await {
             Ok(values) => values,
             Err(e) => {
                 self.lost(&e);
-                for channel in &subscribe {
+                for channel in &first_opens {
                     self.followed.remove(channel);
                 }
                 Vec::new()
@@ -542,6 +595,7 @@ impl Engine {
         &mut self,
         subscribe: &BTreeSet<ChannelName>,
         requests: &[(usize, StoreRequest)],
+        broadcasts: &[(ChannelName, Stored)],
     ) -> Result<Vec<Value>, String> {
         if !self.is_up() {
             return Err(self.stats.reason());
@@ -556,7 +610,7 @@ impl Engine {
                 .map_err(|_| "subscribing timed out".to_owned())?
                 .map_err(|e| format!("subscribing failed: {e}"))?;
         }
-        if requests.is_empty() {
+        if requests.is_empty() && broadcasts.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = ::redis::pipe();
@@ -599,14 +653,23 @@ impl Engine {
                 }
             }
         }
+        for (channel, publication) in broadcasts {
+            let mut message = format!("0 {} ", self.node).into_bytes();
+            message.extend_from_slice(&encode(publication));
+            pipe.cmd("PUBLISH")
+                .arg(self.pubsub_name(channel))
+                .arg(message);
+        }
         RedisStats::add(&self.stats.pipelines, 1);
         let Some(conn) = &mut self.conn else {
             return Err(self.stats.reason());
         };
-        let values: Vec<Value> = tokio::time::timeout(RESPONSE_TIMEOUT, pipe.query_async(conn))
+        let mut values: Vec<Value> = tokio::time::timeout(RESPONSE_TIMEOUT, pipe.query_async(conn))
             .await
             .map_err(|_| "redis did not answer in time".to_owned())?
             .map_err(|e| format!("redis: {e}"))?;
+        // The publishes' answers (how many nodes heard) are not needed.
+        values.truncate(requests.len());
         if values.len() != requests.len() {
             return Err(format!(
                 "redis answered {} of {} requests",
