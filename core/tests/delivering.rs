@@ -355,6 +355,14 @@ fn a_channel_without_history_crosses_nodes_without_offsets() {
     assert_eq!(data, [7, 8], "once each");
     assert!(on_1.iter().all(|p| p.get("offset").is_none()), "no offset");
     assert_eq!(typing(&cluster, 0, 1), on_1, "its own not twice");
+    // A resync of a channel without a stream reads nothing.
+    cluster.nodes[1].handle_store(
+        Timestamp::from_millis(1),
+        StoreEvent::Resync {
+            channel: ChannelName::new("t"),
+        },
+    );
+    assert!(cluster.nodes[1].poll_store().is_none(), "no open");
     cluster.input(
         1,
         Input::Disconnect {

@@ -763,7 +763,9 @@ impl Hub {
 
     /// The engine may have missed deliveries: read the stream again.
     pub(super) fn resync(&mut self, channel: &ChannelName) {
-        if self.rooms.contains_key(channel) && !self.loading.contains_key(channel) {
+        // A channel without a stream has nothing to read again.
+        let stream = self.rooms.get(channel).is_some_and(|r| r.options.history());
+        if stream && !self.loading.contains_key(channel) {
             self.reopen(channel);
         }
     }
