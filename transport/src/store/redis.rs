@@ -426,6 +426,10 @@ impl Engine {
                 }
             }
             Err(e) => {
+                // Said once per outage (the first failure), not every retry.
+                if self.is_up() || RedisStats::get(&self.stats.connect_failures) == 0 {
+                    tracing::warn!(error = %e, "redis engine: cannot connect; retrying every 250 ms");
+                }
                 RedisStats::add(&self.stats.connect_failures, 1);
                 self.lost(&format!("cannot connect to redis: {e}"));
             }
