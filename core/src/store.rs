@@ -11,8 +11,9 @@
 //!
 //! Engines: [`MemoryStore`] (here, pure: `--store memory` and the
 //! simulation's model), SQLite (the transport's default, on a thread of its
-//! own, group commit), and later Redis. Every engine follows the same
-//! rules, so the home's logic does not change with the engine:
+//! own, group commit), and Redis (several nodes share the streams; offsets
+//! are assigned in Redis). Every engine follows the same rules, so the
+//! home's logic does not change with the engine:
 //!
 //! - answers come back in the order the requests were made (per hub);
 //! - an `Append` is answered `Ok` only once it is durable, with offset
@@ -22,6 +23,20 @@
 //!   stream really was lost);
 //! - the tail an `Open` returns is the stream's latest publications, oldest
 //!   first, at most `limits.size`, none older than `limits.ttl`.
+//!
+//! An engine shared by several nodes (Redis) also **delivers**: from an
+//! `Open` until the hub lets the channel go ([`crate::Hub::poll_unfollow`]),
+//! it sends [`StoreEvent::Delivered`] for every publication appended to the
+//! stream after its read, by any node (this hub's own appends included),
+//! in offset order; and [`StoreEvent::Resync`] when it may have missed
+//! some (its subscription was lost and is back). The home fans out offset
+//! `top + 1` only, drops what it has already seen (offset ≤ top: its own
+//! appends come back too), and opens the stream again to fill a gap. Such
+//! a hub is made with [`crate::Hub::with_delivering_store`]. Channels
+//! without a stream cross nodes too, without a position: the hub hands
+//! their publications to the engine ([`crate::Hub::poll_broadcast`]), which
+//! delivers them (offset 0) to the other nodes that follow the channel
+//! ([`crate::Hub::poll_follow`]), with no order across nodes.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -114,6 +129,18 @@ pub enum StoreEvent {
         /// The offset assigned and the stream's epoch.
         result: Result<(u64, u64), StoreError>,
     },
+    /// A publication appended to a stream this hub follows, by this node
+    /// or another, with its offset set; or (offset 0, epoch 0) another
+    /// node's publication in a channel without a stream (delivering engines
+    /// only; not an answer to a request).
+    Delivered {
+        channel: ChannelName,
+        epoch: u64,
+        publication: Stored,
+    },
+    /// Deliveries for `channel` may have been missed (the engine lost its
+    /// subscription and has it again): the home reads the stream again.
+    Resync { channel: ChannelName },
 }
 
 /// A stream as [`MemoryStore`] keeps it.

@@ -83,9 +83,20 @@ pub struct Cli {
     pub idle_streams: usize,
 
     /// Where channels' history (offsets, epochs, publications) is kept:
-    /// `sqlite` (durable, under --data-dir) or `memory` (lost on exit).
-    #[arg(long, env = "HUBBUB_STORE", default_value = "sqlite", value_parser = ["sqlite", "memory"])]
+    /// `sqlite` (durable, under --data-dir), `memory` (lost on exit) or
+    /// `redis` (at --redis-url, shared by every node started with it: one
+    /// hub over several nodes). `--engine` is the same flag.
+    #[arg(long, alias = "engine", env = "HUBBUB_STORE", default_value = "sqlite", value_parser = ["sqlite", "memory", "redis"])]
     pub store: String,
+
+    /// The Redis engine's server (`--store redis`):
+    /// `redis://[:PASSWORD@]HOST:PORT/DB`.
+    #[arg(
+        long,
+        env = "HUBBUB_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/0"
+    )]
+    pub redis_url: String,
 
     /// The SQLite store's directory (created on first start); the data is
     /// in `hubbub.db` (and its `-wal` file) there.
@@ -416,12 +427,15 @@ impl Cli {
                 .map_err(|e| context(format!("allowed_origins: {e}")))?;
         }
         if let (Some(v), true) = (&file.store, unset("store")) {
-            if v != "sqlite" && v != "memory" {
+            if v != "sqlite" && v != "memory" && v != "redis" {
                 return Err(context(format!(
-                    "store: {v:?} is not a store (sqlite or memory)"
+                    "store: {v:?} is not a store (sqlite, memory or redis)"
                 )));
             }
             self.store.clone_from(v);
+        }
+        if let (Some(v), true) = (&file.redis_url, unset("redis_url")) {
+            self.redis_url.clone_from(v);
         }
         if let (Some(v), true) = (&file.data_dir, unset("data_dir")) {
             self.data_dir.clone_from(v);
@@ -521,13 +535,15 @@ impl Cli {
             write_timeout: self.write_timeout,
             shards: self.shard_count(),
             write_coalesce: self.write_coalesce,
-            store: if self.store == "memory" {
-                StoreConfig::Memory
-            } else {
-                StoreConfig::Sqlite {
+            store: match self.store.as_str() {
+                "memory" => StoreConfig::Memory,
+                "redis" => StoreConfig::Redis {
+                    url: self.redis_url.clone(),
+                },
+                _ => StoreConfig::Sqlite {
                     dir: self.data_dir.clone(),
                     sync: self.history_sync,
-                }
+                },
             },
             api_key: self.api_key.as_deref().and_then(crate::api::ApiKey::new),
             tls: match (&self.tls_cert, &self.tls_key) {

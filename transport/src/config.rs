@@ -48,6 +48,9 @@ pub enum StoreConfig {
         dir: std::path::PathBuf,
         sync: crate::store::HistorySync,
     },
+    /// Redis at `url`, shared by every node started with it: offsets are
+    /// assigned there, and every node's publications reach every node.
+    Redis { url: String },
 }
 
 /// Everything [`crate::serve`] needs to know.

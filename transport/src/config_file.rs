@@ -47,6 +47,7 @@ pub struct FileConfig {
     pub idle_streams: Option<usize>,
     pub store: Option<String>,
     pub data_dir: Option<std::path::PathBuf>,
+    pub redis_url: Option<String>,
     pub history_sync: Option<String>,
     pub store_queue: Option<usize>,
     pub allowed_origins: Option<Vec<String>>,

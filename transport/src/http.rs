@@ -54,6 +54,12 @@ fn respond(shared: &Arc<Shared>, peer: SocketAddr, req: &mut Request<Incoming>) 
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return method_not_allowed();
         }
+        // A balancer takes a node whose engine is down out of rotation.
+        if let Some(reason) = shared.metrics.engine_down() {
+            let body =
+                serde_json::json!({"status": "unavailable", "engine": "redis", "reason": reason});
+            return json(StatusCode::SERVICE_UNAVAILABLE, body.to_string());
+        }
         return json(StatusCode::OK, r#"{"status":"ok"}"#.to_owned());
     }
     if path == "/metrics" {

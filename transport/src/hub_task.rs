@@ -197,7 +197,7 @@ fn far_future(from: Instant) -> Instant {
 
 /// A shard's link to the store engine's thread.
 pub struct StoreLink {
-    pub handle: crate::store::StoreHandle,
+    pub handle: crate::store::Engine,
     pub events: mpsc::UnboundedReceiver<StoreEvent>,
 }
 
@@ -214,7 +214,7 @@ struct Driver {
     load: Arc<BusLoad>,
     shard: usize,
     /// The store engine's thread (`None`: the hub's own in-memory engine).
-    store: Option<crate::store::StoreHandle>,
+    store: Option<crate::store::Engine>,
     /// API requests waiting for the hub's reply, by id.
     api_waiting: std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<bytes::Bytes>>,
 }
@@ -297,6 +297,18 @@ impl Driver {
                     self.hub.handle_store(now, event);
                 }
             }
+            // After the opens they may follow (the hub names none opened since).
+            if let Some(store) = &self.store {
+                while let Some(channel) = self.hub.poll_follow() {
+                    store.follow(self.shard, channel);
+                }
+                while let Some((channel, publication)) = self.hub.poll_broadcast() {
+                    store.broadcast(channel, publication);
+                }
+                while let Some(channel) = self.hub.poll_unfollow() {
+                    store.unfollow(channel);
+                }
+            }
             if self.full.is_empty() && !refused {
                 return;
             }
@@ -335,7 +347,7 @@ impl Driver {
 
 /// The answer to a request the engine can no longer take.
 fn refusal(request: StoreRequest) -> StoreEvent {
-    let error = StoreError::new("the store is closed");
+    let error = StoreError::new("the store is closed or its queue is full");
     match request {
         StoreRequest::Open { channel, .. } => StoreEvent::Opened {
             channel,
@@ -390,10 +402,10 @@ pub async fn run(
         Some(link) => (Some(link.handle), Some(link.events)),
         None => (None, None),
     };
-    let hub = if store.is_some() {
-        Hub::with_external_store(config)
-    } else {
-        Hub::new(config)
+    let hub = match &store {
+        Some(engine) if engine.delivers() => Hub::with_delivering_store(config),
+        Some(_) => Hub::with_external_store(config),
+        None => Hub::new(config),
     };
     let mut driver = Driver {
         hub,

@@ -182,6 +182,8 @@ pub struct Metrics {
     accept_errors: AtomicU64,
     /// The SQLite store's counters, when it runs.
     store: std::sync::OnceLock<Arc<crate::store::StoreStats>>,
+    /// The Redis engine's counters and state, when it runs.
+    redis: std::sync::OnceLock<Arc<crate::store::redis::RedisStats>>,
 }
 
 impl Default for Metrics {
@@ -200,12 +202,26 @@ impl Metrics {
             rejections: Default::default(),
             accept_errors: AtomicU64::new(0),
             store: std::sync::OnceLock::new(),
+            redis: std::sync::OnceLock::new(),
         }
     }
 
     /// Shows the store engine's counters (set once, at start).
     pub fn set_store(&self, stats: Arc<crate::store::StoreStats>) {
         let _ = self.store.set(stats);
+    }
+
+    /// Shows the Redis engine's counters (set once, at start).
+    pub fn set_redis(&self, stats: Arc<crate::store::redis::RedisStats>) {
+        let _ = self.redis.set(stats);
+    }
+
+    /// Why the engine cannot serve requests, if it cannot (`/health`):
+    /// only the Redis engine can be down while the process runs.
+    #[must_use]
+    pub fn engine_down(&self) -> Option<String> {
+        let redis = self.redis.get()?;
+        (!redis.is_up()).then(|| redis.reason())
     }
 
     fn hub_stats(&self) -> MutexGuard<'_, Vec<Stats>> {
@@ -414,6 +430,45 @@ impl Metrics {
                 "hubbub_store_swept_total",
                 "Publications removed by the retention sweep (older than history_ttl).",
                 S::get(&store.swept),
+            );
+        }
+        if let Some(redis) = self.redis.get() {
+            use crate::store::redis::RedisStats as R;
+            out.family(
+                "hubbub_redis_up",
+                "gauge",
+                "1 while the Redis engine is connected (commands and pub/sub), else 0.",
+            );
+            out.sample("hubbub_redis_up", &[], u8::from(redis.is_up()));
+            out.counter(
+                "hubbub_redis_errors_total",
+                "Requests the Redis engine answered with an error or refused (error 100).",
+                R::get(&redis.errors),
+            );
+            out.counter(
+                "hubbub_redis_reconnects_total",
+                "Times the Redis engine connected again after losing Redis.",
+                R::get(&redis.reconnects),
+            );
+            out.counter(
+                "hubbub_redis_connect_failures_total",
+                "Attempts to connect to Redis that failed.",
+                R::get(&redis.connect_failures),
+            );
+            out.counter(
+                "hubbub_redis_pipelines_total",
+                "Pipelines sent to Redis (requests divided by pipelines: the mean batch).",
+                R::get(&redis.pipelines),
+            );
+            out.counter(
+                "hubbub_redis_delivered_total",
+                "Publications delivered from Redis pub/sub to this node's homes.",
+                R::get(&redis.delivered),
+            );
+            out.counter(
+                "hubbub_redis_malformed_total",
+                "Messages or stream entries in Redis that could not be read (skipped).",
+                R::get(&redis.malformed),
             );
         }
 

@@ -92,8 +92,10 @@ pub async fn serve(
     let started = Instant::now();
     let ip_limits = crate::limits::IpLimits::new(config.ip_limits);
     let (store, mut store_links) = start_store(&config, shards)?;
-    if let Some(store) = &store {
-        metrics.set_store(store.stats().clone());
+    match &store {
+        Some(crate::store::Engine::Sqlite(handle)) => metrics.set_store(handle.stats().clone()),
+        Some(crate::store::Engine::Redis(handle)) => metrics.set_redis(handle.stats().clone()),
+        None => {}
     }
     let (inboxes, peers): (Vec<_>, Vec<_>) = (0..shards)
         .map(|_| {
@@ -262,18 +264,24 @@ fn start_store(
     config: &ServerConfig,
     shards: usize,
 ) -> io::Result<(
-    Option<crate::store::StoreHandle>,
+    Option<crate::store::Engine>,
     std::vec::IntoIter<crate::hub_task::StoreLink>,
 )> {
-    let crate::config::StoreConfig::Sqlite { dir, sync } = &config.store else {
-        return Ok((None, Vec::new().into_iter()));
-    };
-    let store = crate::store::SqliteStore::open(dir, *sync)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    info!(path = %store.path().display(), sync = %sync, "history store opened");
     let (senders, receivers): (Vec<_>, Vec<_>) =
         (0..shards).map(|_| mpsc::unbounded_channel()).unzip();
-    let handle = crate::store::spawn(store, senders)?;
+    let handle = match &config.store {
+        crate::config::StoreConfig::Memory => return Ok((None, Vec::new().into_iter())),
+        crate::config::StoreConfig::Sqlite { dir, sync } => {
+            let store = crate::store::SqliteStore::open(dir, *sync)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            info!(path = %store.path().display(), sync = %sync, "history store opened");
+            crate::store::Engine::Sqlite(crate::store::spawn(store, senders)?)
+        }
+        crate::config::StoreConfig::Redis { url } => {
+            info!(url = %redacted(url), "redis engine starting");
+            crate::store::Engine::Redis(crate::store::redis::spawn(url, senders)?)
+        }
+    };
     let links: Vec<_> = receivers
         .into_iter()
         .map(|events| crate::hub_task::StoreLink {
@@ -312,6 +320,16 @@ impl Drop for PreUpgrade {
 const PER_IP_RESPONSE: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: 55\r\nretry-after: 5\r\nconnection: close\r\n\r\n{\"error\":\"too many open connections from this address\"}";
 
 const FULL_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 67\r\nretry-after: 1\r\nconnection: close\r\n\r\n{\"error\":\"server full: too many open connections, try again later\"}";
+
+/// `url` without its password, for the log.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
 
 /// The server-wide counters and flags every shard's [`Shared`] points to.
 struct Global {

@@ -23,8 +23,6 @@ pub(super) struct HomeMember {
 #[derive(Debug)]
 pub(super) struct Appending {
     from: ConnId,
-    user: Option<Name>,
-    payload: PubPayload,
     reply: PubReply,
     /// As the window will keep it, once it has its offset.
     stored: Stored,
@@ -56,6 +54,11 @@ pub(super) struct Room {
     pub(super) presence_budget: Option<crate::rate::Bucket>,
     /// A snapshot is held back and waits in `Hub::presence_timers`.
     pub(super) presence_held: bool,
+    /// Publications after `top` that came before the one at `top + 1` (a
+    /// delivering engine: this home's own append answered before another
+    /// node's publication was delivered), by offset; at most
+    /// `MAX_PUBLICATIONS`.
+    pub(super) pending: BTreeMap<u64, Stored>,
 }
 
 /// The most publications one recovery or one `history` reply carries
@@ -82,6 +85,7 @@ impl Room {
             history: tail.into(),
             presence_budget: None,
             presence_held: false,
+            pending: BTreeMap::new(),
         }
     }
 
@@ -135,6 +139,10 @@ impl Hub {
             let epoch = self.new_epoch();
             self.rooms
                 .insert(channel.clone(), Room::new(options, 0, epoch, Vec::new()));
+            // Other nodes' publications to it come through the engine too.
+            if self.delivering && !channel.as_str().is_empty() && !self.unfollow.remove(channel) {
+                self.follow.insert(channel.clone());
+            }
         }
         let Some(room) = self.rooms.get_mut(channel) else {
             return;
@@ -261,11 +269,23 @@ impl Hub {
             self.idle.insert((seq, channel.clone()));
             while self.idle.len() > self.config.idle_streams {
                 if let Some((_, oldest)) = self.idle.pop_first() {
-                    self.rooms.remove(&oldest);
+                    self.forget_room(&oldest);
                 }
             }
         } else {
-            self.rooms.remove(channel);
+            self.forget_room(channel);
+        }
+    }
+
+    /// Removes `channel`'s room; a delivering engine stops following its
+    /// stream.
+    fn forget_room(&mut self, channel: &ChannelName) {
+        if self.rooms.remove(channel).is_some()
+            && self.delivering
+            && !channel.as_str().is_empty()
+            && !self.follow.remove(channel)
+        {
+            self.unfollow.insert(channel.clone());
         }
     }
 
@@ -504,29 +524,51 @@ impl Hub {
                 self.at_home(msg);
                 return;
             }
+            // Nobody here, but other nodes may have members.
+            let publisher = self.publisher(from);
+            self.broadcast(
+                channel,
+                publisher,
+                (user.as_ref(), infos.as_deref()),
+                &payload,
+            );
             self.publish_answer(channel, from, reply, Ok(None));
             return;
         };
         let data = publication_data(&payload);
         if skip_history && room.options.history() {
+            let publisher = self.publisher(from);
             self.fan_out(
                 channel,
-                from,
+                publisher,
                 (user.as_ref(), infos.as_deref()),
                 &payload,
                 None,
+            );
+            self.broadcast(
+                channel,
+                publisher,
+                (user.as_ref(), infos.as_deref()),
+                &payload,
             );
             self.publish_answer(channel, from, reply, Ok(None));
             return;
         }
         let (Some(data), true) = (data, room.options.history()) else {
             room.top += 1;
+            let publisher = self.publisher(from);
             self.fan_out(
                 channel,
-                from,
+                publisher,
                 (user.as_ref(), infos.as_deref()),
                 &payload,
                 None,
+            );
+            self.broadcast(
+                channel,
+                publisher,
+                (user.as_ref(), infos.as_deref()),
+                &payload,
             );
             self.publish_answer(channel, from, reply, Ok(None));
             return;
@@ -546,11 +588,7 @@ impl Hub {
                 _ => None,
             },
             user: user.clone(),
-            client: if from == api::API_CONN {
-                api::API_CLIENT
-            } else {
-                self.client_id(from)
-            },
+            client: self.publisher(from),
             infos,
         };
         let token = self.next_token;
@@ -565,8 +603,6 @@ impl Hub {
             token,
             Appending {
                 from,
-                user,
-                payload,
                 reply,
                 stored,
             },
@@ -607,7 +643,10 @@ impl Hub {
                     let mut room = Room::new(options, state.top, state.epoch, tail);
                     room.trim(self.now);
                     self.rooms.insert(channel.clone(), room);
+                } else {
+                    self.reopened(channel, state);
                 }
+                self.apply_early(channel);
                 for msg in waiting {
                     self.home_dispatch(msg);
                 }
@@ -615,6 +654,7 @@ impl Hub {
             }
             Err(_) => {
                 self.stats.store_failures += 1;
+                self.early.remove(channel);
                 for msg in waiting {
                     match msg {
                         BusMessage::Join {
@@ -666,8 +706,6 @@ impl Hub {
         };
         let Appending {
             from,
-            user,
-            payload,
             reply,
             mut stored,
         } = appending;
@@ -677,7 +715,6 @@ impl Hub {
             return;
         };
         self.stats.store_appends += 1;
-        let now = self.now;
         // A channel nobody is in may have been forgotten meanwhile: the
         // publication is durable, and whoever opens the stream reads it.
         if let Some(room) = self.rooms.get_mut(channel) {
@@ -685,22 +722,229 @@ impl Hub {
                 // The stream was lost and started again: what the window
                 // held belongs to the old one.
                 room.epoch = epoch;
+                room.top = 0;
                 room.history.clear();
+                room.pending.clear();
             }
-            room.top = offset;
-            stored.offset = offset;
-            let infos = stored.infos.clone();
-            room.history.push_back(stored);
-            room.trim(now);
-            self.fan_out(
-                channel,
-                from,
-                (user.as_ref(), infos.as_deref()),
-                &payload,
-                Some(offset),
-            );
+            // With one writer this is `top + 1` and goes out at once; with
+            // a delivering engine it may already have been delivered (then
+            // it is not sent twice), or wait for other nodes' before it.
+            if offset > room.top && room.pending.len() < MAX_PUBLICATIONS {
+                stored.offset = offset;
+                room.pending.insert(offset, stored);
+            }
+            self.drain_pending(channel);
         }
         self.publish_answer(channel, from, reply, Ok(Some((offset, epoch))));
+    }
+
+    /// With a delivering engine: hands a publication without a position
+    /// (a channel without history) to the other nodes, which fan it out to
+    /// their members as it comes. Bounded: beyond `store_queue` waiting,
+    /// the other nodes miss it (this node's members have it).
+    fn broadcast(
+        &mut self,
+        channel: &ChannelName,
+        publisher: ClientId,
+        (user, infos): (Option<&Name>, Option<&crate::bus::InfoPair>),
+        payload: &PubPayload,
+    ) {
+        if !self.delivering || channel.as_str().is_empty() {
+            return;
+        }
+        let Some(data) = publication_data(payload) else {
+            return;
+        };
+        if self.broadcasts.len() >= self.config.store_queue {
+            self.stats.store_rejected += 1;
+            return;
+        }
+        let text = match payload {
+            PubPayload::Text(text) => Some(text.clone()),
+            _ => None,
+        };
+        self.broadcasts.push_back((
+            channel.clone(),
+            Stored {
+                offset: 0,
+                at: self.now,
+                data,
+                text,
+                user: user.cloned(),
+                client: publisher,
+                infos: infos.map(|i| std::sync::Arc::new(i.clone())),
+            },
+        ));
+    }
+
+    /// Who a publication from `from` is by (the API has its own id).
+    fn publisher(&self, from: ConnId) -> ClientId {
+        if from == api::API_CONN {
+            api::API_CLIENT
+        } else {
+            self.client_id(from)
+        }
+    }
+
+    /// Takes the publications at `top + 1`, `top + 2`… out of the room's
+    /// pending ones, in order: each enters the window and goes out to
+    /// every member, once.
+    fn drain_pending(&mut self, channel: &ChannelName) {
+        let now = self.now;
+        loop {
+            let Some(room) = self.rooms.get_mut(channel) else {
+                return;
+            };
+            let next = room.top + 1;
+            // What is at or below the top has been seen.
+            room.pending = room.pending.split_off(&next);
+            let Some(stored) = room.pending.remove(&next) else {
+                return;
+            };
+            room.top = next;
+            room.history.push_back(stored.clone());
+            room.trim(now);
+            let payload = match &stored.text {
+                Some(text) => PubPayload::Text(text.clone()),
+                None => PubPayload::Json(stored.data.clone()),
+            };
+            self.fan_out(
+                channel,
+                stored.client,
+                (stored.user.as_ref(), stored.infos.as_deref()),
+                &payload,
+                Some(next),
+            );
+        }
+    }
+
+    /// A delivering engine's publication (this node's or another's): goes
+    /// out if it is the next; a gap or another epoch reads the stream again.
+    pub(super) fn delivered(&mut self, channel: &ChannelName, epoch: u64, publication: Stored) {
+        if publication.offset == 0 {
+            // Without a position (another node's, in a channel without
+            // history): its members here get it as it comes.
+            if let Some(room) = self.rooms.get_mut(channel) {
+                room.top += 1;
+                let payload = match &publication.text {
+                    Some(text) => PubPayload::Text(text.clone()),
+                    None => PubPayload::Json(publication.data.clone()),
+                };
+                let publisher = (publication.user.as_ref(), publication.infos.as_deref());
+                self.fan_out(channel, publication.client, publisher, &payload, None);
+            }
+            return;
+        }
+        if self.loading.contains_key(channel) {
+            // Its stream is being read: applied after the read, if newer.
+            let early = self.early.entry(channel.clone()).or_default();
+            if early.len() < MAX_PUBLICATIONS {
+                early.push((epoch, publication));
+            }
+            return;
+        }
+        let Some(room) = self.rooms.get_mut(channel) else {
+            // Not followed any more: nobody here needs it.
+            return;
+        };
+        let offset = publication.offset;
+        if room.epoch != epoch {
+            let early = self.early.entry(channel.clone()).or_default();
+            if early.len() < MAX_PUBLICATIONS {
+                early.push((epoch, publication));
+            }
+            self.reopen(channel);
+            return;
+        }
+        if offset <= room.top {
+            return;
+        }
+        if room.pending.len() < MAX_PUBLICATIONS {
+            room.pending.insert(offset, publication);
+        }
+        self.drain_pending(channel);
+        if self
+            .rooms
+            .get(channel)
+            .is_some_and(|room| room.top < offset)
+        {
+            // Deliveries come in order: what is missing was lost.
+            self.reopen(channel);
+        }
+    }
+
+    /// The engine may have missed deliveries: read the stream again.
+    pub(super) fn resync(&mut self, channel: &ChannelName) {
+        // A channel without a stream has nothing to read again.
+        let stream = self.rooms.get(channel).is_some_and(|r| r.options.history());
+        if stream && !self.loading.contains_key(channel) {
+            self.reopen(channel);
+        }
+    }
+
+    /// Reads a stream this home already has again (to fill a gap): its
+    /// messages wait for the answer, as at a first open.
+    fn reopen(&mut self, channel: &ChannelName) {
+        if self.loading.contains_key(channel) {
+            return;
+        }
+        let Some(room) = self.rooms.get(channel) else {
+            return;
+        };
+        let limits = room.options.stream_limits();
+        let new_epoch = self.new_epoch();
+        self.unfollow.remove(channel);
+        self.store_out.push_back(StoreRequest::Open {
+            channel: channel.clone(),
+            new_epoch,
+            limits,
+            now: self.now,
+        });
+        self.loading.insert(channel.clone(), Vec::new());
+    }
+
+    /// A stream read again while its room is here: what the room has not
+    /// seen goes out in order; a range the stream no longer holds is
+    /// skipped (the window starts again after it, so recovery across it
+    /// says it cannot); another epoch replaces the room's position.
+    fn reopened(&mut self, channel: &ChannelName, state: StreamState) {
+        let Some(room) = self.rooms.get_mut(channel) else {
+            return;
+        };
+        if state.epoch != room.epoch {
+            room.epoch = state.epoch;
+            room.top = 0;
+            room.history.clear();
+            room.pending.clear();
+        }
+        let floor = state
+            .tail
+            .first()
+            .map_or(state.top, |p| p.offset.saturating_sub(1));
+        if room.top < floor {
+            room.top = floor;
+            room.history.clear();
+        }
+        for p in state.tail {
+            if p.offset > room.top && room.pending.len() < MAX_PUBLICATIONS {
+                room.pending.insert(p.offset, p);
+            }
+        }
+        self.drain_pending(channel);
+    }
+
+    /// Applies what was delivered while `channel`'s stream was read.
+    fn apply_early(&mut self, channel: &ChannelName) {
+        let early = self.early.remove(channel).unwrap_or_default();
+        let Some(room) = self.rooms.get_mut(channel) else {
+            return;
+        };
+        for (epoch, p) in early {
+            if epoch == room.epoch && p.offset > room.top && room.pending.len() < MAX_PUBLICATIONS {
+                room.pending.insert(p.offset, p);
+            }
+        }
+        self.drain_pending(channel);
     }
 
     /// Answers a publication's publisher: a client's command, or the server API.
@@ -741,7 +985,7 @@ impl Hub {
     fn fan_out(
         &mut self,
         channel: &ChannelName,
-        from: ConnId,
+        publisher: ClientId,
         (user, infos): (Option<&Name>, Option<&crate::bus::InfoPair>),
         payload: &PubPayload,
         offset: Option<u64>,
@@ -773,9 +1017,9 @@ impl Hub {
         }
         if centrifuge {
             if let Some(data) = publication_data(payload) {
-                let client = self.client_id(from).to_string();
+                let client = publisher.to_string();
                 // API publications have no publisher: no `info`.
-                let info = (from != api::API_CONN).then(|| info(user, &client, infos));
+                let info = (publisher != api::API_CLIENT).then(|| info(user, &client, infos));
                 items.push(Delivery {
                     frame: Frame::text(centrifuge::publication(
                         channel.as_str(),

@@ -373,6 +373,23 @@ pub struct Hub {
     /// The in-memory engine, when the hub serves its own store requests
     /// (the default); `None` when the driver runs an engine.
     inline_store: Option<crate::store::MemoryStore>,
+    /// Whether the engine delivers other nodes' publications
+    /// ([`Hub::with_delivering_store`]): then the hub says which channels
+    /// it stops following.
+    delivering: bool,
+    /// Channels whose rooms went away since the driver last asked, to be
+    /// unfollowed (an `Open` queued since takes its channel out).
+    unfollow: BTreeSet<ChannelName>,
+    /// Channels without a stream whose rooms came to be since the driver
+    /// last asked, to be followed (streams are followed from their `Open`).
+    follow: BTreeSet<ChannelName>,
+    /// Publications without a position for the other nodes (a delivering
+    /// engine), in order; at most `store_queue`.
+    broadcasts: VecDeque<(ChannelName, Stored)>,
+    /// Publications delivered while their channel's stream was being
+    /// opened (with their epoch), applied once it is: at most
+    /// `MAX_PUBLICATIONS` per channel.
+    early: BTreeMap<ChannelName, Vec<(u64, Stored)>>,
     next_join_seq: u64,
     next_room_id: u64,
     next_local_room: u64,
@@ -419,6 +436,11 @@ impl Hub {
             appending: BTreeMap::new(),
             next_token: 0,
             inline_store: Some(crate::store::MemoryStore::new(INLINE_STREAMS)),
+            delivering: false,
+            unfollow: BTreeSet::new(),
+            follow: BTreeSet::new(),
+            broadcasts: VecDeque::new(),
+            early: BTreeMap::new(),
             next_join_seq: 0,
             next_room_id: 0,
             next_local_room: 0,
@@ -437,6 +459,18 @@ impl Hub {
         Self {
             inline_store: None,
             ..Self::new(config)
+        }
+    }
+
+    /// A hub with an external engine shared by several nodes, which
+    /// delivers publications appended by any of them
+    /// ([`StoreEvent::Delivered`]) to the channels the hub follows: from
+    /// the channel's `Open` until [`Hub::poll_unfollow`] names it.
+    #[must_use]
+    pub fn with_delivering_store(config: Config) -> Self {
+        Self {
+            delivering: true,
+            ..Self::with_external_store(config)
         }
     }
 
@@ -492,6 +526,12 @@ impl Hub {
                 token,
                 result,
             } => self.appended(&channel, token, result.as_ref().copied()),
+            StoreEvent::Delivered {
+                channel,
+                epoch,
+                publication,
+            } => self.delivered(&channel, epoch, publication),
+            StoreEvent::Resync { channel } => self.resync(&channel),
         }
     }
 
@@ -572,6 +612,32 @@ impl Hub {
     /// least), whenever the engine is done: the hub never waits for it.
     pub fn poll_store(&mut self) -> Option<StoreRequest> {
         self.store_out.pop_front()
+    }
+
+    /// A channel whose stream this hub no longer follows (its room went
+    /// away): a delivering engine stops delivering it. Poll after
+    /// [`Hub::poll_store`], in the same drain: a channel opened again
+    /// before this poll is not named (its `Open` came first). Only with
+    /// [`Hub::with_delivering_store`].
+    pub fn poll_unfollow(&mut self) -> Option<ChannelName> {
+        self.unfollow.pop_first()
+    }
+
+    /// A channel without a stream (no history) that this hub now has a
+    /// room for: a delivering engine delivers other nodes' publications to
+    /// it (`StoreEvent::Delivered` with offset 0) until
+    /// [`Hub::poll_unfollow`] names it. Poll with the others, in the same
+    /// drain. Only with [`Hub::with_delivering_store`].
+    pub fn poll_follow(&mut self) -> Option<ChannelName> {
+        self.follow.pop_first()
+    }
+
+    /// A publication without a position (a channel without history, or the
+    /// API's `skip_history`) for the other nodes: a delivering engine hands
+    /// it to those that follow the channel, not back to this one. Only with
+    /// [`Hub::with_delivering_store`].
+    pub fn poll_broadcast(&mut self) -> Option<(ChannelName, Stored)> {
+        self.broadcasts.pop_front()
     }
 
     /// Publications waiting for the store.
@@ -787,6 +853,7 @@ impl Hub {
                 let limits = options.stream_limits();
                 let channel = channel.clone();
                 let new_epoch = self.new_epoch();
+                self.unfollow.remove(&channel);
                 self.store_out.push_back(StoreRequest::Open {
                     channel: channel.clone(),
                     new_epoch,

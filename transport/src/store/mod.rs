@@ -17,6 +17,7 @@
 //! open with an [`OpenError`] that names the file: hubbub never starts
 //! empty over existing data.
 
+pub mod redis;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,82 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use sqlite::{SqliteStore, DB_FILE, SCHEMA_VERSION, SWEEP_CHUNK};
 pub use thread::{spawn, StoreClosed, StoreHandle};
+
+/// The engine a server's hubs submit their store requests to.
+#[derive(Clone)]
+pub enum Engine {
+    /// SQLite on one node: one writer, so nothing is delivered.
+    Sqlite(StoreHandle),
+    /// Redis shared by several nodes: it assigns offsets and delivers
+    /// every node's publications to the channels a hub follows.
+    Redis(redis::RedisHandle),
+}
+
+impl Engine {
+    /// Queues `request` from `shard` without waiting.
+    ///
+    /// # Errors
+    /// The engine has ended, or (Redis) its queue is full: the request is
+    /// given back, to be refused (error 100).
+    pub fn submit(
+        &self,
+        shard: usize,
+        request: hubbub_core::StoreRequest,
+    ) -> Result<(), StoreClosed> {
+        match self {
+            Self::Sqlite(handle) => handle.submit(shard, request),
+            Self::Redis(handle) => handle.submit(shard, request),
+        }
+    }
+
+    /// Whether hubs must be made with `Hub::with_delivering_store`.
+    #[must_use]
+    pub fn delivers(&self) -> bool {
+        matches!(self, Self::Redis(_))
+    }
+
+    /// The hub of `shard` follows `channel`, which has no stream (only a
+    /// delivering engine cares).
+    pub fn follow(&self, shard: usize, channel: hubbub_core::ChannelName) {
+        if let Self::Redis(handle) = self {
+            handle.follow(shard, channel);
+        }
+    }
+
+    /// A publication without a position for the other nodes.
+    pub fn broadcast(
+        &self,
+        channel: hubbub_core::ChannelName,
+        publication: hubbub_core::bus::Stored,
+    ) {
+        if let Self::Redis(handle) = self {
+            handle.broadcast(channel, publication);
+        }
+    }
+
+    /// A hub no longer follows `channel` (only a delivering engine cares).
+    pub fn unfollow(&self, channel: hubbub_core::ChannelName) {
+        if let Self::Redis(handle) = self {
+            handle.unfollow(channel);
+        }
+    }
+
+    /// Asks the engine to end once it has answered what was queued.
+    pub fn close(&self) {
+        match self {
+            Self::Sqlite(handle) => handle.close(),
+            Self::Redis(handle) => handle.close(),
+        }
+    }
+
+    /// Waits for the engine's thread to end (after [`Self::close`]).
+    pub fn join(&self) {
+        match self {
+            Self::Sqlite(handle) => handle.join(),
+            Self::Redis(handle) => handle.join(),
+        }
+    }
+}
 
 /// `--history-sync`: how hard a commit pushes to the disk. WAL mode always.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

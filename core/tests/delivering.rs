@@ -1,0 +1,374 @@
+//! Several nodes over one delivering engine (the Redis engine's contract,
+//! modelled with `MemoryStore`): every publication reaches every
+//! subscriber once, in offset order, whatever node made it and however
+//! the engine's answers and deliveries interleave; a lost delivery is
+//! read back from the stream.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use hubbub_core::{
+    ChannelName, ChannelOptions, Config, ConnId, Frame, Hub, Input, MemoryStore, Namespaces,
+    Output, Route, StoreEvent, StoreRequest, Timestamp,
+};
+use serde_json::Value;
+
+/// Nodes sharing one engine. Deliveries to a node wait in its queue
+/// until the test lets them through, to interleave them with answers.
+struct Cluster {
+    store: MemoryStore,
+    nodes: Vec<Hub>,
+    /// Channels each node follows (from its `Open` to its unfollow).
+    follows: Vec<BTreeSet<String>>,
+    /// Deliveries not yet handed to each node.
+    deliveries: Vec<VecDeque<StoreEvent>>,
+    /// Answers not yet handed to each node.
+    answers: Vec<VecDeque<StoreEvent>>,
+    /// Frames each (node, conn) received.
+    seen: Vec<Vec<(u64, Value)>>,
+}
+
+impl Cluster {
+    fn new(nodes: usize, idle_streams: usize) -> Self {
+        Self::with_history(nodes, idle_streams, 1000)
+    }
+
+    fn with_history(nodes: usize, idle_streams: usize, history_size: u32) -> Self {
+        Self {
+            store: MemoryStore::new(100),
+            nodes: (0..nodes)
+                .map(|i| {
+                    Hub::with_delivering_store(Config {
+                        entropy: 1 + i as u64,
+                        idle_streams,
+                        namespaces: Namespaces {
+                            default: Arc::new(ChannelOptions {
+                                history_size,
+                                ..ChannelOptions::default()
+                            }),
+                            ..Namespaces::default()
+                        },
+                        ..Config::default()
+                    })
+                })
+                .collect(),
+            follows: vec![BTreeSet::new(); nodes],
+            deliveries: vec![VecDeque::new(); nodes],
+            answers: vec![VecDeque::new(); nodes],
+            seen: vec![Vec::new(); nodes],
+        }
+    }
+
+    /// Drains `node`'s outputs and runs its store requests on the engine.
+    fn drain(&mut self, node: usize) {
+        while let Some(out) = self.nodes[node].poll_output() {
+            if let Output::Send { conn, frame, .. } = out {
+                for line in frame.payload.split(|b| *b == b'\n') {
+                    let v: Value = serde_json::from_slice(line).unwrap();
+                    self.seen[node].push((conn.0, v));
+                }
+            }
+        }
+        while let Some(request) = self.nodes[node].poll_store() {
+            if let StoreRequest::Open { channel, .. } = &request {
+                self.follows[node].insert(channel.as_str().to_owned());
+            }
+            let event = self.store.execute(request);
+            if let StoreEvent::Appended {
+                channel,
+                result: Ok((offset, epoch)),
+                ..
+            } = &event
+            {
+                let publication = self
+                    .store
+                    .publications(channel.as_str())
+                    .find(|p| p.offset == *offset)
+                    .cloned()
+                    .unwrap();
+                for to in 0..self.nodes.len() {
+                    if self.follows[to].contains(channel.as_str()) {
+                        self.deliveries[to].push_back(StoreEvent::Delivered {
+                            channel: channel.clone(),
+                            epoch: *epoch,
+                            publication: publication.clone(),
+                        });
+                    }
+                }
+            }
+            self.answers[node].push_back(event);
+        }
+        while let Some(channel) = self.nodes[node].poll_follow() {
+            self.follows[node].insert(channel.as_str().to_owned());
+        }
+        while let Some((channel, publication)) = self.nodes[node].poll_broadcast() {
+            for to in 0..self.nodes.len() {
+                if to != node && self.follows[to].contains(channel.as_str()) {
+                    self.deliveries[to].push_back(StoreEvent::Delivered {
+                        channel: channel.clone(),
+                        epoch: 0,
+                        publication: publication.clone(),
+                    });
+                }
+            }
+        }
+        while let Some(channel) = self.nodes[node].poll_unfollow() {
+            self.follows[node].remove(channel.as_str());
+        }
+    }
+
+    fn input(&mut self, node: usize, input: Input) {
+        self.nodes[node].handle_input(Timestamp::from_millis(1), input);
+        self.drain(node);
+    }
+
+    fn send(&mut self, node: usize, conn: u64, text: &str) {
+        self.input(
+            node,
+            Input::Message {
+                conn: ConnId(conn),
+                frame: Frame::text(text.to_owned()),
+            },
+        );
+    }
+
+    fn answer(&mut self, node: usize) -> bool {
+        let Some(event) = self.answers[node].pop_front() else {
+            return false;
+        };
+        self.nodes[node].handle_store(Timestamp::from_millis(1), event);
+        self.drain(node);
+        true
+    }
+
+    fn deliver(&mut self, node: usize) -> bool {
+        let Some(event) = self.deliveries[node].pop_front() else {
+            return false;
+        };
+        self.nodes[node].handle_store(Timestamp::from_millis(1), event);
+        self.drain(node);
+        true
+    }
+
+    /// Everything in flight, answers of each node first or deliveries first.
+    fn settle(&mut self, deliveries_first: bool) {
+        loop {
+            let mut any = false;
+            for node in 0..self.nodes.len() {
+                type Step = fn(&mut Cluster, usize) -> bool;
+                let (first, then): (Step, Step) = if deliveries_first {
+                    (Self::deliver, Self::answer)
+                } else {
+                    (Self::answer, Self::deliver)
+                };
+                any |= first(self, node) || then(self, node);
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    fn subscribe(&mut self, node: usize, conn: u64) {
+        self.input(
+            node,
+            Input::Open {
+                conn: ConnId(conn),
+                route: Route::Centrifuge,
+            },
+        );
+        self.send(
+            node,
+            conn,
+            "{\"id\":1,\"connect\":{}}\n{\"id\":2,\"subscribe\":{\"channel\":\"c\"}}",
+        );
+        self.settle(false);
+    }
+
+    /// The offsets and data of the `pub` pushes `conn` on `node` got.
+    fn pushes(&self, node: usize, conn: u64) -> Vec<(u64, i64)> {
+        self.seen[node]
+            .iter()
+            .filter(|(c, v)| *c == conn && v["push"]["pub"].is_object())
+            .map(|(_, v)| {
+                let p = &v["push"]["pub"];
+                (p["offset"].as_u64().unwrap(), p["data"].as_i64().unwrap())
+            })
+            .collect()
+    }
+}
+
+fn publish(cluster: &mut Cluster, node: usize, conn: u64, id: u32, data: i64) {
+    cluster.send(
+        node,
+        conn,
+        &format!(r#"{{"id":{id},"publish":{{"channel":"c","data":{data}}}}}"#),
+    );
+}
+
+#[test]
+fn publications_from_two_nodes_reach_everyone_once_in_order() {
+    for deliveries_first in [false, true] {
+        let mut cluster = Cluster::new(2, 1000);
+        cluster.subscribe(0, 1);
+        cluster.subscribe(1, 2);
+        // Interleaved, with answers and deliveries held back.
+        for i in 0..10 {
+            publish(
+                &mut cluster,
+                i % 2,
+                1 + i as u64 % 2,
+                10 + i as u32,
+                i as i64,
+            );
+            if i % 3 == 2 {
+                cluster.settle(deliveries_first);
+            }
+        }
+        cluster.settle(deliveries_first);
+        for (node, conn) in [(0, 1), (1, 2)] {
+            let offsets: Vec<u64> = cluster.pushes(node, conn).iter().map(|p| p.0).collect();
+            assert_eq!(
+                offsets,
+                (1..=10).collect::<Vec<u64>>(),
+                "node {node}, deliveries first: {deliveries_first}"
+            );
+        }
+        // Both nodes' subscribers saw the same publication at each offset.
+        assert_eq!(cluster.pushes(0, 1), cluster.pushes(1, 2));
+    }
+}
+
+#[test]
+fn a_lost_delivery_is_read_back_from_the_stream() {
+    let mut cluster = Cluster::new(2, 1000);
+    cluster.subscribe(0, 1);
+    cluster.subscribe(1, 2);
+    publish(&mut cluster, 0, 1, 10, 1);
+    publish(&mut cluster, 0, 1, 11, 2);
+    publish(&mut cluster, 0, 1, 12, 3);
+    while cluster.answer(0) {}
+    // Node 1 never hears of offset 2; offset 3 shows the gap.
+    let lost = cluster.deliveries[1].remove(1);
+    assert!(matches!(lost, Some(StoreEvent::Delivered { .. })));
+    cluster.settle(true);
+    let offsets: Vec<u64> = cluster.pushes(1, 2).iter().map(|p| p.0).collect();
+    assert_eq!(offsets, [1, 2, 3]);
+    assert_eq!(cluster.pushes(0, 1), cluster.pushes(1, 2));
+}
+
+#[test]
+fn a_resync_reads_what_was_missed_and_a_lost_stream_starts_a_new_epoch() {
+    let mut cluster = Cluster::new(2, 1000);
+    cluster.subscribe(0, 1);
+    cluster.subscribe(1, 2);
+    publish(&mut cluster, 0, 1, 10, 1);
+    publish(&mut cluster, 0, 1, 11, 2);
+    cluster.settle(false);
+    publish(&mut cluster, 0, 1, 12, 3);
+    while cluster.answer(0) {}
+    cluster.deliveries[1].clear();
+    cluster.nodes[1].handle_store(
+        Timestamp::from_millis(1),
+        StoreEvent::Resync {
+            channel: ChannelName::new("c"),
+        },
+    );
+    cluster.drain(1);
+    cluster.settle(false);
+    let offsets: Vec<u64> = cluster.pushes(1, 2).iter().map(|p| p.0).collect();
+    assert_eq!(offsets, [1, 2, 3]);
+    // The engine loses everything: the next publication starts epoch 2 at
+    // offset 1, and every node follows it.
+    cluster.store.clear();
+    publish(&mut cluster, 1, 2, 13, 4);
+    cluster.settle(false);
+    for (node, conn) in [(0, 1), (1, 2)] {
+        assert_eq!(cluster.pushes(node, conn).last(), Some(&(1, 4)), "{node}");
+    }
+}
+
+#[test]
+fn a_node_follows_a_channel_only_while_it_has_its_room() {
+    let mut cluster = Cluster::new(2, 0);
+    cluster.subscribe(1, 2);
+    assert!(cluster.follows[1].contains("c"));
+    assert!(!cluster.follows[0].contains("c"));
+    cluster.input(
+        1,
+        Input::Disconnect {
+            conn: ConnId(2),
+            reason: hubbub_core::CloseReason::PeerClosed,
+        },
+    );
+    assert!(
+        cluster.follows[1].is_empty(),
+        "unfollowed with its last member"
+    );
+}
+
+#[test]
+fn a_channel_without_history_crosses_nodes_without_offsets() {
+    let mut cluster = Cluster::with_history(2, 1000, 0);
+    for (node, conn) in [(0, 1), (1, 2)] {
+        cluster.input(
+            node,
+            Input::Open {
+                conn: ConnId(conn),
+                route: Route::Centrifuge,
+            },
+        );
+        cluster.send(
+            node,
+            conn,
+            "{\"id\":1,\"connect\":{}}\n{\"id\":2,\"subscribe\":{\"channel\":\"t\"}}",
+        );
+    }
+    assert!(cluster.follows[1].contains("t"), "followed without an open");
+    // A publisher on node 0 that is not a member there.
+    cluster.input(
+        0,
+        Input::Open {
+            conn: ConnId(3),
+            route: Route::Centrifuge,
+        },
+    );
+    cluster.send(0, 3, "{\"id\":1,\"connect\":{}}");
+    for (conn, data) in [(1, 7), (3, 8)] {
+        cluster.send(
+            0,
+            conn,
+            &format!(r#"{{"id":5,"publish":{{"channel":"t","data":{data}}}}}"#),
+        );
+    }
+    cluster.settle(false);
+    let typing = |cluster: &Cluster, node: usize, conn: u64| -> Vec<Value> {
+        cluster.seen[node]
+            .iter()
+            .filter(|(c, v)| *c == conn && v["push"]["channel"] == "t")
+            .map(|(_, v)| v["push"]["pub"].clone())
+            .collect()
+    };
+    let on_1 = typing(&cluster, 1, 2);
+    let data: Vec<&Value> = on_1.iter().map(|p| &p["data"]).collect();
+    assert_eq!(data, [7, 8], "once each");
+    assert!(on_1.iter().all(|p| p.get("offset").is_none()), "no offset");
+    assert_eq!(typing(&cluster, 0, 1), on_1, "its own not twice");
+    // A resync of a channel without a stream reads nothing.
+    cluster.nodes[1].handle_store(
+        Timestamp::from_millis(1),
+        StoreEvent::Resync {
+            channel: ChannelName::new("t"),
+        },
+    );
+    assert!(cluster.nodes[1].poll_store().is_none(), "no open");
+    cluster.input(
+        1,
+        Input::Disconnect {
+            conn: ConnId(2),
+            reason: hubbub_core::CloseReason::PeerClosed,
+        },
+    );
+    assert!(!cluster.follows[1].contains("t"));
+}
