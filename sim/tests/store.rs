@@ -50,6 +50,8 @@ fn empty_report() -> Report {
         publications: 0,
         recoveries: 0,
         refused_recoveries: 0,
+        hub_inputs: 0,
+        checks: hubbub_sim::cluster::RuleChecks::default(),
     }
 }
 
