@@ -33,6 +33,7 @@ pub mod codec;
 pub mod config;
 pub mod hub;
 pub mod outbox;
+pub mod record;
 pub mod route;
 pub mod store;
 pub mod time;

@@ -320,6 +320,81 @@ pub fn hub_ops_steps(data: &[u8]) -> u64 {
     steps
 }
 
+/// The checks of [`hub_ops`] for any sequence of one hub's inputs, as a
+/// replay needs them (`hubbub-sim replay`): the rooms judged each step are
+/// the hub's, plus those the input names. Violations panic, as in the
+/// fuzzer; the replay catches them and names the input.
+#[derive(Default)]
+pub struct HubChecker {
+    routes: BTreeMap<ConnId, Route>,
+    seen: BTreeMap<ConnId, Observed>,
+    checker: Checker,
+    rooms: Vec<String>,
+}
+
+impl HubChecker {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Before the hub handles `input` (`None`: a timeout). Returns what
+    /// [`HubChecker::after`] needs to know of it.
+    pub fn before(&mut self, hub: &Hub, input: Option<&Input>) -> Option<(ConnId, Frame)> {
+        self.rooms.clear();
+        self.rooms.extend(hub.rooms().map(str::to_owned));
+        let mut chat = None;
+        match input {
+            Some(Input::Open { conn, route }) => {
+                self.routes.insert(*conn, route.clone());
+                self.seen.entry(*conn).or_default();
+                match route {
+                    Route::Centrifuge => self.checker.opened(*conn),
+                    Route::Room { room, .. } => self.rooms.push(room.as_str().to_owned()),
+                    Route::Relay => {}
+                }
+            }
+            Some(Input::Message { conn, frame }) if hub.is_open(*conn) => {
+                if self.checker.is_tracked(*conn) {
+                    for line in centrifuge::decode_frame(&frame.payload).0 {
+                        if let Line::Command { id, command } = line {
+                            if let Command::Subscribe(sub) = &command {
+                                self.rooms.push(sub.channel.clone());
+                            }
+                            self.checker.sent(*conn, id, &command);
+                        }
+                    }
+                }
+                chat = Some((*conn, frame.clone()));
+            }
+            _ => {}
+        }
+        self.rooms.sort();
+        self.rooms.dedup();
+        let rooms: Vec<&str> = self.rooms.iter().map(String::as_str).collect();
+        self.checker.before_step(hub, &rooms);
+        chat
+    }
+
+    /// After the call, with everything it output.
+    ///
+    /// # Panics
+    /// When the hub broke a rule (the message says which).
+    pub fn after(&mut self, hub: &Hub, outputs: &[Output], chat: Option<&(ConnId, Frame)>) {
+        if let Err(breach) = self.checker.after_step(hub, outputs) {
+            panic!("Centrifugo rule broken: {breach}");
+        }
+        check_step(
+            hub,
+            &self.routes,
+            &mut self.seen,
+            outputs,
+            self.checker.members_around(),
+            chat,
+        );
+    }
+}
+
 /// A frame of one Centrifugo client: usually one command, sometimes
 /// `connect` with a subscribe (as the JS SDK sends them), a pong, or junk.
 /// Commands of one frame never touch the same channel twice.

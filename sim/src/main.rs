@@ -23,12 +23,15 @@ struct Cli {
 enum Command {
     /// Seed after seed of a preset until a number of hub inputs (resumable by seed).
     Soak(hubbub_sim::soak::LongArgs),
+    /// Feed a `hubbub --record-inputs` recording to a fresh hub, checking every step.
+    Replay(hubbub_sim::replay::ReplayArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Soak(args)) => hubbub_sim::soak::long_main(args),
+        Some(Command::Replay(args)) => hubbub_sim::replay::main(args),
         None => hubbub_sim::soak::main(&cli.run),
     }
 }
