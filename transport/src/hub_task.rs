@@ -510,7 +510,7 @@ pub async fn run(
         publisher.after_batch(&driver.hub, idle);
         if idle {
             if let Some(r) = &mut driver.recorder {
-                r.flush();
+                r.idle();
             }
         }
         // Let the writers this batch woke start on it before producing more.
