@@ -9,7 +9,7 @@
 //! |---|---|
 //! | [`Rule::OneReply`] | every command id gets exactly one reply, in the step it was handled (the hub answers synchronously), unless the connection closed |
 //! | [`Rule::ReplyBeforePush`] | a channel's `pub` / `join` / `leave` pushes come only after that channel's successful subscribe reply, and never after its unsubscribe |
-//! | [`Rule::Offsets`] | per subscriber, a channel's offsets rise by exactly one, with no gap or repeat, continuing from the subscribe reply's position when it had one |
+//! | [`Rule::Offsets`] | per subscriber, a channel's offsets rise by exactly one, with no gap or repeat, continuing from the subscribe reply's position when it had one (and through the publications a recovered reply carries) |
 //! | [`Rule::Presence`] | a `presence` reply lists exactly the channel's members; `presence_stats` counts them |
 //! | [`Rule::JoinLeave`] | a subscriber that asked for join/leave sees exactly one `join` per member that arrived and one `leave` per member that left while it was there, itself included on arrival |
 //! | [`Rule::AfterClose`] | nothing reaches a connection after its close |
@@ -273,9 +273,25 @@ impl Checker {
                                 format!("{conn}: unexpected subscribe reply {msg}"),
                             ));
                         };
-                        let last_offset = msg["subscribe"]
+                        let result = &msg["subscribe"];
+                        let mut last_offset = result
                             .get("epoch")
-                            .map(|_| msg["subscribe"]["offset"].as_u64().unwrap_or(0));
+                            .map(|_| result["offset"].as_u64().unwrap_or(0));
+                        // A recovered subscribe echoes the client's position
+                        // and carries what it missed: live pushes continue
+                        // after the last of those.
+                        for p in result["publications"].as_array().into_iter().flatten() {
+                            let offset = p["offset"].as_u64();
+                            match (last_offset, offset) {
+                                (Some(last), Some(o)) if o != last + 1 => {
+                                    return Err(breach(
+                                        Rule::Offsets,
+                                        format!("{conn} recovering {channel:?}: offset {o} after {last}"),
+                                    ));
+                                }
+                                (_, o) => last_offset = o,
+                            }
+                        }
                         view.subscribed.insert(
                             channel,
                             Sub {

@@ -540,7 +540,7 @@ fn check_step<'a>(
                             told_presence.insert(conn);
                         }
                         SeedType::UserJoined => {
-                            joined.entry(conn).or_default().push(msg.username.clone())
+                            joined.entry(conn).or_default().push(msg.username.clone());
                         }
                         SeedType::UserLeft => {
                             left.entry(conn).or_default().push(msg.username.clone());

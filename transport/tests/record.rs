@@ -150,7 +150,7 @@ async fn a_recorded_server_replays_to_the_same_outputs() {
         .windows(6)
         .position(|w| w == b"line 3")
         .expect("contents are recorded");
-    let mut damaged = data.clone();
+    let mut damaged = data;
     damaged[at + 5] = b'4';
     let other = hubbub_sim::replay::replay(&damaged).unwrap();
     assert_ne!(other.outputs_hash, hash);
