@@ -15,7 +15,8 @@ and writes every raw JSON line to --out.
 hubbub runs on its defaults: history in the SQLite store, in a fresh
 temporary --data-dir per run. `--stores` runs hubbub once per store instead:
 sqlite (the default), full (sqlite with --history-sync full), memory
-(--store memory) and off (--history-size 0: no history at all).
+(--store memory), off (--history-size 0: no history at all), and memory1 /
+record (one shard, in memory, without / with --record-inputs).
 
 Loopback only; every run is bounded by the load generator's own limits.
 """
@@ -42,6 +43,11 @@ STORES = {
     "full": ["--history-sync", "full"],
     "memory": ["--store", "memory"],
     "off": ["--history-size", "0"],
+    # --record-inputs costs (BENCHMARKS.md): one shard, in-memory history,
+    # without and with the recording (a fresh file per run).
+    "memory1": ["--store", "memory", "--shards", "1"],
+    "record": ["--store", "memory", "--shards", "1", "--record-inputs",
+               os.path.join(tempfile.gettempdir(), "hubbub-bench-record.bin")],
 }
 
 

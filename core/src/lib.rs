@@ -35,6 +35,7 @@ pub mod config;
 pub mod hub;
 pub mod outbox;
 pub mod rate;
+pub mod record;
 pub mod route;
 pub mod store;
 pub mod time;

@@ -9,7 +9,7 @@
 //! |---|---|
 //! | [`Rule::OneReply`] | every command id gets exactly one reply, in the step it was handled (the hub answers synchronously), unless the connection closed |
 //! | [`Rule::ReplyBeforePush`] | a channel's `pub` / `join` / `leave` pushes come only after that channel's successful subscribe reply, and never after its unsubscribe |
-//! | [`Rule::Offsets`] | per subscriber, a channel's offsets rise by exactly one, with no gap or repeat, continuing from the subscribe reply's position when it had one |
+//! | [`Rule::Offsets`] | per subscriber, a channel's offsets rise by exactly one, with no gap or repeat, continuing from the subscribe reply's position when it had one (and through the publications a recovered reply carries) |
 //! | [`Rule::Presence`] | a `presence` reply lists exactly the channel's members; `presence_stats` counts them |
 //! | [`Rule::JoinLeave`] | a subscriber that asked for join/leave sees exactly one `join` per member that arrived and one `leave` per member that left while it was there, itself included on arrival |
 //! | [`Rule::AfterClose`] | nothing reaches a connection after its close |
@@ -19,7 +19,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::rc::Rc;
 
+use bytes::Bytes;
 use hubbub_core::centrifuge::Command;
 use hubbub_core::{ConnId, Hub, Output};
 use serde_json::Value;
@@ -101,8 +103,40 @@ enum Kind {
 #[derive(Debug, Default)]
 pub struct Checker {
     conns: BTreeMap<ConnId, ConnView>,
-    /// Channel members (client ids) before the step, for join/leave accounting.
-    before: BTreeMap<String, Vec<ConnId>>,
+    /// Channel members (client ids) before the step, for join/leave
+    /// accounting; the buffers are reused from step to step.
+    before: Vec<(String, Vec<ConnId>)>,
+    /// The same channels' members after the step (reused buffers).
+    after: Vec<Vec<ConnId>>,
+}
+
+/// A step's parsed messages, one per distinct frame: a broadcast is one
+/// shared buffer for all its recipients, so it is parsed (and its wire
+/// format judged) once per step instead of once per recipient.
+#[derive(Default)]
+struct Parsed {
+    frames: Vec<(Bytes, Rc<Value>)>,
+}
+
+impl Parsed {
+    fn get(&mut self, conn: ConnId, payload: &Bytes) -> Result<Rc<Value>, Breach> {
+        if let Some((_, msg)) = self.frames.iter().find(|(b, _)| b == payload) {
+            return Ok(Rc::clone(msg));
+        }
+        let text = std::str::from_utf8(payload)
+            .map_err(|_| breach(Rule::WireFormat, format!("{conn}: non-UTF-8 frame")))?;
+        if text.contains('\n') {
+            return Err(breach(
+                Rule::WireFormat,
+                format!("{conn}: raw newline in {text:?}"),
+            ));
+        }
+        let msg: Value = serde_json::from_str(text)
+            .map_err(|e| breach(Rule::WireFormat, format!("{conn}: {e}: {text:?}")))?;
+        let msg = Rc::new(msg);
+        self.frames.push((payload.clone(), Rc::clone(&msg)));
+        Ok(msg)
+    }
 }
 
 impl Checker {
@@ -124,10 +158,34 @@ impl Checker {
     /// Call before the hub handles the step's input: remembers the members
     /// of `channels` (the ones the step may change).
     pub fn before_step(&mut self, hub: &Hub, channels: &[&str]) {
-        self.before = channels
+        let same = self.before.len() == channels.len()
+            && self.before.iter().zip(channels).all(|((n, _), c)| n == c);
+        if !same {
+            self.before = channels
+                .iter()
+                .map(|c| ((*c).to_owned(), Vec::new()))
+                .collect();
+            self.after = vec![Vec::new(); channels.len()];
+        }
+        for (channel, members) in &mut self.before {
+            members.clear();
+            members.extend(hub.room_members(channel));
+        }
+    }
+
+    /// The members of each channel given to [`Checker::before_step`], as
+    /// they were then.
+    pub fn members_before(&self) -> impl Iterator<Item = (&str, &[ConnId])> {
+        self.before.iter().map(|(c, m)| (c.as_str(), m.as_slice()))
+    }
+
+    /// Each of those channels: its name, its members before the step and
+    /// after it (valid once [`Checker::after_step`] has run).
+    pub fn members_around(&self) -> impl Iterator<Item = (&str, &[ConnId], &[ConnId])> {
+        self.before
             .iter()
-            .map(|c| ((*c).to_owned(), hub.room_members(c).collect()))
-            .collect();
+            .zip(&self.after)
+            .map(|((c, b), a)| (c.as_str(), b.as_slice(), a.as_slice()))
     }
 
     /// `conn` sent `command` with `id` (0 for `send`).
@@ -158,6 +216,7 @@ impl Checker {
     /// # Errors
     /// The first rule broken.
     pub fn after_step(&mut self, hub: &Hub, outputs: &[Output]) -> Result<(), Breach> {
+        let mut parsed = Parsed::default();
         for out in outputs {
             let conn = out.conn();
             let Some(view) = self.conns.get_mut(&conn) else {
@@ -176,17 +235,7 @@ impl Checker {
                 }
                 Output::Ping { .. } => {}
                 Output::Send { frame, .. } => {
-                    let text = std::str::from_utf8(&frame.payload).map_err(|_| {
-                        breach(Rule::WireFormat, format!("{conn}: non-UTF-8 frame"))
-                    })?;
-                    if text.contains('\n') {
-                        return Err(breach(
-                            Rule::WireFormat,
-                            format!("{conn}: raw newline in {text:?}"),
-                        ));
-                    }
-                    let msg: Value = serde_json::from_str(text)
-                        .map_err(|e| breach(Rule::WireFormat, format!("{conn}: {e}: {text:?}")))?;
+                    let msg = parsed.get(conn, &frame.payload)?;
                     Self::message(hub, conn, view, &msg)?;
                 }
             }
@@ -224,9 +273,25 @@ impl Checker {
                                 format!("{conn}: unexpected subscribe reply {msg}"),
                             ));
                         };
-                        let last_offset = msg["subscribe"]
+                        let result = &msg["subscribe"];
+                        let mut last_offset = result
                             .get("epoch")
-                            .map(|_| msg["subscribe"]["offset"].as_u64().unwrap_or(0));
+                            .map(|_| result["offset"].as_u64().unwrap_or(0));
+                        // A recovered subscribe echoes the client's position
+                        // and carries what it missed: live pushes continue
+                        // after the last of those.
+                        for p in result["publications"].as_array().into_iter().flatten() {
+                            let offset = p["offset"].as_u64();
+                            match (last_offset, offset) {
+                                (Some(last), Some(o)) if o != last + 1 => {
+                                    return Err(breach(
+                                        Rule::Offsets,
+                                        format!("{conn} recovering {channel:?}: offset {o} after {last}"),
+                                    ));
+                                }
+                                (_, o) => last_offset = o,
+                            }
+                        }
                         view.subscribed.insert(
                             channel,
                             Sub {
@@ -318,20 +383,32 @@ impl Checker {
 
     /// Join/leave pushes of the step against the membership change.
     fn check_join_leave(&mut self, hub: &Hub) -> Result<(), Breach> {
+        let mut changed = false;
+        for ((channel, before), after) in self.before.iter().zip(&mut self.after) {
+            after.clear();
+            after.extend(hub.room_members(channel));
+            changed |= before != after;
+        }
         for (&conn, view) in &mut self.conns {
+            if !changed && view.joins.is_empty() && view.leaves.is_empty() {
+                continue; // nobody arrived or left, and it was told of nobody
+            }
             let joins = std::mem::take(&mut view.joins);
             let leaves = std::mem::take(&mut view.leaves);
             if view.closed {
                 continue;
             }
-            for (channel, before) in &self.before {
+            for ((channel, before), after) in self.before.iter().zip(&self.after) {
                 let Some(sub) = view.subscribed.get(channel) else {
                     continue;
                 };
                 if !sub.join_leave {
                     continue;
                 }
-                let after: Vec<ConnId> = hub.room_members(channel).collect();
+                if before == after && !joins.contains_key(channel) && !leaves.contains_key(channel)
+                {
+                    continue; // nothing arrived, left, or was announced
+                }
                 let id = |c: &ConnId| hub.client_id(*c).to_string();
                 let mut want_joins: Vec<String> = after
                     .iter()

@@ -3,6 +3,9 @@
 //! oracle can compare the two.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
+
+use bytes::Bytes;
 
 use hubbub_core::{CloseCode, Frame, MessageKind, RoomId, SeedMessage, SeedType};
 
@@ -35,7 +38,7 @@ pub enum Seen {
     /// A room connection's frame parsed as the seed protocol; `tagged_presence`
     /// is whether the hub marked it as a presence snapshot.
     Room {
-        msg: SeedMessage,
+        msg: Rc<SeedMessage>,
         tagged_presence: bool,
     },
     /// A room frame that is not a seed message.
@@ -92,7 +95,7 @@ impl ClientView {
     }
 
     /// Reads one data frame the way a real client would.
-    pub fn see(&mut self, frame: &Frame, presence: Option<RoomId>) -> Seen {
+    pub fn see(&mut self, frame: &Frame, presence: Option<RoomId>, cache: &mut ParseCache) -> Seen {
         if !self.room_protocol {
             self.observed.relay_frames += 1;
             return Seen::Relay(frame.clone());
@@ -102,10 +105,8 @@ impl ClientView {
                 why: "binary frame on a JSON connection".to_owned(),
             };
         }
-        match serde_json::from_slice::<SeedMessage>(&frame.payload) {
-            Err(e) => Seen::Unparseable {
-                why: format!("{e}: {:?}", String::from_utf8_lossy(&frame.payload)),
-            },
+        match cache.parse(&frame.payload) {
+            Err(why) => Seen::Unparseable { why },
             Ok(msg) => {
                 match msg.kind {
                     SeedType::Chat => self.observed.chats += 1,
@@ -122,5 +123,33 @@ impl ClientView {
                 }
             }
         }
+    }
+}
+
+/// Seed messages parsed lately, by buffer: a broadcast is one shared buffer
+/// that every member reads, so it is parsed once, not once per member.
+/// Entries hold a clone of their buffer, so an equal address is the same
+/// buffer (it cannot have been freed and reused).
+#[derive(Debug, Default)]
+pub struct ParseCache {
+    entries: VecDeque<(Bytes, Result<Rc<SeedMessage>, String>)>,
+}
+
+impl ParseCache {
+    const SIZE: usize = 16;
+
+    fn parse(&mut self, payload: &Bytes) -> Result<Rc<SeedMessage>, String> {
+        let same = |b: &Bytes| b.as_ptr() == payload.as_ptr() && b.len() == payload.len();
+        if let Some((_, parsed)) = self.entries.iter().find(|(b, _)| same(b)) {
+            return parsed.clone();
+        }
+        let parsed = serde_json::from_slice::<SeedMessage>(payload)
+            .map(Rc::new)
+            .map_err(|e| format!("{e}: {:?}", String::from_utf8_lossy(payload)));
+        if self.entries.len() == Self::SIZE {
+            self.entries.pop_back();
+        }
+        self.entries.push_front((payload.clone(), parsed.clone()));
+        parsed
     }
 }

@@ -86,6 +86,21 @@ pub enum Rule {
     FailedUnseen,
 }
 
+impl Rule {
+    /// Every rule, in declaration order.
+    pub const ALL: [Self; 9] = [
+        Self::Order,
+        Self::ReplyBeforePush,
+        Self::OneReply,
+        Self::Presence,
+        Self::Bus,
+        Self::DurableAck,
+        Self::OffsetsOnce,
+        Self::RecoveryExact,
+        Self::FailedUnseen,
+    ];
+}
+
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -320,6 +335,48 @@ pub struct Cluster {
     events_done: u64,
     /// Publications carried by recovering subscribe replies.
     store_recoveries: u64,
+    /// Hub calls: `handle_input`, `handle_bus`, `handle_store`.
+    hub_inputs: u64,
+    /// Per rule (indexed as [`Rule::ALL`]): checks that examined something.
+    checks: [u64; 9],
+}
+
+/// Per rule, how many checks examined something in a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleChecks(pub [u64; 9]);
+
+impl RuleChecks {
+    #[must_use]
+    pub fn get(&self, rule: Rule) -> u64 {
+        self.0[rule as usize]
+    }
+
+    pub fn add(&mut self, other: &Self) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
+        }
+    }
+
+    /// The rules never examined.
+    #[must_use]
+    pub fn never(&self) -> Vec<Rule> {
+        Rule::ALL
+            .into_iter()
+            .filter(|r| self.get(*r) == 0)
+            .collect()
+    }
+}
+
+impl fmt::Display for RuleChecks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, r) in Rule::ALL.into_iter().enumerate() {
+            if n > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{r} {}", self.get(r))?;
+        }
+        Ok(())
+    }
 }
 
 fn breach(rule: Rule, at: Timestamp, detail: String) -> Breach {
@@ -424,6 +481,8 @@ impl Cluster {
             durable_acks: 0,
             events_done: 0,
             store_recoveries: 0,
+            hub_inputs: 0,
+            checks: [0; 9],
         }
     }
 
@@ -476,7 +535,13 @@ impl Cluster {
                     .iter()
                     .map(|h| h.stats().presence_deferred)
                     .sum::<u64>(),
+            hub_inputs: self.hub_inputs,
+            checks: RuleChecks(self.checks),
         })
+    }
+
+    fn hit(&mut self, rule: Rule) {
+        self.checks[rule as usize] += 1;
     }
 
     fn run_events(&mut self) -> Result<(), Breach> {
@@ -615,6 +680,7 @@ impl Cluster {
         };
         match result {
             Ok((offset, epoch)) => {
+                self.checks[Rule::OffsetsOnce as usize] += 1;
                 let key = (channel.as_str().to_owned(), *epoch, *offset);
                 match self.acked.get(&key) {
                     Some(other) if *other != text => Err(breach(
@@ -629,6 +695,7 @@ impl Cluster {
                 }
             }
             Err(_) => {
+                self.checks[Rule::FailedUnseen as usize] += 1;
                 if self.seen_texts.contains(&text) {
                     return Err(breach(
                         Rule::FailedUnseen,
@@ -674,6 +741,7 @@ impl Cluster {
                 self.hash ^= fnv1a(format!("{}{to:?}{msg:?}", self.now).as_bytes()).rotate_left(7);
                 let shard = usize::from(to.0);
                 self.hubs[shard].handle_bus(self.now, msg);
+                self.hub_inputs += 1;
                 self.drain(shard)?;
                 if self.in_flight <= self.params.bus_high_water / 2 {
                     self.release_held()?;
@@ -700,6 +768,7 @@ impl Cluster {
                 self.hash ^=
                     fnv1a(format!("{}{shard}{event:?}", self.now).as_bytes()).rotate_left(3);
                 self.hubs[shard].handle_store(self.now, event);
+                self.hub_inputs += 1;
                 self.drain(shard)
             }
             Event::Crash => {
@@ -753,6 +822,7 @@ impl Cluster {
         let shard = self.shard_of(conn);
         self.hash ^= fnv1a(format!("{}{input:?}", self.now).as_bytes());
         self.hubs[shard].handle_input(self.now, input);
+        self.hub_inputs += 1;
         self.drain(shard)
     }
 
@@ -829,6 +899,7 @@ impl Cluster {
             }
         }
         let bound = self.params.bus_high_water + 256 * usize::from(self.params.shards);
+        self.hit(Rule::Bus);
         if self.in_flight > bound {
             return Err(breach(
                 Rule::Bus,
@@ -1075,6 +1146,7 @@ impl Cluster {
             return Ok(());
         };
         let channel = push["channel"].as_str().unwrap_or("").to_owned();
+        self.checks[Rule::ReplyBeforePush as usize] += 1;
         let c = &mut self.clients[i];
         let Some(sub) = c.subscribed.get_mut(&channel) else {
             // A push after the client's unsubscribe was sent and before its
@@ -1090,6 +1162,9 @@ impl Cluster {
             return Ok(());
         };
         if let Some(p) = push.get("pub") {
+            for rule in [Rule::Order, Rule::FailedUnseen, Rule::OffsetsOnce] {
+                self.checks[rule as usize] += 1;
+            }
             let offset = p["offset"].as_u64().unwrap_or(0);
             let data = p["data"]["text"].as_str().unwrap_or("").to_owned();
             if let Some(last) = sub.last_offset {
@@ -1129,6 +1204,7 @@ impl Cluster {
             .iter()
             .find_map(|k| push.get(*k).map(|b| (*k, b)))
         {
+            self.checks[Rule::Presence as usize] += 1;
             if !sub.join_leave {
                 return Err(breach(
                     Rule::Presence,
@@ -1159,6 +1235,7 @@ impl Cluster {
 
     fn observe_reply(&mut self, i: usize, id: u32, msg: &Value) -> Result<(), Breach> {
         let now = self.now;
+        self.hit(Rule::OneReply);
         let c = &mut self.clients[i];
         let conn = c.conn;
         let Some(command) = c.pending.remove(&id) else {
@@ -1171,6 +1248,12 @@ impl Cluster {
         if let Some(publish) = command.get("publish") {
             let channel = publish["channel"].as_str().unwrap_or("").to_owned();
             let text = publish["data"]["text"].as_str().unwrap_or("").to_owned();
+            let rule = if msg.get("error").is_some() {
+                Rule::FailedUnseen
+            } else {
+                Rule::DurableAck
+            };
+            self.checks[rule as usize] += 1;
             if msg.get("error").is_some() {
                 // Refused: nobody may ever see it.
                 if self.seen_texts.contains(&text) {
@@ -1215,6 +1298,9 @@ impl Cluster {
                 let epoch = result["epoch"].as_str().unwrap_or("").to_owned();
                 let mut last_offset = result["offset"].as_u64().unwrap_or(0);
                 let publications = result["publications"].as_array();
+                if result["was_recovering"] == json!(true) || publications.is_some() {
+                    self.checks[Rule::RecoveryExact as usize] += 1;
+                }
                 if result["recovered"] != json!(true) && publications.is_some_and(|p| !p.is_empty())
                 {
                     return Err(breach(
@@ -1323,6 +1409,7 @@ impl Cluster {
             // Judged at quiescence, against the order the Centrifugo
             // subscribers saw by then.
             SeedType::Chat => {
+                self.checks[Rule::FailedUnseen as usize] += 1;
                 if self.failed_texts.contains(&msg.content) {
                     return Err(breach(
                         Rule::FailedUnseen,
@@ -1341,6 +1428,8 @@ impl Cluster {
     /// Everything delivered: the homes, the clients' views and the model agree.
     fn quiescence(&mut self) -> Result<(), Breach> {
         let now = self.now;
+        self.hit(Rule::Bus);
+        self.hit(Rule::FailedUnseen);
         if self.sent != self.delivered + self.bus_lost || self.in_flight != 0 {
             return Err(breach(
                 Rule::Bus,
@@ -1360,6 +1449,7 @@ impl Cluster {
         }
         for c in &self.clients {
             if c.open {
+                self.checks[Rule::OneReply as usize] += 1;
                 if let Some((id, cmd)) = c.pending.first_key_value() {
                     return Err(breach(
                         Rule::OneReply,
@@ -1381,6 +1471,7 @@ impl Cluster {
                 .map(|c| hub.client_id(*c).to_string())
                 .collect();
             let model = self.members.get(channel).cloned().unwrap_or_default();
+            self.checks[Rule::Presence as usize] += 1;
             if ids != model {
                 return Err(breach(
                     Rule::Presence,
@@ -1411,6 +1502,7 @@ impl Cluster {
                     ));
                 }
                 if let Some(sub) = c.subscribed.get(channel) {
+                    self.checks[Rule::Order as usize] += 1;
                     // Nothing missing at the end either: a live subscriber
                     // has read up to the stream's top.
                     let top = hub.room_chat_seq(channel).unwrap_or(0);
@@ -1535,4 +1627,8 @@ pub struct Report {
     /// `online_users` snapshots held back by `presence_rate` (and sent
     /// later as one).
     pub presence_deferred: u64,
+    /// Hub calls (`handle_input`, `handle_bus`, `handle_store`).
+    pub hub_inputs: u64,
+    /// Per rule, how many checks examined something.
+    pub checks: RuleChecks,
 }

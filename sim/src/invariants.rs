@@ -20,6 +20,7 @@
 //! twice (`tests/seeds.rs`); the queue bound is checked by the world on
 //! every push.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::rc::Rc;
@@ -58,6 +59,31 @@ pub enum Invariant {
 }
 
 impl Invariant {
+    /// Every invariant, in declaration order.
+    pub const ALL: [Self; 21] = [
+        Self::OutputAfterClose,
+        Self::CloseOnce,
+        Self::CloseReason,
+        Self::UnexpectedClose,
+        Self::MissingClose,
+        Self::HeartbeatTooEarly,
+        Self::HeartbeatTooLate,
+        Self::LiveClientTimedOut,
+        Self::PingCadence,
+        Self::FanOut,
+        Self::Membership,
+        Self::Stats,
+        Self::TimerProgress,
+        Self::WireFormat,
+        Self::ChatDelivery,
+        Self::NoticeDelivery,
+        Self::PresenceDelivery,
+        Self::RelayDelivery,
+        Self::CloseDelivery,
+        Self::QueueBound,
+        Self::Convergence,
+    ];
+
     #[must_use]
     pub const fn name(self) -> &'static str {
         match self {
@@ -292,6 +318,54 @@ pub struct Oracle {
     /// (latest permitted heartbeat close, conn) for every open connection.
     heartbeat_limits: BTreeSet<(Timestamp, ConnId)>,
     plan: CallPlan,
+    /// Per invariant: how many checks examined something (a test fails if
+    /// a preset set leaves one at zero: a rule that never fires proves nothing).
+    checks: Checks,
+}
+
+/// How often each invariant was actually put to the test.
+#[derive(Clone, Debug, Default)]
+pub struct Checks([Cell<u64>; Invariant::ALL.len()]);
+
+impl Checks {
+    /// One check of `invariant` examined something.
+    pub fn hit(&self, invariant: Invariant) {
+        let c = &self.0[invariant as usize];
+        c.set(c.get() + 1);
+    }
+
+    #[must_use]
+    pub fn get(&self, invariant: Invariant) -> u64 {
+        self.0[invariant as usize].get()
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn add(&self, other: &Self) {
+        for (a, b) in self.0.iter().zip(&other.0) {
+            a.set(a.get() + b.get());
+        }
+    }
+
+    /// The invariants never examined.
+    #[must_use]
+    pub fn never(&self) -> Vec<Invariant> {
+        Invariant::ALL
+            .into_iter()
+            .filter(|i| self.get(*i) == 0)
+            .collect()
+    }
+}
+
+impl fmt::Display for Checks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, i) in Invariant::ALL.into_iter().enumerate() {
+            if n > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{i} {}", self.get(i))?;
+        }
+        Ok(())
+    }
 }
 
 fn violation(invariant: Invariant, at: Timestamp, detail: String) -> Violation {
@@ -360,7 +434,14 @@ impl Oracle {
             stats: Stats::default(),
             heartbeat_limits: BTreeSet::new(),
             plan: CallPlan::default(),
+            checks: Checks::default(),
         }
+    }
+
+    /// How often each invariant examined something so far.
+    #[must_use]
+    pub fn checks(&self) -> &Checks {
+        &self.checks
     }
 
     fn latest_close(&self, last_pong: Timestamp) -> Timestamp {
@@ -571,12 +652,16 @@ impl Oracle {
                 format!("{out:?} for {conn}, a connection that never existed"),
             ));
         };
+        if !matches!(out, Output::Close { .. }) {
+            self.checks.hit(Invariant::OutputAfterClose);
+        }
         match out {
             Output::Send { .. } | Output::Ping { .. } if m.life != Life::Open => {
                 let detail = format!("{out:?} for {conn} in state {:?}", m.life);
                 Err(violation(Invariant::OutputAfterClose, now, detail))
             }
             Output::Send { .. } => {
+                self.checks.hit(Invariant::FanOut);
                 if m.step_sends == 0 {
                     let detail = format!(
                         "{out:?}: {conn} is not owed anything by this call (not a member, or already served)"
@@ -587,6 +672,7 @@ impl Oracle {
                 Ok(())
             }
             Output::Ping { .. } => {
+                self.checks.hit(Invariant::PingCadence);
                 let since_open = now.as_millis() - m.opened_at.as_millis();
                 if now < m.next_ping || since_open % self.ping_interval_ms != 0 {
                     let detail = format!(
@@ -610,11 +696,15 @@ impl Oracle {
         reason: CloseReason,
     ) -> Result<(), Violation> {
         let m = &self.conns[index(conn)];
+        self.checks.hit(Invariant::CloseOnce);
+        self.checks.hit(Invariant::UnexpectedClose);
         if let Life::Closed(first) = m.life {
             let detail = format!("{conn} closed again with {reason} after {first}");
             return Err(violation(Invariant::CloseOnce, now, detail));
         }
         if let Some(expected) = self.plan.closes.remove(&conn) {
+            self.checks.hit(Invariant::CloseReason);
+            self.checks.hit(Invariant::MissingClose);
             if expected != reason {
                 let detail = format!(
                     "{conn} closed with {reason} ({}), its cause calls for {expected} ({})",
@@ -627,6 +717,9 @@ impl Oracle {
             && self.plan.heartbeat
             && m.life == Life::Open
         {
+            self.checks.hit(Invariant::HeartbeatTooEarly);
+            self.checks.hit(Invariant::HeartbeatTooLate);
+            self.checks.hit(Invariant::LiveClientTimedOut);
             let earliest = plus(m.last_pong, self.pong_timeout_ms);
             let latest = self.latest_close(m.last_pong);
             let window = format!(
@@ -722,6 +815,7 @@ impl Oracle {
             return Err(violation(Invariant::MissingClose, now, detail));
         }
         for &conn in &plan.conns {
+            self.checks.hit(Invariant::FanOut);
             let m = &mut self.conns[index(conn)];
             if m.step_sends != 0 {
                 let detail = format!(
@@ -751,6 +845,7 @@ impl Oracle {
         }
         self.check_totals(now, hub)?;
         if let Some(at) = hub.poll_timeout() {
+            self.checks.hit(Invariant::TimerProgress);
             if at <= now {
                 let detail = format!("poll_timeout() = {at} after a call at {now}");
                 return Err(violation(Invariant::TimerProgress, now, detail));
@@ -760,6 +855,7 @@ impl Oracle {
     }
 
     fn check_room(&self, now: Timestamp, hub: &Hub, room: &Name) -> Result<(), Violation> {
+        self.checks.hit(Invariant::Membership);
         let model = self.rooms.get(room);
         let members: &[ConnId] = model.map_or(&[], |r| &r.members);
         if !hub.room_members(room.as_str()).eq(members.iter().copied()) {
@@ -793,6 +889,8 @@ impl Oracle {
     }
 
     fn check_totals(&self, now: Timestamp, hub: &Hub) -> Result<(), Violation> {
+        self.checks.hit(Invariant::Membership);
+        self.checks.hit(Invariant::Stats);
         if hub.connection_count() != self.open {
             let detail = format!(
                 "hub.connection_count() = {}, model {}",
@@ -824,6 +922,9 @@ impl Oracle {
     /// # Errors
     /// [`Invariant::HeartbeatTooLate`].
     pub fn check_clock(&self, now: Timestamp) -> Result<(), Violation> {
+        if !self.heartbeat_limits.is_empty() {
+            self.checks.hit(Invariant::HeartbeatTooLate);
+        }
         match self.heartbeat_limits.first() {
             Some(&(limit, conn)) if limit < now => {
                 let m = &self.conns[index(conn)];
@@ -843,6 +944,9 @@ impl Oracle {
     /// The delivery invariant it breaks.
     pub fn observe(&mut self, now: Timestamp, conn: ConnId, seen: &Seen) -> Result<(), Violation> {
         let m = &mut self.conns[index(conn)];
+        if matches!(seen, Seen::Relay(_)) {
+            self.checks.hit(Invariant::RelayDelivery);
+        }
         match seen {
             Seen::Relay(frame) => match m.relay.pop_front() {
                 Some(owed) if owed == *frame => Ok(()),
@@ -861,6 +965,12 @@ impl Oracle {
             } => {
                 let room = m.room.as_ref().map_or("", Name::as_str);
                 let is_presence = msg.kind == SeedType::OnlineUsers;
+                self.checks.hit(Invariant::WireFormat);
+                self.checks.hit(match msg.kind {
+                    SeedType::OnlineUsers => Invariant::PresenceDelivery,
+                    SeedType::Chat => Invariant::ChatDelivery,
+                    SeedType::UserJoined | SeedType::UserLeft => Invariant::NoticeDelivery,
+                });
                 if msg.room != room || is_presence != *tagged_presence {
                     let detail = format!(
                         "{conn} (room {room:?}) read {msg:?} tagged presence={tagged_presence}"
@@ -914,6 +1024,7 @@ impl Oracle {
         code: CloseCode,
     ) -> Result<(), Violation> {
         let m = &self.conns[index(conn)];
+        self.checks.hit(Invariant::CloseDelivery);
         let Life::Closed(reason) = m.life else {
             let detail = format!("{conn} read close {code} while {:?}", m.life);
             return Err(violation(Invariant::CloseDelivery, now, detail));
@@ -993,6 +1104,7 @@ impl Oracle {
         if m.life != Life::Open {
             return Ok(());
         }
+        self.checks.hit(Invariant::Convergence);
         if !healthy {
             let detail = format!(
                 "{conn} is still open but its client is stalled, silent or gone (last pong {})",
@@ -1025,6 +1137,7 @@ impl Oracle {
     /// [`Invariant::CloseOnce`].
     pub fn all_closed_once(&self, now: Timestamp) -> Result<(), Violation> {
         for (i, m) in self.conns.iter().enumerate() {
+            self.checks.hit(Invariant::CloseOnce);
             if m.closes != 1 {
                 let detail = format!(
                     "c{} was closed {} times (state {:?})",

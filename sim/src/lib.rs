@@ -18,7 +18,11 @@
 //! - [`world`]: the hub driven exactly as the transport drives it; safety checks after
 //!   every call, the liveness phase.
 //! - [`scenario`]: seed → parameters → clients with behaviours and faults; [`scenario::run`].
-//! - [`soak`]: the `hubbub-sim` command line for long runs.
+//! - [`preset`]: named mixes (chat-heavy, churn-heavy, slow-consumer-heavy, mixed, sharded,
+//!   restart-heavy) for soaks and for the test that every invariant fires.
+//! - [`soak`]: the `hubbub-sim` command line for long runs (`hubbub-sim soak`: a billion inputs).
+//! - [`replay`]: `hubbub-sim replay FILE`: a server's recorded inputs through a fresh hub,
+//!   checked after every input, its outputs hashed against the server's.
 //! - [`fuzz_targets`]: bodies of the cargo-fuzz targets, replayed by `cargo test`.
 //!
 //! **Architecture invariant:** nothing under the simulation reads a clock,
@@ -32,6 +36,8 @@ pub mod cluster;
 pub mod fuzz_targets;
 pub mod invariants;
 pub mod network;
+pub mod preset;
+pub mod replay;
 pub mod rng;
 pub mod scenario;
 pub mod soak;

@@ -22,7 +22,7 @@ use std::time::Duration;
 use hubbub_core::{Config, ConnId, Frame, Name, Route, Stats, Timestamp};
 
 use crate::client::Link;
-use crate::invariants::Violation;
+use crate::invariants::{Checks, Violation};
 use crate::rng::{Ppm, SimRng};
 use crate::world::{Counters, Step, World, WorldSettings};
 
@@ -52,6 +52,24 @@ pub struct Behaviours {
 }
 
 impl Behaviours {
+    /// Every behaviour off (presets switch on what they want).
+    #[must_use]
+    pub const fn none() -> Self {
+        Self {
+            chat: 0,
+            leave: 0,
+            vanish: 0,
+            silence: 0,
+            stall: 0,
+            slow_reader: 0,
+            oversize: 0,
+            invalid_utf8: 0,
+            binary_on_json: 0,
+            garbage: 0,
+            garbled_frame: 0,
+        }
+    }
+
     fn weights(&self) -> [u32; 11] {
         [
             self.chat,
@@ -297,6 +315,8 @@ pub struct Report {
     /// The hub's stats just before shutdown.
     pub stats: Stats,
     pub end: Timestamp,
+    /// Per invariant, how many checks examined something.
+    pub checks: Checks,
 }
 
 impl fmt::Display for Report {
@@ -375,6 +395,7 @@ pub fn run(params: &SimParams) -> Result<Report, Box<Failure>> {
             connections: driver.world.connections(),
             stats: driver.stats_before_shutdown,
             end: driver.world.now(),
+            checks: driver.world.checks().clone(),
         }),
         Err(violation) => Err(Box::new(Failure {
             params: params.clone(),

@@ -1,11 +1,21 @@
-//! Soak runs of the simulation from the command line (`hubbub-sim` with no
-//! subcommand): one seed, or `--runs K` seeds in a row, each printed with its
-//! parameters, result, trace hash and speed. The binary may read the clock
-//! (for a random seed and for events/second); the world never does.
+//! Soak runs of the simulation from the command line.
+//!
+//! - `hubbub-sim` with no subcommand: one seed, or `--runs K` seeds in a
+//!   row, each printed with its parameters, result, trace hash and speed.
+//! - `hubbub-sim soak --preset P --inputs N --seed S`: runs seed after seed
+//!   of a preset ([`crate::preset`]; `all` picks one per seed, mostly chat
+//!   and subscription traffic) until `N` hub inputs were handled, one line
+//!   per run, and after each the command that resumes from the next seed.
+//!
+//! The binary may read the clock (for a random seed and for speed); the
+//! world never does.
 use std::panic::{self, AssertUnwindSafe};
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::cluster::{Cluster, RuleChecks};
+use crate::invariants::Checks;
+use crate::preset::Preset;
 use crate::rng::mix64;
 use crate::scenario::{self, Overrides, SimParams};
 
@@ -104,9 +114,202 @@ pub fn main(args: &SoakArgs) -> ExitCode {
     }
 }
 
+/// `hubbub-sim soak`: a long run across seeds.
+#[derive(clap::Args, Debug)]
+pub struct LongArgs {
+    /// chat-heavy, churn-heavy, slow-consumer-heavy, mixed, sharded,
+    /// restart-heavy, or all (a preset per seed, mostly chat).
+    #[arg(long, default_value = "all")]
+    pub preset: String,
+    /// Hub inputs to handle in all (`1e9`, `1_000_000_000`).
+    #[arg(long, default_value = "1e9")]
+    pub inputs: String,
+    /// First seed, hex or decimal (random when omitted); each next run's
+    /// seed is derived from the previous one.
+    #[arg(long)]
+    pub seed: Option<String>,
+    /// Hub inputs per single-hub run.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub steps: u64,
+    /// Client actions per cluster run.
+    #[arg(long, default_value_t = 20_000)]
+    pub actions: u32,
+}
+
+/// Parses `1e9`, `1_000_000` or `42`.
+///
+/// # Errors
+/// A message for the user.
+pub fn parse_count(s: &str) -> Result<u64, String> {
+    let t = s.replace('_', "");
+    if let Some((m, e)) = t.split_once(['e', 'E']) {
+        let m: u64 = m.parse().map_err(|e| format!("bad count {s:?}: {e}"))?;
+        let e: u32 = e.parse().map_err(|e| format!("bad count {s:?}: {e}"))?;
+        return 10u64
+            .checked_pow(e)
+            .and_then(|p| p.checked_mul(m))
+            .ok_or_else(|| format!("count {s:?} is too large"));
+    }
+    t.parse().map_err(|e| format!("bad count {s:?}: {e}"))
+}
+
+/// What one run of a soak did.
+struct RunOutcome {
+    inputs: u64,
+    /// Chat lines (seed, relay) or publications (cluster) accepted.
+    chats: u64,
+    heartbeats: u64,
+}
+
+/// Runs `seed` of `preset`; a failure prints itself and its reproduction.
+fn soak_one(
+    preset: Preset,
+    seed: u64,
+    args: &LongArgs,
+    checks: &Checks,
+    rules: &mut RuleChecks,
+) -> Result<RunOutcome, ()> {
+    if preset.is_cluster() {
+        let params = preset.cluster_params(seed, Some(args.actions));
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| Cluster::new(params.clone()).run()));
+        return match outcome {
+            Ok(Ok(report)) => {
+                rules.add(&report.checks);
+                Ok(RunOutcome {
+                    inputs: report.hub_inputs,
+                    chats: report.publications as u64,
+                    heartbeats: 0,
+                })
+            }
+            Ok(Err(breach)) => {
+                println!("FAILED: {breach}\n  {params:?}");
+                println!(
+                    "reproduce: hubbub-sim soak --preset {preset} --inputs 1 --seed {seed:#018x} --actions {}",
+                    args.actions
+                );
+                Err(())
+            }
+            Err(_) => {
+                println!(
+                    "FAILED: the cluster simulation panicked (see above)\nreproduce: hubbub-sim soak --preset {preset} --inputs 1 --seed {seed:#018x} --actions {}",
+                    args.actions
+                );
+                Err(())
+            }
+        };
+    }
+    let overrides = Overrides {
+        steps: Some(args.steps),
+        ..Overrides::default()
+    };
+    let params = preset.sim_params(seed, overrides);
+    let reproduce = format!(
+        "hubbub-sim soak --preset {preset} --inputs 1 --seed {seed:#018x} --steps {}",
+        args.steps
+    );
+    match panic::catch_unwind(AssertUnwindSafe(|| scenario::run(&params))) {
+        Ok(Ok(report)) => {
+            checks.add(&report.checks);
+            Ok(RunOutcome {
+                inputs: report.counters.hub_inputs,
+                chats: report.stats.messages_in,
+                heartbeats: report.counters.hub_timeouts,
+            })
+        }
+        Ok(Err(failure)) => {
+            println!("FAILED: {failure}\nreproduce: {reproduce}");
+            Err(())
+        }
+        Err(_) => {
+            println!("FAILED: the simulation panicked (see above)\nreproduce: {reproduce}");
+            Err(())
+        }
+    }
+}
+
+/// `hubbub-sim soak`.
+#[must_use]
+pub fn long_main(args: &LongArgs) -> ExitCode {
+    let parsed = (|| {
+        let preset = match args.preset.as_str() {
+            "all" => None,
+            name => Some(Preset::parse(name)?),
+        };
+        let inputs = parse_count(&args.inputs)?;
+        let seed = args.seed.as_deref().map(parse_seed).transpose()?;
+        Ok::<_, String>((preset, inputs, seed.unwrap_or_else(random_seed)))
+    })();
+    let (preset, target, mut seed) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let checks = Checks::default();
+    let mut rules = RuleChecks::default();
+    let started = Instant::now();
+    let (mut inputs, mut chats, mut heartbeats, mut runs) = (0u64, 0u64, 0u64, 0u64);
+    println!(
+        "soak: preset {}, {target} hub inputs from seed {seed:#018x}",
+        args.preset
+    );
+    while inputs < target {
+        let this = preset.unwrap_or_else(|| Preset::for_seed(seed));
+        let run_started = Instant::now();
+        let Ok(outcome) = soak_one(this, seed, args, &checks, &mut rules) else {
+            println!(
+                "after {runs} runs and {inputs} hub inputs in {:.0}s",
+                started.elapsed().as_secs_f64()
+            );
+            return ExitCode::FAILURE;
+        };
+        runs += 1;
+        inputs += outcome.inputs;
+        chats += outcome.chats;
+        heartbeats += outcome.heartbeats;
+        let secs = run_started.elapsed().as_secs_f64().max(1e-9);
+        let next = mix64(seed);
+        println!(
+            "run {runs} {this} {seed:#018x}: ok, {} inputs, {} chats, {:.0} inputs/s; total {inputs} ({:.1}%)",
+            outcome.inputs,
+            outcome.chats,
+            outcome.inputs as f64 / secs,
+            100.0 * inputs as f64 / target as f64
+        );
+        if inputs < target {
+            println!(
+                "  resume: hubbub-sim soak --preset {} --inputs {} --seed {next:#018x} --steps {} --actions {}",
+                args.preset,
+                target - inputs,
+                args.steps,
+                args.actions
+            );
+        }
+        seed = next;
+    }
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    println!(
+        "soak ok: {runs} runs, {inputs} hub inputs ({chats} chat lines and publications, {heartbeats} heartbeat calls), 0 violations, {secs:.0}s, {:.0} inputs/s",
+        inputs as f64 / secs
+    );
+    println!("invariants examined (single hub): {checks}");
+    println!("rules examined (cluster): {rules}");
+    ExitCode::SUCCESS
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_seed;
+    use super::{parse_count, parse_seed};
+
+    #[test]
+    fn counts_parse_with_exponents_and_underscores() {
+        assert_eq!(parse_count("1e9"), Ok(1_000_000_000));
+        assert_eq!(parse_count("2E3"), Ok(2_000));
+        assert_eq!(parse_count("1_000"), Ok(1_000));
+        assert!(parse_count("1e30").is_err());
+        assert!(parse_count("x").is_err());
+    }
 
     #[test]
     fn seeds_parse_as_hex_or_decimal() {

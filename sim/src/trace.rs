@@ -5,6 +5,7 @@
 //! timing leaked in). FNV-1a 64 over a canonical, length-prefixed encoding is
 //! written out here so the value never depends on std's hasher choices.
 
+use bytes::Bytes;
 use hubbub_core::{CloseReason, Frame, Input, MessageKind, Output, Route, Timestamp};
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -61,6 +62,9 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 pub struct Trace {
     hash: Fnv64,
     records: u64,
+    /// The last frame payload hashed and its FNV: a broadcast's outputs come
+    /// one after another with one shared buffer, hashed once.
+    last_payload: Option<(Bytes, u64)>,
 }
 
 impl Trace {
@@ -87,7 +91,7 @@ impl Trace {
             Input::Message { conn, frame } => {
                 h.write_u8(1);
                 h.write_u64(conn.0);
-                write_frame(h, frame);
+                write_frame(h, &mut self.last_payload, frame);
             }
             Input::Pong { conn } => {
                 h.write_u8(2);
@@ -126,7 +130,7 @@ impl Trace {
             } => {
                 h.write_u8(0);
                 h.write_u64(conn.0);
-                write_frame(h, frame);
+                write_frame(h, &mut self.last_payload, frame);
                 match presence {
                     None => h.write_u8(0),
                     Some(room) => {
@@ -159,12 +163,25 @@ impl Trace {
     }
 }
 
-fn write_frame(h: &mut Fnv64, frame: &Frame) {
+/// A frame as its kind, length and the FNV of its payload (the payload's
+/// hash is kept for the next frame, which is often the same buffer).
+fn write_frame(h: &mut Fnv64, last: &mut Option<(Bytes, u64)>, frame: &Frame) {
     h.write_u8(match frame.kind {
         MessageKind::Text => 0,
         MessageKind::Binary => 1,
     });
-    h.write_field(&frame.payload);
+    let p = &frame.payload;
+    let payload_hash = match last {
+        // Holding the buffer, an equal address is the same bytes.
+        Some((b, hash)) if b.as_ptr() == p.as_ptr() && b.len() == p.len() => *hash,
+        _ => {
+            let hash = fnv1a(p);
+            *last = Some((p.clone(), hash));
+            hash
+        }
+    };
+    h.write_u64(p.len() as u64);
+    h.write_u64(payload_hash);
 }
 
 fn write_reason(h: &mut Fnv64, reason: CloseReason) {

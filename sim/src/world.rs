@@ -24,7 +24,7 @@ use std::collections::BTreeSet;
 
 use hubbub_core::{CloseReason, Config, ConnId, Frame, Hub, Input, Output, Route, Timestamp};
 
-use crate::client::{ClientView, Link};
+use crate::client::{ClientView, Link, ParseCache};
 use crate::invariants::{close_flushes_queue, Invariant, Oracle, Violation};
 use crate::network::{Downstream, EventQueue, Offer, Outbox, Pipe, Upstream};
 use crate::rng::{mix64, SimRng};
@@ -125,6 +125,8 @@ pub struct World {
     /// Indexed by `ConnId - 1`.
     conns: Vec<Connection>,
     oracle: Oracle,
+    /// Seed frames the clients parsed lately (a broadcast is parsed once).
+    parsed: ParseCache,
     trace: Trace,
     /// Connections whose outbox refused a frame in the current drain.
     full: BTreeSet<ConnId>,
@@ -164,6 +166,7 @@ impl World {
             data_in_flight: 0,
             conns: Vec::new(),
             oracle: Oracle::new(&settings.config),
+            parsed: ParseCache::default(),
             trace: Trace::default(),
             full: BTreeSet::new(),
             counters: Counters::default(),
@@ -185,6 +188,12 @@ impl World {
     #[must_use]
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// How often each invariant examined something in this run.
+    #[must_use]
+    pub fn checks(&self) -> &crate::invariants::Checks {
+        self.oracle.checks()
     }
 
     #[must_use]
@@ -483,6 +492,7 @@ impl World {
                         let (len, bytes) = (c.outbox.len(), c.outbox.bytes());
                         self.counters.max_queue_len = self.counters.max_queue_len.max(len);
                         self.counters.max_queue_bytes = self.counters.max_queue_bytes.max(bytes);
+                        self.oracle.checks().hit(Invariant::QueueBound);
                         if len > self.config.send_queue {
                             return Err(Violation {
                                 invariant: Invariant::QueueBound,
@@ -611,7 +621,7 @@ impl World {
             }
             Downstream::Data { frame, presence } => {
                 self.counters.frames_delivered += 1;
-                let seen = client.see(&frame, presence);
+                let seen = client.see(&frame, presence, &mut self.parsed);
                 self.oracle.observe(now, conn, &seen)
             }
         }

@@ -39,7 +39,24 @@ fn handshake_corpus() {
 
 #[test]
 fn hub_ops_corpus() {
+    let started = std::time::Instant::now();
     replay("hub_ops", hubbub_sim::fuzz_targets::hub_ops);
+    let secs = started.elapsed().as_secs_f64();
+    // The replay speed (no sanitizers, no coverage): `cargo test --release
+    // -p hubbub-sim --test fuzz_corpus -- --nocapture hub_ops`.
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/hub_ops");
+    let mut inputs = 0u64;
+    let mut steps = 0u64;
+    for entry in std::fs::read_dir(&dir).expect("corpus") {
+        let data = std::fs::read(entry.expect("entry").path()).expect("readable");
+        inputs += 1;
+        steps += hubbub_sim::fuzz_targets::hub_ops_steps(&data);
+    }
+    assert!(steps > inputs, "the corpus drives the hub: {steps} steps");
+    eprintln!(
+        "hub_ops: {inputs} inputs, {steps} hub inputs in {secs:.2}s: {:.0} executions/s",
+        inputs as f64 / secs
+    );
 }
 
 #[test]

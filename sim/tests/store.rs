@@ -51,6 +51,8 @@ fn empty_report() -> Report {
         recoveries: 0,
         refused_recoveries: 0,
         presence_deferred: 0,
+        hub_inputs: 0,
+        checks: hubbub_sim::cluster::RuleChecks::default(),
     }
 }
 

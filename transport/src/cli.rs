@@ -246,6 +246,20 @@ pub struct Cli {
     #[arg(long, env = "HUBBUB_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
 
+    /// Write every input the hub receives to FILE, for `hubbub-sim
+    /// replay` (off by default; needs --shards 1 and --store memory).
+    #[arg(long, env = "HUBBUB_RECORD_INPUTS", value_name = "FILE")]
+    pub record_inputs: Option<std::path::PathBuf>,
+
+    /// The recording stops growing at this size; later inputs are counted
+    /// as dropped and the replay says the recording is incomplete.
+    #[arg(long, env = "HUBBUB_RECORD_INPUTS_MAX_BYTES", default_value_t = 1 << 30)]
+    pub record_inputs_max_bytes: u64,
+
+    /// Record message contents as `x` bytes of the same length.
+    #[arg(long, env = "HUBBUB_RECORD_INPUTS_REDACT")]
+    pub record_inputs_redact: bool,
+
     #[command(subcommand)]
     pub command: Option<Subcommand>,
 }
@@ -560,6 +574,14 @@ impl Cli {
                 handshakes_per_ip: self.handshakes_per_ip,
                 limit_loopback: self.limit_loopback,
             },
+            record: self
+                .record_inputs
+                .clone()
+                .map(|path| crate::record::RecordConfig {
+                    path,
+                    max_bytes: self.record_inputs_max_bytes,
+                    redact: self.record_inputs_redact,
+                }),
         }
     }
 

@@ -80,6 +80,8 @@ pub struct ServerConfig {
     pub origins: crate::origin::OriginPolicy,
     /// Per-IP connection and handshake limits.
     pub ip_limits: crate::limits::IpLimitConfig,
+    /// `--record-inputs`: write every hub input to a file (off: `None`).
+    pub record: Option<crate::record::RecordConfig>,
 }
 
 /// The most shards a server runs.
@@ -98,6 +100,7 @@ impl Default for ServerConfig {
             max_sockets: 101_024,
             origins: crate::origin::OriginPolicy::default(),
             ip_limits: crate::limits::IpLimitConfig::default(),
+            record: None,
         }
     }
 }
@@ -108,6 +111,8 @@ pub enum ServerConfigError {
     Hub(ConfigError),
     ZeroWriteTimeout,
     Shards,
+    /// `--record-inputs` records one shard with the in-memory store.
+    RecordNeedsOneShard,
 }
 
 impl fmt::Display for ServerConfigError {
@@ -116,6 +121,9 @@ impl fmt::Display for ServerConfigError {
             Self::Hub(e) => e.fmt(f),
             Self::ZeroWriteTimeout => f.write_str("write timeout must be greater than zero"),
             Self::Shards => write!(f, "shards must be between 1 and {MAX_SHARDS}"),
+            Self::RecordNeedsOneShard => f.write_str(
+                "--record-inputs needs --shards 1 and --store memory (bus and store inputs are not recorded yet)",
+            ),
         }
     }
 }
@@ -134,6 +142,9 @@ impl ServerConfig {
         }
         if !(1..=MAX_SHARDS).contains(&self.shards) {
             return Err(ServerConfigError::Shards);
+        }
+        if self.record.is_some() && (self.shards != 1 || self.store != StoreConfig::Memory) {
+            return Err(ServerConfigError::RecordNeedsOneShard);
         }
         Ok(())
     }

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use hubbub_core::record::Unsupported;
 use hubbub_core::{
     BusMessage, CloseReason, Config, ConnId, Hub, Input, Output, Route, Stats, StoreError,
     StoreEvent, StoreRequest, Timestamp,
@@ -217,6 +218,8 @@ struct Driver {
     store: Option<crate::store::Engine>,
     /// API requests waiting for the hub's reply, by id.
     api_waiting: std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<bytes::Bytes>>,
+    /// `--record-inputs`: every input, and a hash of every output.
+    recorder: Option<crate::record::Recorder>,
 }
 
 impl Driver {
@@ -230,10 +233,22 @@ impl Driver {
             } => {
                 // Registered first, so the hub's first outputs (presence) reach it.
                 self.outboxes.insert(conn, outbox);
-                self.hub.handle_input(now, Input::Open { conn, route });
+                let input = Input::Open { conn, route };
+                if let Some(r) = &mut self.recorder {
+                    r.input(now, &input);
+                }
+                self.hub.handle_input(now, input);
             }
-            Event::Input(input) => self.hub.handle_input(now, input),
+            Event::Input(input) => {
+                if let Some(r) = &mut self.recorder {
+                    r.input(now, &input);
+                }
+                self.hub.handle_input(now, input);
+            }
             Event::Api { request, reply } => {
+                if let Some(r) = &mut self.recorder {
+                    r.unsupported(now, Unsupported::Api);
+                }
                 self.api_waiting.insert(request.id, reply);
                 self.hub.handle_api(now, request);
             }
@@ -245,6 +260,9 @@ impl Driver {
     fn maybe_timeout(&mut self) {
         let now = self.clock.now();
         if self.hub.poll_timeout().is_some_and(|at| at <= now) {
+            if let Some(r) = &mut self.recorder {
+                r.timeout(now);
+            }
             self.hub.handle_timeout(now);
             self.drain(now);
         }
@@ -253,6 +271,9 @@ impl Driver {
     /// The store engine's answer.
     fn handle_store(&mut self, event: StoreEvent) {
         let now = self.clock.now();
+        if let Some(r) = &mut self.recorder {
+            r.unsupported(now, Unsupported::Store);
+        }
         self.hub.handle_store(now, event);
         self.drain(now);
     }
@@ -261,6 +282,9 @@ impl Driver {
     fn handle_bus(&mut self, msg: BusMessage) {
         self.load.received();
         let now = self.clock.now();
+        if let Some(r) = &mut self.recorder {
+            r.unsupported(now, Unsupported::Bus);
+        }
         self.hub.handle_bus(now, msg);
         self.drain(now);
     }
@@ -294,6 +318,9 @@ impl Driver {
                     // The engine is gone (shutting down): refused, not lost.
                     refused = true;
                     let event = refusal(*closed.0);
+                    if let Some(r) = &mut self.recorder {
+                        r.unsupported(now, Unsupported::Store);
+                    }
                     self.hub.handle_store(now, event);
                 }
             }
@@ -313,12 +340,19 @@ impl Driver {
                 return;
             }
             for conn in std::mem::take(&mut self.full) {
-                self.hub.handle_input(now, Input::QueueFull { conn });
+                let input = Input::QueueFull { conn };
+                if let Some(r) = &mut self.recorder {
+                    r.input(now, &input);
+                }
+                self.hub.handle_input(now, input);
             }
         }
     }
 
     fn perform(&mut self, output: Output) {
+        if let Some(r) = &mut self.recorder {
+            r.output(&output);
+        }
         match output {
             Output::Send {
                 conn,
@@ -382,6 +416,9 @@ impl Publisher {
 
 /// Runs the hub until every sender of `events` is gone; returns its final
 /// counters. Publishes them into `metrics` as it goes.
+// Each argument is one of the task's separate links; bundling them would
+// only move the list into a struct built once, at the one call site.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     config: Config,
     clock: Clock,
@@ -390,6 +427,7 @@ pub async fn run(
     mut events: mpsc::Receiver<Event>,
     links: ShardLinks,
     store: Option<StoreLink>,
+    recorder: Option<crate::record::Recorder>,
 ) -> Stats {
     let config_send_queue = config.send_queue;
     let ShardLinks {
@@ -417,6 +455,7 @@ pub async fn run(
         shard,
         store,
         api_waiting: std::collections::BTreeMap::new(),
+        recorder,
     };
     let sleep = tokio::time::sleep_until(far_future(Instant::now()));
     tokio::pin!(sleep);
@@ -484,6 +523,11 @@ pub async fn run(
                 .as_ref()
                 .is_none_or(mpsc::UnboundedReceiver::is_empty);
         publisher.after_batch(&driver.hub, idle);
+        if idle {
+            if let Some(r) = &mut driver.recorder {
+                r.idle();
+            }
+        }
         // Let the writers this batch woke start on it before producing more.
         let mut yields = 0;
         while gauge.runnable() > 0 && yields < MAX_YIELDS {
@@ -492,6 +536,9 @@ pub async fn run(
         }
     }
     let stats = driver.hub.stats();
+    if let Some(r) = &mut driver.recorder {
+        r.finish();
+    }
     publisher.metrics.publish_shard(shard, stats.clone());
     stats
 }
@@ -561,6 +608,7 @@ mod tests {
             rx,
             ShardLinks::single(),
             None,
+            None,
         ));
         let outbox = Arc::new(Outbox::new(8, gauge.clone()));
         tx.send(Event::Open {
@@ -611,6 +659,7 @@ mod tests {
             metrics.clone(),
             rx,
             ShardLinks::single(),
+            None,
             None,
         ));
         let slow = Arc::new(Outbox::new(2, gauge.clone()));

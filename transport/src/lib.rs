@@ -65,6 +65,7 @@ pub mod metrics;
 pub mod origin;
 pub mod outbox;
 pub mod reader;
+pub mod record;
 pub mod server;
 pub mod shutdown;
 pub mod state;

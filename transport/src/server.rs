@@ -134,6 +134,11 @@ pub async fn serve(
             ip_limits: ip_limits.clone(),
         });
         let store_link = store_links.next();
+        // One shard with the in-memory store (validated): shard 0 records.
+        let recorder = match (&config.record, shard) {
+            (Some(settings), 0) => Some(crate::record::Recorder::start(settings, &hub_config)?),
+            _ => None,
+        };
         let hub = hub_task::run(
             hub_config,
             clock,
@@ -142,6 +147,7 @@ pub async fn serve(
             hub_rx,
             links,
             store_link,
+            recorder,
         );
         shard_handles.push(start_shard(shard, hub, state.clone(), stop_rx.clone())?);
         shared.push(state);

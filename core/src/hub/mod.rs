@@ -657,6 +657,13 @@ impl Hub {
         }
     }
 
+    /// Whether `room` (homed here) has an `online_users` list held back by
+    /// `presence_rate`: its members' last lists may be stale until it goes.
+    #[must_use]
+    pub fn presence_held(&self, room: &str) -> bool {
+        self.rooms.get(room).is_some_and(|r| r.presence_held)
+    }
+
     #[must_use]
     pub fn stats(&self) -> Stats {
         let relay = usize::from(self.rooms.contains_key(""));
