@@ -278,6 +278,21 @@ pub enum BusMessage {
     },
     /// The answer to an API operation, to the shard that asked.
     ApiDone { token: u64, part: ApiPart },
+    /// To a user's home shard (`home_of(user)`): `user` opened `conn` on
+    /// `shard`, which let it in (`user_connection_limit` is counted there).
+    UserConnected {
+        user: Name,
+        conn: ConnId,
+        shard: ShardId,
+    },
+    /// To a user's home shard: `conn` of `user` on `shard` ended.
+    UserDisconnected {
+        user: Name,
+        conn: ConnId,
+        shard: ShardId,
+    },
+    /// From a user's home: `conn` is over the user's limit; close it (3504).
+    UserRefused { conn: ConnId },
 }
 
 #[cfg(test)]

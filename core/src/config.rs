@@ -71,8 +71,8 @@ pub struct Config {
     /// Publications one user may make across its connections on a shard
     /// (Centrifugo `publish` gets 111 beyond it; seed lines are dropped).
     pub user_publish_rate: Option<Rate>,
-    /// Most connections one user may hold at once (Centrifugo 3504, seed
-    /// 1008). 0: unlimited.
+    /// Most connections one user may hold at once, across shards (counted
+    /// by the user's home shard; Centrifugo 3504, seed 1008). 0: unlimited.
     pub user_connection_limit: usize,
     /// `online_users` snapshots a room sends per second: under a join and
     /// leave storm the snapshots beyond it wait and go out as one, exact,

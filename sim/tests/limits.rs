@@ -437,3 +437,78 @@ fn a_join_leave_storm_sends_bounded_presence_and_ends_exact() {
         .count();
     assert!(lists > 400, "{lists}");
 }
+
+#[test]
+fn a_users_connection_limit_holds_across_shards() {
+    use hubbub_core::ShardId;
+    let hubs_config = |shard: u16| Config {
+        shards: 2,
+        shard: ShardId(shard),
+        user_connection_limit: 3,
+        ..config()
+    };
+    let mut hubs = [Hub::new(hubs_config(0)), Hub::new(hubs_config(1))];
+    let mut closed: BTreeMap<ConnId, CloseReason> = BTreeMap::new();
+    // Feeds one input to `shard`, then carries bus messages both ways until quiet.
+    fn step(
+        hubs: &mut [Hub; 2],
+        closed: &mut BTreeMap<ConnId, CloseReason>,
+        shard: usize,
+        now: u64,
+        input: Input,
+    ) {
+        hubs[shard].handle_input(at(now), input);
+        loop {
+            let mut moved = false;
+            for from in 0..2 {
+                while let Some((to, msg)) = hubs[from].poll_bus() {
+                    hubs[usize::from(to.0)].handle_bus(at(now), msg);
+                    moved = true;
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        for hub in hubs.iter_mut() {
+            while let Some(out) = hub.poll_output() {
+                if let Output::Close { conn, reason } = out {
+                    closed.insert(conn, reason);
+                }
+            }
+        }
+    }
+    let open = |conn: u64| Input::Open {
+        conn: ConnId(conn),
+        route: Route::Room {
+            room: Name::new("lobby").unwrap(),
+            username: Name::new("dana").unwrap(),
+            history: 0,
+        },
+    };
+    // Five connections of one user, alternating between the shards: the
+    // first three stay, the other two are closed, whichever shard they
+    // landed on and whichever shard is the user's home.
+    for conn in 1..=5u64 {
+        let shard = usize::try_from(conn % 2).unwrap();
+        step(&mut hubs, &mut closed, shard, conn, open(conn));
+    }
+    let refused: Vec<u64> = closed.keys().map(|c| c.0).collect();
+    assert_eq!(refused, [4, 5], "{closed:?}");
+    assert!(closed.values().all(|r| *r == CloseReason::ConnectionLimit));
+    // One of the three leaves: a new one fits again, the next does not.
+    step(
+        &mut hubs,
+        &mut closed,
+        0,
+        10,
+        Input::Disconnect {
+            conn: ConnId(2),
+            reason: CloseReason::PeerClosed,
+        },
+    );
+    step(&mut hubs, &mut closed, 1, 11, open(7));
+    step(&mut hubs, &mut closed, 0, 12, open(8));
+    assert!(!closed.contains_key(&ConnId(7)));
+    assert_eq!(closed.get(&ConnId(8)), Some(&CloseReason::ConnectionLimit));
+}

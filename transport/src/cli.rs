@@ -198,7 +198,7 @@ pub struct Cli {
     pub user_publish_rate: u32,
 
     /// Connections one user (a token's `sub`, a seed client's username) may
-    /// hold at once on a shard (3504; seed clients 1008). 0: no limit.
+    /// hold at once, across shards (3504; seed clients 1008). 0: no limit.
     #[arg(long, env = "HUBBUB_USER_CONNECTION_LIMIT", default_value_t = 1_000)]
     pub user_connection_limit: usize,
 

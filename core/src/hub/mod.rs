@@ -357,6 +357,9 @@ pub struct Hub {
     /// Named users with connections on this shard: how many, and their
     /// publication budget (`user_connection_limit`, `user_publish_rate`).
     users: BTreeMap<Name, session::UserEntry>,
+    /// Users whose home this shard is: their connections on every shard
+    /// (`user_connection_limit` is counted here, exactly).
+    user_homes: BTreeMap<Name, BTreeSet<(ShardId, ConnId)>>,
     outputs: VecDeque<Output>,
     /// Messages to other shards.
     bus_out: VecDeque<(ShardId, BusMessage)>,
@@ -428,6 +431,7 @@ impl Hub {
             timers: BTreeSet::new(),
             presence_timers: BTreeSet::new(),
             users: BTreeMap::new(),
+            user_homes: BTreeMap::new(),
             outputs: VecDeque::new(),
             bus_out: VecDeque::new(),
             bus_self: VecDeque::new(),
@@ -817,6 +821,19 @@ impl Hub {
             BusMessage::Reply { conn, reply } => {
                 if self.conns.contains_key(&conn) {
                     self.reply(conn, reply);
+                }
+            }
+            BusMessage::UserConnected { user, conn, shard } => {
+                if !self.count_user_conn(&user, (shard, conn)) {
+                    self.send_bus(shard, BusMessage::UserRefused { conn });
+                }
+            }
+            BusMessage::UserDisconnected { user, conn, shard } => {
+                self.uncount_user_conn(&user, (shard, conn));
+            }
+            BusMessage::UserRefused { conn } => {
+                if self.conns.contains_key(&conn) {
+                    self.end(conn, CloseReason::ConnectionLimit);
                 }
             }
         }

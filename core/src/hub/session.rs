@@ -620,7 +620,7 @@ impl Hub {
         };
         self.timers.remove(&(c.timer, conn));
         if let Some(user) = &c.user {
-            self.release_user(user);
+            self.release_user(user, conn);
         }
         self.count_close(reason);
         self.outputs.push_back(Output::Close { conn, reason });
@@ -665,6 +665,7 @@ impl Hub {
         self.timers.clear();
         self.presence_timers.clear();
         self.users.clear();
+        self.user_homes.clear();
         self.idle.clear();
         self.bus_self.clear();
     }
@@ -675,28 +676,82 @@ impl Hub {
         let Some(user) = self.conns.get(&conn).and_then(|c| c.user.clone()) else {
             return true;
         };
-        let limit = self.config.user_connection_limit;
+        if self.config.user_connection_limit > 0 {
+            let home = self.home(user.as_str());
+            let here = (self.config.shard, conn);
+            if home == self.config.shard {
+                // Decided now, exactly.
+                if !self.count_user_conn(&user, here) {
+                    // The user keeps the connections it has; this one is refused.
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.user = None;
+                    }
+                    return false;
+                }
+            } else {
+                // Let in now; the user's home closes it (3504) if it is
+                // over the limit across shards.
+                let msg = BusMessage::UserConnected {
+                    user: user.clone(),
+                    conn,
+                    shard: self.config.shard,
+                };
+                self.send_bus(home, msg);
+            }
+        }
         let rate = self.config.user_publish_rate;
         let entry = self.users.entry(user).or_insert_with(|| UserEntry {
             conns: 0,
             publish: Bucket::full(rate.unwrap_or(crate::rate::Rate::new(0, 0)), now),
         });
-        if limit > 0 && entry.conns as usize >= limit {
-            // The user keeps the connections it has; this one is refused.
-            if let Some(c) = self.conns.get_mut(&conn) {
-                c.user = None;
-            }
-            return false;
-        }
         entry.conns += 1;
         true
     }
 
-    fn release_user(&mut self, user: &Name) {
+    /// At `user`'s home: counts `conn` (on its shard) unless the user is at
+    /// `user_connection_limit`; false, counting nothing, then.
+    pub(super) fn count_user_conn(&mut self, user: &Name, conn: (ShardId, ConnId)) -> bool {
+        let limit = self.config.user_connection_limit;
+        let conns = self.user_homes.entry(user.clone()).or_default();
+        if limit > 0 && conns.len() >= limit {
+            if conns.is_empty() {
+                self.user_homes.remove(user);
+            }
+            return false;
+        }
+        conns.insert(conn);
+        true
+    }
+
+    /// At `user`'s home: `conn` ended (a refused one was never counted).
+    pub(super) fn uncount_user_conn(&mut self, user: &Name, conn: (ShardId, ConnId)) {
+        if let Some(conns) = self.user_homes.get_mut(user) {
+            conns.remove(&conn);
+            if conns.is_empty() {
+                self.user_homes.remove(user);
+            }
+        }
+    }
+
+    fn release_user(&mut self, user: &Name, conn: ConnId) {
         if let Some(entry) = self.users.get_mut(user) {
             entry.conns = entry.conns.saturating_sub(1);
             if entry.conns == 0 {
                 self.users.remove(user);
+            }
+        }
+        if self.config.user_connection_limit > 0 {
+            let home = self.home(user.as_str());
+            let here = (self.config.shard, conn);
+            if home == self.config.shard {
+                self.uncount_user_conn(user, here);
+            } else {
+                let msg = BusMessage::UserDisconnected {
+                    user: user.clone(),
+                    conn,
+                    shard: self.config.shard,
+                };
+                self.send_bus(home, msg);
             }
         }
     }
