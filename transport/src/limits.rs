@@ -137,20 +137,8 @@ impl IpLimits {
                 ip: None,
             });
         }
-        let burst = self.burst();
         let mut ips = self.ips.lock().unwrap_or_else(PoisonError::into_inner);
-        if !ips.contains_key(&ip) && ips.len() >= MAX_TRACKED_IPS {
-            ips.retain(|_, s| s.connections > 0 || s.sockets > 0 || self.refilled(s, now) < burst);
-            if ips.len() >= MAX_TRACKED_IPS {
-                return None;
-            }
-        }
-        let state = ips.entry(ip).or_insert(IpState {
-            connections: 0,
-            sockets: 0,
-            tokens: burst,
-            refilled: now,
-        });
+        let state = self.state_of(&mut ips, ip, now)?;
         if state.sockets >= HTTP_SOCKETS_PER_IP {
             return None;
         }
@@ -174,21 +162,8 @@ impl IpLimits {
                 ip: None,
             });
         }
-        let burst = self.burst();
         let mut ips = self.ips.lock().unwrap_or_else(PoisonError::into_inner);
-        if !ips.contains_key(&ip) && ips.len() >= MAX_TRACKED_IPS {
-            // Forget the addresses with no connection and a full bucket.
-            ips.retain(|_, s| s.connections > 0 || s.sockets > 0 || self.refilled(s, now) < burst);
-            if ips.len() >= MAX_TRACKED_IPS {
-                return Err(Refusal::Busy);
-            }
-        }
-        let state = ips.entry(ip).or_insert(IpState {
-            connections: 0,
-            sockets: 0,
-            tokens: burst,
-            refilled: now,
-        });
+        let state = self.state_of(&mut ips, ip, now).ok_or(Refusal::Busy)?;
         if c.handshakes_per_ip > 0 {
             let rate = f64::from(c.handshakes_per_ip);
             state.tokens = self.refilled(state, now);
@@ -215,6 +190,29 @@ impl IpLimits {
             limits: self.clone(),
             ip: Some(ip),
         })
+    }
+
+    /// `ip`'s entry, made if need be; `None` when the table is full even
+    /// after forgetting the addresses with nothing open and a full bucket.
+    fn state_of<'m>(
+        &self,
+        ips: &'m mut BTreeMap<IpAddr, IpState>,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Option<&'m mut IpState> {
+        let burst = self.burst();
+        if !ips.contains_key(&ip) && ips.len() >= MAX_TRACKED_IPS {
+            ips.retain(|_, s| s.connections > 0 || s.sockets > 0 || self.refilled(s, now) < burst);
+            if ips.len() >= MAX_TRACKED_IPS {
+                return None;
+            }
+        }
+        Some(ips.entry(ip).or_insert(IpState {
+            connections: 0,
+            sockets: 0,
+            tokens: burst,
+            refilled: now,
+        }))
     }
 
     fn burst(&self) -> f64 {

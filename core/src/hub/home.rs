@@ -536,40 +536,17 @@ impl Hub {
             return;
         };
         let data = publication_data(&payload);
-        if skip_history && room.options.history() {
+        let stored = !skip_history && room.options.history();
+        let (Some(data), true) = (data, stored) else {
+            // Goes out at once, without an offset (`skip_history` keeps
+            // the stream's position as it is).
+            if !(skip_history && room.options.history()) {
+                room.top += 1;
+            }
             let publisher = self.publisher(from);
-            self.fan_out(
-                channel,
-                publisher,
-                (user.as_ref(), infos.as_deref()),
-                &payload,
-                None,
-            );
-            self.broadcast(
-                channel,
-                publisher,
-                (user.as_ref(), infos.as_deref()),
-                &payload,
-            );
-            self.publish_answer(channel, from, reply, Ok(None));
-            return;
-        }
-        let (Some(data), true) = (data, room.options.history()) else {
-            room.top += 1;
-            let publisher = self.publisher(from);
-            self.fan_out(
-                channel,
-                publisher,
-                (user.as_ref(), infos.as_deref()),
-                &payload,
-                None,
-            );
-            self.broadcast(
-                channel,
-                publisher,
-                (user.as_ref(), infos.as_deref()),
-                &payload,
-            );
+            let who = (user.as_ref(), infos.as_deref());
+            self.fan_out(channel, publisher, who, &payload, None);
+            self.broadcast(channel, publisher, who, &payload);
             self.publish_answer(channel, from, reply, Ok(None));
             return;
         };
