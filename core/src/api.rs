@@ -216,6 +216,20 @@ pub fn decode(method: &str, body: &[u8]) -> Result<ApiCommand, DecodeError> {
     decode_at(method, body, 0)
 }
 
+/// Sets `info`'s uptime (the server's, in seconds), in a batch too: the
+/// hub has no clock of its own, so the driver fills it after [`decode`].
+pub fn fill_uptime(command: &mut ApiCommand, secs: u64) {
+    match command {
+        ApiCommand::Info { uptime } => *uptime = secs,
+        ApiCommand::Batch(commands) => {
+            for c in commands {
+                fill_uptime(c, secs);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn bad_json(e: &serde_json::Error) -> DecodeError {
     DecodeError::BadJson(e.to_string())
 }

@@ -4,9 +4,10 @@
 //! Pure encoding and decoding; the driver does the IO. A recording is:
 //!
 //! ```text
-//! magic "HUBBUBRC" · version (u8, = 1) · header · record* · trailer?
+//! magic "HUBBUBRC" · version (u8, = 2) · header · record* · trailer?
 //! header  : config fields (limits, entropy, shards, rate limits), server
-//!           version, flags (bit 0 redacted)
+//!           version, flags (bit 0 redacted), engine (v2: 0 inline memory
+//!           store · 1 external store · 2 delivering store, i.e. Redis)
 //! record  : tag (u8) · at (varint ms) · fields
 //!   1 input open      conn · route (0 relay | 1 room: room, username, history | 2 centrifuge)
 //!   2 input message   conn · kind (0 text | 1 binary) · payload (varint length · bytes)
@@ -16,6 +17,8 @@
 //!   6 input shutdown
 //!   7 timeout
 //!   8 unsupported     kind (1 api · 2 bus · 3 store): an input this version cannot carry
+//!   9 store event     (v2) kind · channel · fields (see `encode_store`)
+//!  10 api request     (v2) id · method · body · uptime (seconds, as the server filled it)
 //!   0xFF trailer      records · records dropped · outputs hash (u64 LE)
 //! ```
 //!
@@ -25,17 +28,31 @@
 //! change to what an existing tag or header field means, or to their
 //! order, takes a new version number; new record tags may be added within
 //! a version only if a reader can skip them, which in version 1 it cannot,
-//! so in practice every change bumps the version.
+//! so in practice every change bumps the version. A reader may keep
+//! reading older versions: this one reads 1 (no store or API records, the
+//! inline store) and 2.
 //!
 //! [`OutputHash`] fingerprints what the hub produced, the same way on the
 //! server and in the replay, so the two can be compared.
 
 use std::time::Duration;
 
-use crate::{CloseReason, Config, ConnId, Frame, Input, MessageKind, Name, Output, Route};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::bus::{InfoPair, Infos, Stored};
+use crate::store::{StoreError, StoreEvent, StreamState};
+use crate::{
+    ApiRequest, ChannelName, ClientId, CloseReason, Config, ConnId, Frame, Input, MessageKind,
+    Name, Output, Route, Timestamp,
+};
 
 pub const MAGIC: &[u8; 8] = b"HUBBUBRC";
-pub const VERSION: u8 = 1;
+/// The version this build writes.
+pub const VERSION: u8 = 2;
+/// The oldest version this build still reads.
+pub const OLDEST_READABLE: u8 = 1;
 
 const TAG_OPEN: u8 = 1;
 const TAG_MESSAGE: u8 = 2;
@@ -45,6 +62,8 @@ const TAG_DISCONNECT: u8 = 5;
 const TAG_SHUTDOWN: u8 = 6;
 const TAG_TIMEOUT: u8 = 7;
 const TAG_UNSUPPORTED: u8 = 8;
+const TAG_STORE: u8 = 9;
+const TAG_API: u8 = 10;
 const TAG_TRAILER: u8 = 0xFF;
 
 /// One thing the driver gave the hub, at a time in milliseconds.
@@ -57,8 +76,19 @@ pub enum Record {
     Timeout {
         at: u64,
     },
-    /// An input this version does not carry (API, bus or store): a replay
-    /// cannot go on past it faithfully.
+    /// The store engine's answer or delivery (`handle_store`).
+    Store {
+        at: u64,
+        event: StoreEvent,
+    },
+    /// A server API request (`handle_api`), as it came over HTTP.
+    Api {
+        at: u64,
+        call: ApiCall,
+    },
+    /// An input this version does not carry (a bus message, or a store
+    /// event newer than the format): a replay cannot go on past it
+    /// faithfully.
     Unsupported {
         at: u64,
         kind: Unsupported,
@@ -80,6 +110,45 @@ pub enum Unsupported {
     Store = 3,
 }
 
+/// A server API request as recorded: the method and body as they came,
+/// and the uptime the server filled into `info`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiCall {
+    pub id: u64,
+    pub method: String,
+    pub body: Bytes,
+    pub uptime: u64,
+}
+
+impl ApiCall {
+    /// The request the hub got, decoded again the way the server did.
+    ///
+    /// # Errors
+    /// The body does not decode (a redacted recording's may not).
+    pub fn request(&self) -> Result<ApiRequest, crate::api::DecodeError> {
+        let mut command = crate::api::decode(&self.method, &self.body)?;
+        crate::api::fill_uptime(&mut command, self.uptime);
+        Ok(ApiRequest {
+            id: self.id,
+            command,
+        })
+    }
+}
+
+/// Which store engine the recorded hub was made with, so that a replay
+/// makes its hub the same way (`Hub::new`, `with_external_store`,
+/// `with_delivering_store`) and feeds it the recorded store events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Engine {
+    /// The in-memory store the hub runs itself: no store events.
+    #[default]
+    Inline = 0,
+    /// An engine outside the hub (SQLite): its answers are recorded.
+    External = 1,
+    /// A shared engine that also delivers (Redis): answers and deliveries.
+    Delivering = 2,
+}
+
 /// What a recording's header keeps of the hub's [`Config`]: everything but
 /// namespaces, tokens and the server version, whose absence the header
 /// says ([`Header::replayable`]).
@@ -91,17 +160,19 @@ pub struct Header {
     /// The hub had namespaces other than the default, or a token verifier:
     /// a replay runs with the defaults and may answer differently.
     pub config_incomplete: bool,
+    pub engine: Engine,
 }
 
 impl Header {
     #[must_use]
-    pub fn new(config: &Config, redacted: bool) -> Self {
+    pub fn new(config: &Config, redacted: bool, engine: Engine) -> Self {
         let config_incomplete = config.namespaces != crate::Namespaces::default()
             || config.tokens != crate::Tokens::default();
         Self {
             config: config.clone(),
             redacted,
             config_incomplete,
+            engine,
         }
     }
 
@@ -143,6 +214,7 @@ impl Header {
         }
         string(&mut out, &c.server_version);
         out.push(u8::from(self.redacted) | (u8::from(self.config_incomplete) << 1));
+        out.push(self.engine as u8);
         out
     }
 }
@@ -227,6 +299,114 @@ pub fn encode_timeout(out: &mut Vec<u8>, at: u64) {
     varint(out, at);
 }
 
+/// Appends a store event at `at`; with `redact`, publication contents
+/// (data and seed text) are replaced with as many `x` bytes.
+///
+/// ```text
+/// kind · channel · fields
+///   0 opened ok     top · epoch · count · stored*
+///   1 opened error  message
+///   2 appended ok   token · offset · epoch
+///   3 appended err  token · message
+///   4 delivered     epoch · stored
+///   5 resync
+/// stored: offset · at · data · text? · user? · client (16 bytes LE) · infos
+/// optional fields: a byte 0 (absent) or 1 then the value
+/// ```
+pub fn encode_store(out: &mut Vec<u8>, at: u64, event: &StoreEvent, redact: bool) {
+    out.push(TAG_STORE);
+    varint(out, at);
+    match event {
+        StoreEvent::Opened { channel, result } => {
+            out.push(if result.is_ok() { 0 } else { 1 });
+            string(out, channel.as_str());
+            match result {
+                Ok(state) => {
+                    varint(out, state.top);
+                    varint(out, state.epoch);
+                    varint(out, state.tail.len() as u64);
+                    for p in &state.tail {
+                        stored(out, p, redact);
+                    }
+                }
+                Err(e) => string(out, &e.message),
+            }
+        }
+        StoreEvent::Appended {
+            channel,
+            token,
+            result,
+        } => {
+            out.push(if result.is_ok() { 2 } else { 3 });
+            string(out, channel.as_str());
+            varint(out, *token);
+            match result {
+                Ok((offset, epoch)) => {
+                    varint(out, *offset);
+                    varint(out, *epoch);
+                }
+                Err(e) => string(out, &e.message),
+            }
+        }
+        StoreEvent::Delivered {
+            channel,
+            epoch,
+            publication,
+        } => {
+            out.push(4);
+            string(out, channel.as_str());
+            varint(out, *epoch);
+            stored(out, publication, redact);
+        }
+        StoreEvent::Resync { channel } => {
+            out.push(5);
+            string(out, channel.as_str());
+        }
+    }
+}
+
+fn contents(out: &mut Vec<u8>, bytes: &[u8], redact: bool) {
+    varint(out, bytes.len() as u64);
+    if redact {
+        out.resize(out.len() + bytes.len(), b'x');
+    } else {
+        out.extend_from_slice(bytes);
+    }
+}
+
+fn optional(out: &mut Vec<u8>, value: Option<&[u8]>, redact: bool) {
+    match value {
+        None => out.push(0),
+        Some(bytes) => {
+            out.push(1);
+            contents(out, bytes, redact);
+        }
+    }
+}
+
+fn stored(out: &mut Vec<u8>, p: &Stored, redact: bool) {
+    varint(out, p.offset);
+    varint(out, p.at.as_millis());
+    contents(out, &p.data, redact);
+    optional(out, p.text.as_deref().map(str::as_bytes), redact);
+    optional(out, p.user.as_ref().map(|u| u.as_str().as_bytes()), false);
+    out.extend_from_slice(&p.client.0.to_le_bytes());
+    let pair = p.infos.as_deref();
+    optional(out, pair.and_then(|i| i.conn_info.as_deref()), false);
+    optional(out, pair.and_then(|i| i.chan_info.as_deref()), false);
+}
+
+/// Appends a server API request at `at`; with `redact`, the body is
+/// replaced with as many `x` bytes (a replay then cannot decode it).
+pub fn encode_api(out: &mut Vec<u8>, at: u64, call: &ApiCall, redact: bool) {
+    out.push(TAG_API);
+    varint(out, at);
+    varint(out, call.id);
+    string(out, &call.method);
+    contents(out, &call.body, redact);
+    varint(out, call.uptime);
+}
+
 /// Appends an input this version cannot carry.
 pub fn encode_unsupported(out: &mut Vec<u8>, at: u64, kind: Unsupported) {
     out.push(TAG_UNSUPPORTED);
@@ -288,8 +468,9 @@ impl<'a> Reader<'a> {
         if data.len() < 9 || &data[..8] != MAGIC {
             return Err(ReadError::NotARecording);
         }
-        if data[8] != VERSION {
-            return Err(ReadError::UnknownVersion(data[8]));
+        let version = data[8];
+        if !(OLDEST_READABLE..=VERSION).contains(&version) {
+            return Err(ReadError::UnknownVersion(version));
         }
         let mut r = Self { data, pos: 9 };
         let mut v = [0u64; 17];
@@ -309,6 +490,21 @@ impl<'a> Reader<'a> {
         let [command_rate, user_publish_rate, presence_rate] = rates;
         let server_version = r.string()?;
         let flags = r.byte()?;
+        let engine = if version >= 2 {
+            match r.byte()? {
+                0 => Engine::Inline,
+                1 => Engine::External,
+                2 => Engine::Delivering,
+                _ => {
+                    return Err(ReadError::Malformed {
+                        offset: r.pos - 1,
+                        what: "engine",
+                    })
+                }
+            }
+        } else {
+            Engine::Inline
+        };
         let size = |x: u64| usize::try_from(x).unwrap_or(usize::MAX);
         let config = Config {
             ping_interval: Duration::from_millis(v[0]),
@@ -338,6 +534,7 @@ impl<'a> Reader<'a> {
             config,
             redacted: flags & 1 != 0,
             config_incomplete: flags & 2 != 0,
+            engine,
         };
         Ok((r, header))
     }
@@ -375,6 +572,26 @@ impl<'a> Reader<'a> {
                     _ => return Err(self.malformed(offset, "unsupported-input kind")),
                 };
                 Record::Unsupported { at, kind }
+            }
+            TAG_STORE => Record::Store {
+                at,
+                event: self.store_event(offset)?,
+            },
+            TAG_API => {
+                let id = self.varint()?;
+                let method = self.string()?;
+                let len = usize::try_from(self.varint()?).unwrap_or(usize::MAX);
+                let body = Bytes::copy_from_slice(self.take(len)?);
+                let uptime = self.varint()?;
+                Record::Api {
+                    at,
+                    call: ApiCall {
+                        id,
+                        method,
+                        body,
+                        uptime,
+                    },
+                }
             }
             TAG_OPEN => {
                 let conn = ConnId(self.varint()?);
@@ -445,6 +662,107 @@ impl<'a> Reader<'a> {
             _ => return Err(self.malformed(offset, "record tag")),
         };
         Ok(Some(record))
+    }
+
+    fn store_event(&mut self, offset: usize) -> Result<StoreEvent, ReadError> {
+        let kind = self.byte()?;
+        let channel = ChannelName::new(&self.string()?);
+        let error = |r: &mut Self| -> Result<StoreError, ReadError> {
+            Ok(StoreError {
+                message: r.string()?,
+            })
+        };
+        Ok(match kind {
+            0 => {
+                let (top, epoch) = (self.varint()?, self.varint()?);
+                let count = self.varint()?;
+                let mut tail = Vec::new();
+                for _ in 0..count {
+                    tail.push(self.stored(offset)?);
+                }
+                StoreEvent::Opened {
+                    channel,
+                    result: Ok(StreamState { top, epoch, tail }),
+                }
+            }
+            1 => StoreEvent::Opened {
+                channel,
+                result: Err(error(self)?),
+            },
+            2 => StoreEvent::Appended {
+                channel,
+                token: self.varint()?,
+                result: Ok((self.varint()?, self.varint()?)),
+            },
+            3 => StoreEvent::Appended {
+                channel,
+                token: self.varint()?,
+                result: Err(error(self)?),
+            },
+            4 => StoreEvent::Delivered {
+                channel,
+                epoch: self.varint()?,
+                publication: self.stored(offset)?,
+            },
+            5 => StoreEvent::Resync { channel },
+            _ => return Err(self.malformed(offset, "store event kind")),
+        })
+    }
+
+    fn stored(&mut self, offset: usize) -> Result<Stored, ReadError> {
+        let offset_in_stream = self.varint()?;
+        let at = Timestamp::from_millis(self.varint()?);
+        let data = self.bytes()?;
+        let text = match self.optional()? {
+            None => None,
+            Some(b) => Some(Arc::<str>::from(
+                std::str::from_utf8(&b).map_err(|_| self.malformed(offset, "seed text"))?,
+            )),
+        };
+        let user = match self.optional()? {
+            None => None,
+            Some(b) => Some(
+                std::str::from_utf8(&b)
+                    .ok()
+                    .and_then(|u| Name::new(u).ok())
+                    .ok_or_else(|| self.malformed(offset, "user"))?,
+            ),
+        };
+        let mut client = [0u8; 16];
+        client.copy_from_slice(self.take(16)?);
+        let conn_info = self.optional()?;
+        let chan_info = self.optional()?;
+        let infos: Infos = (conn_info.is_some() || chan_info.is_some()).then(|| {
+            Arc::new(InfoPair {
+                conn_info,
+                chan_info,
+            })
+        });
+        Ok(Stored {
+            offset: offset_in_stream,
+            at,
+            data,
+            text,
+            user,
+            client: ClientId(u128::from_le_bytes(client)),
+            infos,
+        })
+    }
+
+    fn bytes(&mut self) -> Result<Bytes, ReadError> {
+        let len = usize::try_from(self.varint()?).unwrap_or(usize::MAX);
+        Ok(Bytes::copy_from_slice(self.take(len)?))
+    }
+
+    fn optional(&mut self) -> Result<Option<Bytes>, ReadError> {
+        match self.byte()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.bytes()?)),
+            _ => Err(ReadError::Malformed {
+                offset: self.pos - 1,
+                what: "optional field",
+            }),
+        }
     }
 
     fn malformed(&self, offset: usize, what: &'static str) -> ReadError {
@@ -573,6 +891,16 @@ impl OutputHash {
         self.hash = fnv(self.hash, &word);
     }
 
+    /// An API reply (its id and body) into the fingerprint.
+    pub fn api_reply(&mut self, reply: &crate::ApiReply) {
+        self.outputs += 1;
+        let mut word = [0u8; 17];
+        word[0] = 4;
+        word[1..9].copy_from_slice(&reply.id.to_le_bytes());
+        word[9..17].copy_from_slice(&fnv(FNV_OFFSET, &reply.body).to_le_bytes());
+        self.hash = fnv(self.hash, &word);
+    }
+
     #[must_use]
     pub fn finish(&self) -> u64 {
         self.hash
@@ -600,7 +928,7 @@ mod tests {
             user_connection_limit: 3,
             ..Config::default()
         };
-        let header = Header::new(&config, false);
+        let header = Header::new(&config, false, Engine::Delivering);
         let mut bytes = header.encode();
         let room = Route::Room {
             room: Name::new("lobby").expect("valid"),
@@ -636,7 +964,18 @@ mod tests {
             encode_input(&mut bytes, 1_000 + i as u64, input, false);
         }
         encode_timeout(&mut bytes, 99_999);
-        encode_unsupported(&mut bytes, 100_000, Unsupported::Api);
+        encode_unsupported(&mut bytes, 100_000, Unsupported::Bus);
+        let stores = store_events();
+        for event in &stores {
+            encode_store(&mut bytes, 100_001, event, false);
+        }
+        let call = ApiCall {
+            id: 42,
+            method: "info".to_owned(),
+            body: Bytes::from_static(b"{}"),
+            uptime: 7,
+        };
+        encode_api(&mut bytes, 100_002, &call, false);
         encode_trailer(&mut bytes, 10, 2, 0xabcd);
         let (mut reader, back) = Reader::new(&bytes).expect("a recording");
         assert_eq!(back, header);
@@ -658,8 +997,26 @@ mod tests {
             reader.next_record(),
             Ok(Some(Record::Unsupported {
                 at: 100_000,
-                kind: Unsupported::Api
+                kind: Unsupported::Bus
             }))
+        );
+        for event in stores {
+            assert_eq!(
+                reader.next_record(),
+                Ok(Some(Record::Store { at: 100_001, event }))
+            );
+        }
+        let Ok(Some(Record::Api {
+            at: 100_002,
+            call: back,
+        })) = reader.next_record()
+        else {
+            panic!("an API record");
+        };
+        assert_eq!(back, call);
+        assert_eq!(
+            back.request().map(|r| r.command),
+            Ok(crate::ApiCommand::Info { uptime: 7 })
         );
         assert_eq!(
             reader.next_record(),
@@ -672,9 +1029,75 @@ mod tests {
         assert_eq!(reader.next_record(), Ok(None));
     }
 
+    /// One of each store event, with publications that use every field.
+    fn store_events() -> Vec<StoreEvent> {
+        let channel = ChannelName::new("news");
+        let full = Stored {
+            offset: 3,
+            at: Timestamp::from_millis(1_700_000_000_123),
+            data: Bytes::from_static(b"{\"text\":\"hi\"}"),
+            text: Some(Arc::from("hidden line")),
+            user: Some(Name::new("ann").expect("valid")),
+            client: ClientId(u128::MAX - 5),
+            infos: crate::bus::infos(Some(Bytes::from_static(b"{\"a\":1}")), None),
+        };
+        let bare = Stored {
+            offset: 4,
+            text: None,
+            user: None,
+            infos: None,
+            ..full.clone()
+        };
+        let err = || StoreError {
+            message: "disk full".to_owned(),
+        };
+        vec![
+            StoreEvent::Opened {
+                channel: channel.clone(),
+                result: Ok(StreamState {
+                    top: 4,
+                    epoch: 0xdead_beef,
+                    tail: vec![full.clone(), bare],
+                }),
+            },
+            StoreEvent::Opened {
+                channel: channel.clone(),
+                result: Err(err()),
+            },
+            StoreEvent::Appended {
+                channel: channel.clone(),
+                token: 9,
+                result: Ok((5, 0xdead_beef)),
+            },
+            StoreEvent::Appended {
+                channel: channel.clone(),
+                token: 10,
+                result: Err(err()),
+            },
+            StoreEvent::Delivered {
+                channel: channel.clone(),
+                epoch: 0xdead_beef,
+                publication: full,
+            },
+            StoreEvent::Resync { channel },
+        ]
+    }
+
+    #[test]
+    fn version_1_recordings_still_read() {
+        let mut bytes = Header::new(&Config::default(), false, Engine::Inline).encode();
+        // Version 1: no engine byte after the flags.
+        bytes[8] = 1;
+        bytes.pop();
+        encode_timeout(&mut bytes, 5);
+        let (mut r, header) = Reader::new(&bytes).expect("a version 1 recording");
+        assert_eq!(header.engine, Engine::Inline);
+        assert_eq!(r.next_record(), Ok(Some(Record::Timeout { at: 5 })));
+    }
+
     #[test]
     fn damage_is_reported_not_panicked() {
-        let mut bytes = Header::new(&Config::default(), true).encode();
+        let mut bytes = Header::new(&Config::default(), true, Engine::External).encode();
         assert!(Reader::new(&bytes).expect("header").1.redacted);
         encode_input(
             &mut bytes,
@@ -685,12 +1108,32 @@ mod tests {
             },
             true,
         );
+        for event in store_events() {
+            encode_store(&mut bytes, 6, &event, true);
+        }
+        let call = ApiCall {
+            id: 1,
+            method: "publish".to_owned(),
+            body: Bytes::from_static(b"{\"channel\":\"c\",\"data\":\"secret\"}"),
+            uptime: 0,
+        };
+        encode_api(&mut bytes, 7, &call, true);
         assert!(!bytes.windows(6).any(|w| w == b"secret"), "redacted");
+        assert!(
+            !bytes.windows(6).any(|w| w == b"hidden"),
+            "seed text redacted"
+        );
         let (mut r, _) = Reader::new(&bytes[..bytes.len() - 2]).expect("header");
-        assert!(matches!(r.next_record(), Err(ReadError::Truncated { .. })));
+        let end = loop {
+            match r.next_record() {
+                Ok(Some(_)) => {}
+                other => break other,
+            }
+        };
+        assert!(matches!(end, Err(ReadError::Truncated { .. })), "{end:?}");
         assert_eq!(
-            Reader::new(b"HUBBUBRC\x02").err(),
-            Some(ReadError::UnknownVersion(2))
+            Reader::new(b"HUBBUBRC\x03").err(),
+            Some(ReadError::UnknownVersion(3))
         );
         assert_eq!(Reader::new(b"nope").err(), Some(ReadError::NotARecording));
         // Every prefix and every single-byte change reads without panicking.

@@ -9,8 +9,8 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use hubbub_core::record::{OutputHash, ReadError, Reader, Record};
-use hubbub_core::{Hub, Output, Timestamp};
+use hubbub_core::record::{Engine, OutputHash, ReadError, Reader, Record};
+use hubbub_core::{Hub, Input, Output, StoreEvent, Timestamp};
 
 use crate::fuzz_targets::HubChecker;
 
@@ -63,14 +63,58 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic".to_owned())
 }
 
+/// One recorded input, as the hub takes it.
+enum Step {
+    Input(Input),
+    Timeout,
+    Store(StoreEvent),
+    Api(hubbub_core::ApiRequest),
+}
+
+/// What the server's driver takes from the hub after an input: outputs and
+/// API replies into the hash (as the recorder hashed them); the requests
+/// for the engine are dropped, their answers being in the recording.
+fn drain(hub: &mut Hub, hash: &mut OutputHash) -> Vec<Output> {
+    let mut outputs = Vec::new();
+    loop {
+        let before = outputs.len();
+        while let Some(out) = hub.poll_output() {
+            hash.output(&out);
+            outputs.push(out);
+        }
+        let mut more = outputs.len() > before;
+        while let Some(reply) = hub.poll_api() {
+            hash.api_reply(&reply);
+            more = true;
+        }
+        while hub.poll_store().is_some() {}
+        while hub.poll_follow().is_some() {}
+        while hub.poll_broadcast().is_some() {}
+        while hub.poll_unfollow().is_some() {}
+        while hub.poll_bus().is_some() {}
+        if !more {
+            return outputs;
+        }
+    }
+}
+
 /// Replays `data`, checking after every record.
 ///
 /// # Errors
 /// The bytes are not a recording this build reads.
 pub fn replay(data: &[u8]) -> Result<Replayed, ReadError> {
     let (mut reader, header) = Reader::new(data)?;
-    let mut hub = Hub::new(header.config.clone());
-    let mut checker = HubChecker::new();
+    // Made as the server made it; the recorded engine's answers stand in
+    // for the engine, so what the hub asks of it is not needed here.
+    let mut hub = match header.engine {
+        Engine::Inline => Hub::new(header.config.clone()),
+        Engine::External => Hub::with_external_store(header.config.clone()),
+        Engine::Delivering => Hub::with_delivering_store(header.config.clone()),
+    };
+    let mut checker = match header.engine {
+        Engine::Inline => HubChecker::new(),
+        Engine::External | Engine::Delivering => HubChecker::for_external_engine(),
+    };
     let mut hash = OutputHash::default();
     let mut done = Replayed {
         records: 0,
@@ -92,7 +136,7 @@ pub fn replay(data: &[u8]) -> Result<Replayed, ReadError> {
             }
         };
         let index = done.records;
-        let (at, input) = match record {
+        let (at, step) = match record {
             Record::Trailer {
                 records,
                 dropped,
@@ -103,28 +147,46 @@ pub fn replay(data: &[u8]) -> Result<Replayed, ReadError> {
             }
             Record::Unsupported { kind, .. } => {
                 done.stopped = Some(format!(
-                    "input {index} is a {kind:?} input, which format version 1 does not carry"
+                    "input {index} is a {kind:?} input, which this format version does not carry"
                 ));
                 break;
             }
-            Record::Timeout { at } => (at, None),
-            Record::Input { at, input } => (at, Some(input)),
+            Record::Timeout { at } => (at, Step::Timeout),
+            Record::Input { at, input } => (at, Step::Input(input)),
+            Record::Store { at, event } => (at, Step::Store(event)),
+            Record::Api { at, call } => match call.request() {
+                Ok(request) => (at, Step::Api(request)),
+                Err(e) => {
+                    done.stopped = Some(format!(
+                        "input {index}: an API request that does not decode ({e:?}){}",
+                        if header.redacted {
+                            "; the recording is redacted"
+                        } else {
+                            ""
+                        }
+                    ));
+                    break;
+                }
+            },
         };
         let now = Timestamp::from_millis(at);
-        let step = panic::catch_unwind(AssertUnwindSafe(|| {
-            let chat = checker.before(&hub, input.as_ref());
-            match input {
-                Some(input) => hub.handle_input(now, input),
-                None => hub.handle_timeout(now),
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            let input = match &step {
+                Step::Input(input) => Some(input),
+                _ => None,
+            };
+            let chat = checker.before(&hub, input);
+            match step {
+                Step::Input(input) => hub.handle_input(now, input),
+                Step::Timeout => hub.handle_timeout(now),
+                Step::Store(event) => hub.handle_store(now, event),
+                Step::Api(request) => hub.handle_api(now, request),
             }
-            let outputs: Vec<Output> = std::iter::from_fn(|| hub.poll_output()).collect();
-            for out in &outputs {
-                hash.output(out);
-            }
+            let outputs = drain(&mut hub, &mut hash);
             checker.after(&hub, &outputs, chat.as_ref());
         }));
         done.records += 1;
-        if let Err(payload) = step {
+        if let Err(payload) = outcome {
             done.violation = Some((index, panic_message(payload.as_ref())));
             break;
         }

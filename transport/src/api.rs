@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use hubbub_core::api::{decode, ApiCommand, DecodeError};
+use hubbub_core::api::{decode, fill_uptime, DecodeError};
+use hubbub_core::record::ApiCall;
 use hubbub_core::ApiRequest;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
@@ -119,11 +120,20 @@ pub async fn respond(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<B
             return error(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}"))
         }
     };
-    fill_uptime(&mut command, shared.started.elapsed().as_secs());
+    let uptime = shared.started.elapsed().as_secs();
+    fill_uptime(&mut command, uptime);
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = oneshot::channel();
+    // `--record-inputs` keeps the request as it came, to decode it again.
+    let recorded = shared.config.record.is_some().then(|| ApiCall {
+        id,
+        method: method.clone(),
+        body: body.clone(),
+        uptime,
+    });
     let event = Event::Api {
         request: ApiRequest { id, command },
+        recorded,
         reply: tx,
     };
     let answer = tokio::time::timeout(API_TIMEOUT, async {
@@ -137,18 +147,6 @@ pub async fn respond(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<B
             StatusCode::SERVICE_UNAVAILABLE,
             "the hub did not answer in time",
         ),
-    }
-}
-
-fn fill_uptime(command: &mut ApiCommand, secs: u64) {
-    match command {
-        ApiCommand::Info { uptime } => *uptime = secs,
-        ApiCommand::Batch(commands) => {
-            for c in commands {
-                fill_uptime(c, secs);
-            }
-        }
-        _ => {}
     }
 }
 

@@ -247,7 +247,7 @@ pub struct Cli {
     pub allow_anonymous: bool,
 
     /// Write every input the hub receives to FILE, for `hubbub-sim
-    /// replay` (off by default; needs --shards 1 and --store memory).
+    /// replay` (off by default; needs --shards 1; any store engine).
     #[arg(long, env = "HUBBUB_RECORD_INPUTS", value_name = "FILE")]
     pub record_inputs: Option<std::path::PathBuf>,
 

@@ -111,7 +111,7 @@ pub enum ServerConfigError {
     Hub(ConfigError),
     ZeroWriteTimeout,
     Shards,
-    /// `--record-inputs` records one shard with the in-memory store.
+    /// `--record-inputs` records one shard (bus messages are not recorded).
     RecordNeedsOneShard,
 }
 
@@ -122,7 +122,7 @@ impl fmt::Display for ServerConfigError {
             Self::ZeroWriteTimeout => f.write_str("write timeout must be greater than zero"),
             Self::Shards => write!(f, "shards must be between 1 and {MAX_SHARDS}"),
             Self::RecordNeedsOneShard => f.write_str(
-                "--record-inputs needs --shards 1 and --store memory (bus and store inputs are not recorded yet)",
+                "--record-inputs needs --shards 1 (messages between shards are not recorded yet)",
             ),
         }
     }
@@ -143,7 +143,7 @@ impl ServerConfig {
         if !(1..=MAX_SHARDS).contains(&self.shards) {
             return Err(ServerConfigError::Shards);
         }
-        if self.record.is_some() && (self.shards != 1 || self.store != StoreConfig::Memory) {
+        if self.record.is_some() && self.shards != 1 {
             return Err(ServerConfigError::RecordNeedsOneShard);
         }
         Ok(())

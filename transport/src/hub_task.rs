@@ -136,6 +136,8 @@ pub enum Event {
     /// A server API request; the reply body goes to `reply`.
     Api {
         request: hubbub_core::ApiRequest,
+        /// The request as it came, when the hub records its inputs.
+        recorded: Option<hubbub_core::record::ApiCall>,
         reply: tokio::sync::oneshot::Sender<bytes::Bytes>,
     },
 }
@@ -245,9 +247,16 @@ impl Driver {
                 }
                 self.hub.handle_input(now, input);
             }
-            Event::Api { request, reply } => {
+            Event::Api {
+                request,
+                recorded,
+                reply,
+            } => {
                 if let Some(r) = &mut self.recorder {
-                    r.unsupported(now, Unsupported::Api);
+                    match &recorded {
+                        Some(call) => r.api(now, call),
+                        None => r.unsupported(now, Unsupported::Api),
+                    }
                 }
                 self.api_waiting.insert(request.id, reply);
                 self.hub.handle_api(now, request);
@@ -272,7 +281,7 @@ impl Driver {
     fn handle_store(&mut self, event: StoreEvent) {
         let now = self.clock.now();
         if let Some(r) = &mut self.recorder {
-            r.unsupported(now, Unsupported::Store);
+            r.store(now, &event);
         }
         self.hub.handle_store(now, event);
         self.drain(now);
@@ -298,6 +307,9 @@ impl Driver {
                 self.perform(output);
             }
             while let Some(reply) = self.hub.poll_api() {
+                if let Some(r) = &mut self.recorder {
+                    r.api_reply(&reply);
+                }
                 if let Some(tx) = self.api_waiting.remove(&reply.id) {
                     let _ = tx.send(reply.body);
                 }
@@ -319,7 +331,7 @@ impl Driver {
                     refused = true;
                     let event = refusal(*closed.0);
                     if let Some(r) = &mut self.recorder {
-                        r.unsupported(now, Unsupported::Store);
+                        r.store(now, &event);
                     }
                     self.hub.handle_store(now, event);
                 }

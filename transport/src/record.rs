@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 
-use hubbub_core::record::{self, Header, OutputHash, Unsupported};
-use hubbub_core::{Config, Input, Output, Timestamp};
+use hubbub_core::record::{self, ApiCall, Engine, Header, OutputHash, Unsupported};
+use hubbub_core::{ApiReply, Config, Input, Output, StoreEvent, Timestamp};
 
 /// What `--record-inputs` asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,9 +63,9 @@ impl Recorder {
     ///
     /// # Errors
     /// The file cannot be created or written.
-    pub fn start(settings: &RecordConfig, config: &Config) -> io::Result<Self> {
+    pub fn start(settings: &RecordConfig, config: &Config, engine: Engine) -> io::Result<Self> {
         let mut file = BufWriter::new(File::create(&settings.path)?);
-        let header = Header::new(config, settings.redact).encode();
+        let header = Header::new(config, settings.redact, engine).encode();
         file.write_all(&header)?;
         file.flush()?;
         let (tx, rx) = mpsc::sync_channel::<ToWriter>(CHUNKS_IN_FLIGHT);
@@ -125,6 +125,21 @@ impl Recorder {
     pub fn timeout(&mut self, now: Timestamp) {
         record::encode_timeout(&mut self.buf, now.as_millis());
         self.recorded();
+    }
+
+    pub fn store(&mut self, now: Timestamp, event: &StoreEvent) {
+        record::encode_store(&mut self.buf, now.as_millis(), event, self.redact);
+        self.recorded();
+    }
+
+    pub fn api(&mut self, now: Timestamp, call: &ApiCall) {
+        record::encode_api(&mut self.buf, now.as_millis(), call, self.redact);
+        self.recorded();
+    }
+
+    /// One API reply the hub produced, into the running hash.
+    pub fn api_reply(&mut self, reply: &ApiReply) {
+        self.hash.api_reply(reply);
     }
 
     pub fn unsupported(&mut self, now: Timestamp, kind: Unsupported) {

@@ -134,9 +134,21 @@ pub async fn serve(
             ip_limits: ip_limits.clone(),
         });
         let store_link = store_links.next();
-        // One shard with the in-memory store (validated): shard 0 records.
+        // One shard (validated): shard 0 records, with its engine's events.
         let recorder = match (&config.record, shard) {
-            (Some(settings), 0) => Some(crate::record::Recorder::start(settings, &hub_config)?),
+            (Some(settings), 0) => {
+                use hubbub_core::record::Engine;
+                let engine = match &store_link {
+                    Some(link) if link.handle.delivers() => Engine::Delivering,
+                    Some(_) => Engine::External,
+                    None => Engine::Inline,
+                };
+                Some(crate::record::Recorder::start(
+                    settings,
+                    &hub_config,
+                    engine,
+                )?)
+            }
             _ => None,
         };
         let hub = hub_task::run(

@@ -158,6 +158,116 @@ async fn a_recorded_server_replays_to_the_same_outputs() {
     let _ = std::fs::remove_file(&path);
 }
 
+/// A raw `POST /api/{method}` with the test key; the status line's code.
+async fn api(addr: std::net::SocketAddr, method: &str, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /api/{method} HTTP/1.1\r\nHost: t\r\nX-API-Key: k3y\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// With the SQLite store (the default engine) and the server API: the
+/// store's answers and the API requests are recorded too, and the replay
+/// (a hub with an external store, fed the recorded answers) gives the
+/// server's outputs and API replies.
+#[tokio::test]
+async fn a_recorded_sqlite_server_with_api_calls_replays_to_the_same_outputs() {
+    let path = temp("sqlite");
+    let dir = temp("sqlite-data");
+    let _ = std::fs::remove_dir_all(&dir);
+    let file = path.to_str().unwrap();
+    let mut server = Process::start(&[
+        "--shards",
+        "1",
+        "--store",
+        "sqlite",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--api-key",
+        "k3y",
+        "--record-inputs",
+        file,
+        "--ping-interval",
+        "100ms",
+        "--pong-timeout",
+        "1s",
+    ]);
+    let mut watcher = open(&server, "/connection/websocket").await;
+    send(
+        &mut watcher,
+        r#"{"id":1,"connect":{"name":"w"}}
+{"id":2,"subscribe":{"channel":"a"}}"#,
+    )
+    .await;
+    read_until(&mut watcher, r#""id":2"#).await;
+    let api_calls = tokio::spawn({
+        let addr = server.addr;
+        async move {
+            let mut codes = Vec::new();
+            for n in 0..10 {
+                codes.push(
+                    api(
+                        addr,
+                        "publish",
+                        &format!(r#"{{"channel":"a","data":{{"api":{n}}}}}"#),
+                    )
+                    .await,
+                );
+                codes.push(api(addr, "presence", r#"{"channel":"a"}"#).await);
+                codes.push(api(addr, "history", r#"{"channel":"a","limit":3}"#).await);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            codes.push(api(addr, "info", "{}").await);
+            codes
+        }
+    });
+    chat(&server).await;
+    let codes = api_calls.await.unwrap();
+    assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
+    read_until(&mut watcher, r#"{"api":9}"#).await;
+    drop(watcher);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.signal("TERM");
+    assert_eq!(server.wait(Duration::from_secs(15)), Some(0));
+
+    let data = std::fs::read(&path).unwrap();
+    let replayed = hubbub_sim::replay::replay(&data).unwrap();
+    assert_eq!(replayed.violation, None);
+    assert_eq!(replayed.stopped, None);
+    let (records, dropped, hash) = replayed.trailer.expect("trailer");
+    assert_eq!(dropped, 0);
+    assert_eq!(records, replayed.records);
+    assert_eq!(
+        hash, replayed.outputs_hash,
+        "the replay's outputs and API replies are the server's"
+    );
+    // Store answers and API requests are in the recording.
+    let (mut reader, header) = hubbub_core::record::Reader::new(&data).unwrap();
+    assert_eq!(header.engine, hubbub_core::record::Engine::External);
+    let (mut stores, mut apis) = (0, 0);
+    while let Ok(Some(record)) = reader.next_record() {
+        match record {
+            hubbub_core::record::Record::Store { .. } => stores += 1,
+            hubbub_core::record::Record::Api { .. } => apis += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(apis, 31);
+    assert!(stores > 60, "only {stores} store events");
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn redaction_hides_contents_and_the_cap_stops_the_file() {
     let path = temp("redact");
