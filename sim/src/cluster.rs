@@ -401,6 +401,10 @@ fn build_hubs(config: &Config) -> Vec<Hub> {
         .collect()
 }
 
+/// Each shard's `store_queue` here: appends (and broadcasts) waiting for
+/// the store.
+const STORE_QUEUE: usize = 64;
+
 /// A stream's epoch as Centrifugo clients are told it.
 fn epoch_of(text: &str) -> u64 {
     u64::from_str_radix(text, 16).unwrap_or(u64::MAX)
@@ -421,6 +425,10 @@ impl Cluster {
             connect_timeout: Duration::from_secs(3_600),
             send_queue: 1 << 20,
             max_connections: 1 << 20,
+            // Small, so that the bus's bound below means something: the
+            // store's answers fan out without any client input, and a full
+            // queue refuses publishes (a path this world then exercises).
+            store_queue: STORE_QUEUE,
             entropy: params.seed,
             shards: params.shards,
             // Low, so that joins and leaves often outrun it: held-back
@@ -898,13 +906,25 @@ impl Cluster {
                     .push(at.max(self.now), Event::Timeout { shard, gen });
             }
         }
-        let bound = self.params.bus_high_water + 256 * usize::from(self.params.shards);
+        // Readers stop at the high water; what is in flight beyond it comes
+        // from inputs that need no reader: one input's fan-out (256 a
+        // shard), and the answers of the appends and broadcasts each shard
+        // keeps waiting for the store (at most `STORE_QUEUE` of each), each
+        // answer a delivery to every other shard and a reply.
+        let shards = usize::from(self.params.shards);
+        let bound = self.params.bus_high_water + 256 * shards + 2 * STORE_QUEUE * shards * shards;
         self.hit(Rule::Bus);
         if self.in_flight > bound {
             return Err(breach(
                 Rule::Bus,
                 self.now,
-                format!("{} bus messages in flight, bound {bound}", self.in_flight),
+                format!(
+                    "{} bus messages in flight, bound {bound} ({} client inputs held, {} appends in the store, {} events queued)",
+                    self.in_flight,
+                    self.held.len(),
+                    self.appending.len(),
+                    self.events.len()
+                ),
             ));
         }
         Ok(())
