@@ -39,8 +39,17 @@ trap 'exit 130' INT TERM HUP
 redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no \
   --daemonize no --protected-mode no --dir "$DIR" >"$DIR/redis.log" 2>&1 &
 REDIS_PID=$!
+ping_redis() {
+  # PING over bash's /dev/tcp (no redis-cli needed); true on +PONG.
+  local line=""
+  exec 3<>"/dev/tcp/127.0.0.1/$PORT" || return 1
+  printf 'PING\r\n' >&3
+  read -r -t 1 line <&3 || true
+  exec 3<&- 3>&-
+  [[ "$line" == "+PONG"* ]]
+}
 for _ in $(seq 100); do
-  if [[ "$(redis-cli -p "$PORT" ping 2>/dev/null || true)" == "PONG" ]]; then break; fi
+  if ping_redis 2>/dev/null; then break; fi
   if ! kill -0 "$REDIS_PID" 2>/dev/null; then
     echo "cluster: redis-server exited:" >&2; cat "$DIR/redis.log" >&2; exit 1
   fi
