@@ -2,7 +2,9 @@
 # SDK interop suite: the official Centrifugo SDKs (npm `centrifuge`, PyPI
 # `centrifuge-python`) against hubbub's /connection/websocket.
 #
-#   interop/run.sh            install (if needed), build, run JS then Python
+#   interop/run.sh            install (if needed), build, run JS, Python, then
+#                             the JS cluster subset (three nodes on a real
+#                             redis-server it starts: interop/cluster.sh)
 #
 # Environment:
 #   HUBBUB_BIN          server binary; relative paths are taken from the repo root.
@@ -10,7 +12,7 @@
 #                       `cargo build -p hubbub` (a no-op when up to date).
 #   HUBBUB_EXTRA_ARGS   extra flags for every server the tests start
 #   HUBBUB_LOG=1        echo the servers' output
-#   INTEROP_SUITES      which suites to run (default "js python")
+#   INTEROP_SUITES      which suites to run (default "js python cluster")
 #   INTEROP_SKIP_INSTALL=1  skip npm ci / pip install (use what is installed)
 #
 # Each test file starts and stops its own servers on free 127.0.0.1 ports and
@@ -19,7 +21,7 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$HERE/.." && pwd)"
-SUITES="${INTEROP_SUITES:-js python}"
+SUITES="${INTEROP_SUITES:-js python cluster}"
 SUITE_TIMEOUT="${INTEROP_SUITE_TIMEOUT:-100}"
 
 log() { printf '\n=== interop: %s\n' "$*"; }
@@ -59,7 +61,7 @@ install_python() {
 if [[ "${INTEROP_SKIP_INSTALL:-}" != "1" ]]; then
   for s in $SUITES; do
     case "$s" in
-      js) install_js ;;
+      js|cluster) install_js ;;
       python) install_python ;;
       *) echo "unknown suite: $s" >&2; exit 2 ;;
     esac
@@ -96,6 +98,14 @@ for s in $SUITES; do
         RESULT[js]=PASS
       else
         RESULT[js]="FAIL (exit $?)"; FAILED=1
+      fi
+      ;;
+    cluster)
+      log "JS cluster subset (centrifuge-js, three nodes on redis-server)"
+      if bash "$HERE/cluster.sh"; then
+        RESULT[cluster]=PASS
+      else
+        RESULT[cluster]="FAIL (exit $?)"; FAILED=1
       fi
       ;;
     python)

@@ -136,8 +136,8 @@ pub fn child_say(line: &str) {
 pub struct Ctx {
     /// Resolved settings.
     pub s: Settings,
-    /// The server.
-    pub target: Target,
+    /// The server's nodes (client i connects to node i mod N).
+    pub targets: Vec<Target>,
     /// Shared clock.
     pub clock: Clock,
     /// This process's index among `count` (clients with `id % count == index` are ours).
@@ -167,12 +167,12 @@ pub struct Ctx {
 impl Ctx {
     /// Shared state for process `index` of `count`.
     #[must_use]
-    pub fn new(s: Settings, target: Target, clock: Clock, index: u32, count: u32) -> Self {
+    pub fn new(s: Settings, targets: Vec<Target>, clock: Clock, index: u32, count: u32) -> Self {
         let rooms = s.rooms as usize;
         // --concurrency is for the whole run: each process takes its share.
         let permits = s.concurrency.max(1).div_ceil(count.max(1)) as usize;
         Self {
-            target,
+            targets,
             clock,
             index,
             count,
@@ -222,6 +222,11 @@ impl Ctx {
             h.saturating_record(v);
         }
         buf.clear();
+    }
+
+    /// The node client (or connect loop) `id` connects to: round robin.
+    fn target(&self, id: u32) -> &Target {
+        &self.targets[id as usize % self.targets.len().max(1)]
     }
 
     fn room_name(&self, room: u32) -> String {
@@ -494,7 +499,7 @@ async fn client_task(ctx: Arc<Ctx>, id: u32, deadline: Instant) -> Outcome {
     let opened = timeout_at(deadline, async {
         let _permit = ctx.sem.acquire().await.map_err(|e| e.to_string())?;
         let mut ws = target::open(
-            &ctx.target,
+            ctx.target(id),
             &path,
             target::source_ip(id, ctx.s.source_addrs),
             ctx.read_buffer(),
@@ -1079,7 +1084,13 @@ async fn connect_worker(ctx: Arc<Ctx>, w: u32, sched: Schedule) {
         // Centrifugo: a handshake includes connect + subscribe to a fresh
         // channel, as the room protocol's handshake joins a fresh room.
         let handshake = async {
-            let mut ws = target::open(&ctx.target, &path, source, ctx.read_buffer()).await?;
+            let mut ws = target::open(
+                ctx.target(w.wrapping_add(n)),
+                &path,
+                source,
+                ctx.read_buffer(),
+            )
+            .await?;
             if ctx.s.protocol == Protocol::Centrifuge {
                 cf_handshake(&ctx, &mut ws, &format!("c{w}x{n}")).await?;
             }

@@ -90,8 +90,17 @@ impl Protocol {
 pub struct LoadArgs {
     /// Server base URL, ws://HOST:PORT. Only loopback hosts are accepted
     /// (127.0.0.0/8, localhost, [::1]); the path comes from --protocol.
-    #[arg(long, default_value = "ws://127.0.0.1:8080")]
-    pub url: String,
+    /// Several nodes of one cluster: repeat it or separate them with commas
+    /// (`--urls A,B,C`); client i connects to URL i mod N (round robin), so
+    /// with --rooms R a room's members spread over the nodes when R and N
+    /// have no common factor (client i is in room i mod R).
+    #[arg(
+        long = "url",
+        visible_alias = "urls",
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:8080"
+    )]
+    pub url: Vec<String>,
 
     /// What to measure: fanout (C clients in R rooms, S senders: latency,
     /// deliveries), rooms (many small rooms, every client sends), idle (hold
@@ -171,8 +180,11 @@ pub struct LoadArgs {
     /// peak RSS (VmHWM), deliveries per server CPU-second and, for idle,
     /// RSS per connection ((VmRSS connected − VmRSS before) / connected;
     /// use a freshly started server: heaps rarely shrink).
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// Several nodes: repeat it or separate the pids with commas; CPU
+    /// seconds and RSS are then the sums over them (and the JSON's
+    /// `server_pids` lists them).
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
 
     /// Worker threads of the generator's tokio runtime, per process (1 or 2:
     /// the server shares the machine).
@@ -217,7 +229,7 @@ pub struct Settings {
     pub scenario: Scenario,
     /// Protocol.
     pub protocol: Protocol,
-    /// Server URL as given.
+    /// Server URL(s) as given, comma-separated.
     pub url: String,
     /// Clients.
     pub clients: u32,
@@ -276,6 +288,9 @@ impl Settings {
         }
         if a.source_addrs == 0 || a.source_addrs > 254 {
             return Err("--source-addrs must be in 1..=254".to_owned());
+        }
+        if a.url.is_empty() {
+            return Err("--url needs at least one URL".to_owned());
         }
         if a.max_inflight == 0 {
             return Err("--max-inflight must be > 0".to_owned());
@@ -339,7 +354,7 @@ impl Settings {
         Ok(Self {
             scenario: a.scenario,
             protocol: a.protocol,
-            url: a.url.clone(),
+            url: a.url.join(","),
             clients: if a.scenario == Scenario::Connect {
                 0
             } else {
@@ -387,39 +402,58 @@ pub struct ServerProbe {
 }
 
 impl ServerProbe {
-    /// A probe for `pid` (does nothing without one); records RSS before connecting.
+    /// A probe for `pids` (does nothing without any); records RSS before
+    /// connecting. Several pids (the nodes of a cluster): sums.
     #[must_use]
-    pub fn new(pid: Option<u32>) -> Self {
+    pub fn new(pids: &[u32]) -> Self {
         let mut p = Self::default();
-        p.figures.pid = pid;
-        if let Some(pid) = pid {
-            p.figures.rss_before_kib = procfs::status_kib(pid, "VmRSS");
-        }
+        p.figures.pid = pids.first().copied();
+        p.figures.pids = pids.to_vec();
+        p.figures.rss_before_kib = p.sum_kib("VmRSS");
         p
+    }
+
+    /// The sum of a `/proc/PID/status` field over the pids (`None` without
+    /// pids or when one cannot be read).
+    fn sum_kib(&self, key: &str) -> Option<u64> {
+        if self.figures.pids.is_empty() {
+            return None;
+        }
+        self.figures
+            .pids
+            .iter()
+            .map(|&pid| procfs::status_kib(pid, key))
+            .sum()
+    }
+
+    /// CPU seconds of all pids so far.
+    fn cpu_now(&self) -> Option<f64> {
+        if self.figures.pids.is_empty() {
+            return None;
+        }
+        self.figures
+            .pids
+            .iter()
+            .map(|&pid| procfs::cpu_seconds(Some(pid)))
+            .sum()
     }
 
     /// All clients connected and settled (idle).
     pub fn after_connect(&mut self) {
-        if let Some(pid) = self.figures.pid {
-            self.figures.rss_after_kib = procfs::status_kib(pid, "VmRSS");
-        }
+        self.figures.rss_after_kib = self.sum_kib("VmRSS");
     }
 
     /// The measured window starts.
     pub fn window_start(&mut self) {
-        if let Some(pid) = self.figures.pid {
-            self.cpu_start = procfs::cpu_seconds(Some(pid));
-        }
+        self.cpu_start = self.cpu_now();
     }
 
     /// Deliveries settled: CPU used since the window started, peak RSS.
     pub fn settled(&mut self) {
-        if let Some(pid) = self.figures.pid {
-            if let (Some(a), Some(b)) = (self.cpu_start, procfs::cpu_seconds(Some(pid))) {
-                self.figures.cpu_s = Some((b - a).max(0.0));
-            }
-            self.figures.peak_rss_kib = procfs::status_kib(pid, "VmHWM");
+        if let (Some(a), Some(b)) = (self.cpu_start, self.cpu_now()) {
+            self.figures.cpu_s = Some((b - a).max(0.0));
         }
+        self.figures.peak_rss_kib = self.sum_kib("VmHWM");
     }
 
     /// What was measured.
@@ -462,8 +496,9 @@ fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("tokio runtime: {e}"))
 }
 
-/// Refuses runs that would hit the open-files or ephemeral-port limits.
-fn check_limits(s: &Settings) -> Result<(), String> {
+/// Refuses runs that would hit the open-files or ephemeral-port limits
+/// (`targets`: the server addresses the clients are spread over).
+fn check_limits(s: &Settings, targets: usize) -> Result<(), String> {
     let need = s.sockets_per_proc() + FD_HEADROOM;
     if let Some((soft, hard)) = procfs::open_files_limit() {
         if need > soft {
@@ -496,7 +531,14 @@ fn check_limits(s: &Settings) -> Result<(), String> {
             });
         if let Some((lo, hi)) = range {
             let ports = hi.saturating_sub(lo) + 1;
-            let per_addr = u64::from(s.clients).div_ceil(u64::from(s.source_addrs));
+            // Without a bound source address the kernel picks an ephemeral
+            // port per (source, destination) pair: each node has the range.
+            let spread = if s.source_addrs > 1 {
+                u64::from(s.source_addrs)
+            } else {
+                targets.max(1) as u64
+            };
+            let per_addr = u64::from(s.clients).div_ceil(spread);
             if per_addr > ports {
                 return Err(format!(
                     "ephemeral ports: {per_addr} connections per source address > {ports} ports \
@@ -510,9 +552,13 @@ fn check_limits(s: &Settings) -> Result<(), String> {
 }
 
 fn run(a: &LoadArgs) -> Result<ExitCode, String> {
-    let target = target::parse_url(&a.url)?;
+    let targets = a
+        .url
+        .iter()
+        .map(|u| target::parse_url(u))
+        .collect::<Result<Vec<_>, _>>()?;
     let s = Settings::resolve(a)?;
-    if s.source_addrs > 1 && target.addr.is_ipv6() {
+    if s.source_addrs > 1 && targets.iter().any(|t| t.addr.is_ipv6()) {
         return Err("--source-addrs needs an IPv4 (127.x.y.z) server address".to_owned());
     }
     if let Some(index) = a.child_index {
@@ -520,23 +566,23 @@ fn run(a: &LoadArgs) -> Result<ExitCode, String> {
         if index >= count {
             return Err("--child-index must be < --child-count".to_owned());
         }
-        return child_main(s, target, a.epoch_ns, index, count);
+        return child_main(s, targets, a.epoch_ns, index, count);
     }
-    if let Some(pid) = a.server_pid {
+    for &pid in &a.server_pid {
         if !procfs::pid_exists(pid) {
             return Err(format!("--server-pid {pid}: no such process"));
         }
     }
-    check_limits(&s)?;
+    check_limits(&s, targets.len())?;
     start_watchdog(s.hard_cap_s() + 15.0, "parent");
     let wall = Instant::now();
     let (parts, server) = if s.procs > 1 {
-        multi::run_parent(&s, a.server_pid)?
+        multi::run_parent(&s, &a.server_pid)?
     } else {
-        let probe = ServerProbe::new(a.server_pid);
+        let probe = ServerProbe::new(&a.server_pid);
         let clock = target::Clock::new(None);
         let rt = runtime(s.threads)?;
-        let ctx = Arc::new(client::Ctx::new(s.clone(), target, clock, 0, 1));
+        let ctx = Arc::new(client::Ctx::new(s.clone(), targets, clock, 0, 1));
         let coord = client::Coord::Local(probe);
         let (part, coord) = rt.block_on(async move {
             let mut coord = coord;
@@ -571,7 +617,7 @@ fn run(a: &LoadArgs) -> Result<ExitCode, String> {
 
 fn child_main(
     s: Settings,
-    target: target::Target,
+    targets: Vec<target::Target>,
     epoch_ns: Option<u64>,
     index: u32,
     count: u32,
@@ -589,7 +635,7 @@ fn child_main(
         // stdin closed: the parent is gone; the receiver sees None.
     });
     let rt = runtime(s.threads)?;
-    let ctx = Arc::new(client::Ctx::new(s, target, clock, index, count));
+    let ctx = Arc::new(client::Ctx::new(s, targets, clock, index, count));
     let mut coord = client::Coord::Child(rx);
     let part = rt.block_on(client::run(ctx, &mut coord))?;
     rt.shutdown_timeout(Duration::from_secs(2));
@@ -662,6 +708,32 @@ mod tests {
     }
 
     #[test]
+    fn several_urls_and_pids() {
+        let cli = Cli::try_parse_from([
+            "load",
+            "--url",
+            "ws://127.0.0.1:1,ws://127.0.0.1:2",
+            "--url",
+            "ws://127.0.0.1:3",
+            "--server-pid",
+            "10,11",
+        ])
+        .expect("valid");
+        assert_eq!(cli.load.url.len(), 3);
+        assert_eq!(cli.load.server_pid, vec![10, 11]);
+        let s = Settings::resolve(&cli.load).expect("valid");
+        assert_eq!(s.url, "ws://127.0.0.1:1,ws://127.0.0.1:2,ws://127.0.0.1:3");
+        let cli = Cli::try_parse_from(["load", "--urls", "ws://127.0.0.1:1,ws://127.0.0.1:2"])
+            .expect("the alias");
+        assert_eq!(cli.load.url.len(), 2);
+        // Each node has the ephemeral port range: 95,000 clients over 5 nodes fit.
+        let s = settings(&["-c", "95000", "--procs", "5"]).expect("valid");
+        if procfs::open_files_limit().is_some_and(|(soft, _)| soft >= 19_064) {
+            assert!(check_limits(&s, 5).is_ok());
+        }
+    }
+
+    #[test]
     fn invalid_combinations() {
         for bad in [
             &["--scenario", "join-burst", "--protocol", "relay"][..],
@@ -687,11 +759,11 @@ mod tests {
     fn limits_fit_this_machine_for_small_runs() {
         let s = settings(&["-c", "100"]).expect("valid");
         assert_eq!(s.sockets_per_proc(), 100);
-        assert!(check_limits(&s).is_ok());
+        assert!(check_limits(&s, 1).is_ok());
         let s = settings(&["-c", "19000", "--procs", "2"]).expect("valid");
         assert_eq!(s.sockets_per_proc(), 9500);
         let s = settings(&["-c", "1000000", "--procs", "2"]).expect("valid");
-        let err = check_limits(&s).expect_err("500k sockets per process cannot fit");
+        let err = check_limits(&s, 1).expect_err("500k sockets per process cannot fit");
         if procfs::open_files_limit().is_some_and(|(soft, _)| soft < 500_064) {
             assert!(err.contains("open-files limit"), "{err}");
         }

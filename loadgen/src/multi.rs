@@ -90,9 +90,9 @@ fn wait_all(rx: &Lines, n: usize, tag: &str, within: Duration) -> Result<Vec<Str
 /// Runs the scenario in `s.procs` child processes and collects their partials.
 pub fn run_parent(
     s: &Settings,
-    server_pid: Option<u32>,
+    server_pids: &[u32],
 ) -> Result<(Vec<Partial>, ServerFigures), String> {
-    let mut probe = ServerProbe::new(server_pid);
+    let mut probe = ServerProbe::new(server_pids);
     let clock = Clock::new(None);
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();

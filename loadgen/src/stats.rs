@@ -143,8 +143,10 @@ pub struct Partial {
 /// Figures about the server process (all `None` without `--server-pid`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ServerFigures {
-    /// The pid given.
+    /// The (first) pid given.
     pub pid: Option<u32>,
+    /// Every pid given (the nodes of a cluster); the figures are sums.
+    pub pids: Vec<u32>,
     /// CPU seconds spent by the server from the start of the measured window
     /// until the generator had settled.
     pub cpu_s: Option<f64>,
@@ -237,8 +239,10 @@ pub struct Report {
     pub join_complete_clients: Option<u64>,
     /// Whether every kept client ended with the complete `online_users`.
     pub join_online_users_complete: Option<bool>,
-    /// Server pid.
+    /// Server pid (the first, with several).
     pub server_pid: Option<u32>,
+    /// Every server pid given; CPU and RSS figures are their sums.
+    pub server_pids: Vec<u32>,
     /// Server CPU seconds (window + settle).
     pub server_cpu_s: Option<f64>,
     /// Server peak RSS (VmHWM), KiB.
@@ -423,6 +427,7 @@ pub fn build_report(
         join_complete_clients: join_complete,
         join_online_users_complete: join_ok,
         server_pid: server.pid,
+        server_pids: server.pids.clone(),
         server_cpu_s: server.cpu_s,
         server_peak_rss_kib: server.peak_rss_kib,
         server_rss_before_kib: server.rss_before_kib,
@@ -575,6 +580,12 @@ pub fn table(r: &Report) -> String {
         );
     }
     if let Some(pid) = r.server_pid {
+        let pid = if r.server_pids.len() > 1 {
+            let pids: Vec<String> = r.server_pids.iter().map(u32::to_string).collect();
+            format!("{} (sums)", pids.join("+"))
+        } else {
+            pid.to_string()
+        };
         row(
             "server",
             format!(

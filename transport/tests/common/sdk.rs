@@ -47,6 +47,19 @@ impl Sdk {
         self.next_id
     }
 
+    /// As `send`, but `None` when the connection is gone (a killed node).
+    pub async fn try_send(&mut self, mut command: Value) -> Option<u64> {
+        self.next_id += 1;
+        command["id"] = json!(self.next_id);
+        let sent = within(
+            STEP,
+            "send",
+            self.ws.send(Message::text(command.to_string())),
+        )
+        .await;
+        sent.ok().map(|()| self.next_id)
+    }
+
     pub async fn call(&mut self, command: Value) -> Value {
         let id = self.send(command).await;
         self.until(|m| m["id"] == json!(id)).await
