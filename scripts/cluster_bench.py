@@ -200,10 +200,22 @@ def run_load(cluster, args, timeout):
                 sample["redis_used_memory_kib"] = int(info["used_memory"]) // 1024
                 sample["redis_pubsub_channels"] = int(info.get("pubsub_channels", 0))
 
+    out_lines = []
+
+    def read_stdout():
+        for line in proc.stdout:
+            out_lines.append(line)
+
+    # Both pipes are read by threads: communicate() would race the stderr
+    # reader for the "processes ready" line.
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
+    out_reader = threading.Thread(target=read_stdout, daemon=True)
+    out_reader.start()
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
+        out_reader.join(timeout=10)
+        out = "".join(out_lines)
     except subprocess.TimeoutExpired:
         stop(proc, timeout=5)
         return {"error": f"hubbub-load timed out after {timeout} s"}
@@ -229,7 +241,9 @@ def run_load(cluster, args, timeout):
 
 def runs(opts):
     n, big, small = opts.nodes, opts.clients, opts.single_clients
-    procs_big = -(-big // 19000)
+    # At least 2: the samples below wait for the parent's "processes
+    # ready" line, which only a multi-process run prints.
+    procs_big = max(2, -(-big // 19000))
     idle = ["--scenario", "idle", "--rooms", "997", "--duration", "3", "--connect-timeout", "150"]
     fan = ["--scenario", "fanout", "--warmup", "1", "--duration", "5", "--connect-timeout", "150"]
     return [
