@@ -8,7 +8,7 @@
 #
 # Environment:
 #   HUBBUB_BIN          server binary; relative paths are taken from the repo root.
-#                       Default target/debug/hubbub, built first with
+#                       Default $CARGO_TARGET_DIR (or target)/debug/hubbub, built first with
 #                       `cargo build -p hubbub` (a no-op when up to date).
 #   HUBBUB_EXTRA_ARGS   extra flags for every server the tests start
 #   HUBBUB_LOG=1        echo the servers' output
@@ -80,7 +80,7 @@ if [[ -n "${HUBBUB_BIN:-}" ]]; then
   fi
 else
   # Always build: a stale binary would test old code (a no-op when current).
-  BIN="$REPO_ROOT/target/debug/hubbub"
+  BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/hubbub"
   log "building $BIN (cargo build -p hubbub)"
   (cd "$REPO_ROOT" && cargo build -p hubbub)
 fi

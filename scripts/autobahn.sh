@@ -15,7 +15,7 @@ cargo build --release --locked -p hubbub
 PORT="${AUTOBAHN_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}"
 LOG="${AB_OUTDIR:-/tmp/autobahn-reports/hubbub-$PORT}/server.log"
 mkdir -p "$(dirname "$LOG")"
-RUST_LOG="${RUST_LOG:-warn}" target/release/hubbub --listen "127.0.0.1:$PORT" \
+RUST_LOG="${RUST_LOG:-warn}" "${CARGO_TARGET_DIR:-target}/release/hubbub" --listen "127.0.0.1:$PORT" \
   --max-message-bytes 67108864 --send-queue 1024 >"$LOG" 2>&1 &
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true' EXIT

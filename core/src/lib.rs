@@ -50,5 +50,8 @@ pub use config::Config;
 pub use hub::{ClientId, ConfigError, ConnId, Hub, Input, Output, RoomId, Stats};
 pub use rate::Rate;
 pub use route::{route, HandshakeError, Name, Route};
-pub use store::{MemoryStore, StoreError, StoreEvent, StoreRequest, StreamLimits, StreamState};
+pub use store::{
+    MemoryStore, PresenceChange, RemoteMember, StoreError, StoreEvent, StoreRequest, StreamLimits,
+    StreamState,
+};
 pub use time::Timestamp;

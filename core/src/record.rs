@@ -4,7 +4,7 @@
 //! Pure encoding and decoding; the driver does the IO. A recording is:
 //!
 //! ```text
-//! magic "HUBBUBRC" · version (u8, = 2) · header · record* · trailer?
+//! magic "HUBBUBRC" · version (u8, = 3) · header · record* · trailer?
 //! header  : config fields (limits, entropy, shards, rate limits), server
 //!           version, flags (bit 0 redacted), engine (v2: 0 inline memory
 //!           store · 1 external store · 2 delivering store, i.e. Redis)
@@ -30,7 +30,8 @@
 //! a version only if a reader can skip them, which in version 1 it cannot,
 //! so in practice every change bumps the version. A reader may keep
 //! reading older versions: this one reads 1 (no store or API records, the
-//! inline store) and 2.
+//! inline store), 2 and 3 (v3 added the store event kinds 6–9: members
+//! on other nodes).
 //!
 //! [`OutputHash`] fingerprints what the hub produced, the same way on the
 //! server and in the replay, so the two can be compared.
@@ -42,7 +43,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::bus::{InfoPair, Infos, Stored};
-use crate::store::{StoreError, StoreEvent, StreamState};
+use crate::store::{RemoteMember, StoreError, StoreEvent, StreamState};
 use crate::{
     ApiRequest, ChannelName, ClientId, CloseReason, Config, ConnId, Frame, Input, MessageKind,
     Name, Output, Route, Timestamp,
@@ -50,7 +51,7 @@ use crate::{
 
 pub const MAGIC: &[u8; 8] = b"HUBBUBRC";
 /// The version this build writes.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// The oldest version this build still reads.
 pub const OLDEST_READABLE: u8 = 1;
 
@@ -310,6 +311,11 @@ pub fn encode_timeout(out: &mut Vec<u8>, at: u64) {
 ///   3 appended err  token · message
 ///   4 delivered     epoch · stored
 ///   5 resync
+///   6 remote joined  member                          (v3)
+///   7 remote left    node · client (16 bytes LE)     (v3)
+///   8 remote members count · member*                 (v3)
+///   9 node gone      node (the channel is empty)     (v3)
+/// member: node · client (16 bytes LE) · user? · conn_info? · chan_info?
 /// stored: offset · at · data · text? · user? · client (16 bytes LE) · infos
 /// optional fields: a byte 0 (absent) or 1 then the value
 /// ```
@@ -362,7 +368,44 @@ pub fn encode_store(out: &mut Vec<u8>, at: u64, event: &StoreEvent, redact: bool
             out.push(5);
             string(out, channel.as_str());
         }
+        StoreEvent::RemoteJoined { channel, member } => {
+            out.push(6);
+            string(out, channel.as_str());
+            remote_member(out, member);
+        }
+        StoreEvent::RemoteLeft {
+            channel,
+            node,
+            client,
+        } => {
+            out.push(7);
+            string(out, channel.as_str());
+            varint(out, *node);
+            out.extend_from_slice(&client.0.to_le_bytes());
+        }
+        StoreEvent::RemoteMembers { channel, members } => {
+            out.push(8);
+            string(out, channel.as_str());
+            varint(out, members.len() as u64);
+            for member in members {
+                remote_member(out, member);
+            }
+        }
+        StoreEvent::NodeGone { node } => {
+            out.push(9);
+            string(out, "");
+            varint(out, *node);
+        }
     }
+}
+
+fn remote_member(out: &mut Vec<u8>, m: &RemoteMember) {
+    varint(out, m.node);
+    out.extend_from_slice(&m.client.0.to_le_bytes());
+    optional(out, m.user.as_ref().map(|u| u.as_str().as_bytes()), false);
+    let pair = m.infos.as_deref();
+    optional(out, pair.and_then(|i| i.conn_info.as_deref()), false);
+    optional(out, pair.and_then(|i| i.chan_info.as_deref()), false);
 }
 
 fn contents(out: &mut Vec<u8>, bytes: &[u8], redact: bool) {
@@ -705,7 +748,65 @@ impl<'a> Reader<'a> {
                 publication: self.stored(offset)?,
             },
             5 => StoreEvent::Resync { channel },
+            6 => StoreEvent::RemoteJoined {
+                channel,
+                member: self.remote_member(offset)?,
+            },
+            7 => StoreEvent::RemoteLeft {
+                channel,
+                node: self.varint()?,
+                client: self.client_id()?,
+            },
+            8 => {
+                let count = self.varint()?;
+                let mut members = Vec::new();
+                for _ in 0..count {
+                    members.push(self.remote_member(offset)?);
+                }
+                StoreEvent::RemoteMembers { channel, members }
+            }
+            9 => StoreEvent::NodeGone {
+                node: self.varint()?,
+            },
             _ => return Err(self.malformed(offset, "store event kind")),
+        })
+    }
+
+    fn client_id(&mut self) -> Result<ClientId, ReadError> {
+        let mut client = [0u8; 16];
+        client.copy_from_slice(self.take(16)?);
+        Ok(ClientId(u128::from_le_bytes(client)))
+    }
+
+    fn user(&mut self, offset: usize) -> Result<Option<Name>, ReadError> {
+        match self.optional()? {
+            None => Ok(None),
+            Some(b) => Ok(Some(
+                std::str::from_utf8(&b)
+                    .ok()
+                    .and_then(|u| Name::new(u).ok())
+                    .ok_or_else(|| self.malformed(offset, "user"))?,
+            )),
+        }
+    }
+
+    fn infos(&mut self) -> Result<Infos, ReadError> {
+        let conn_info = self.optional()?;
+        let chan_info = self.optional()?;
+        Ok((conn_info.is_some() || chan_info.is_some()).then(|| {
+            Arc::new(InfoPair {
+                conn_info,
+                chan_info,
+            })
+        }))
+    }
+
+    fn remote_member(&mut self, offset: usize) -> Result<RemoteMember, ReadError> {
+        Ok(RemoteMember {
+            node: self.varint()?,
+            client: self.client_id()?,
+            user: self.user(offset)?,
+            infos: self.infos()?,
         })
     }
 
@@ -1079,7 +1180,33 @@ mod tests {
                 epoch: 0xdead_beef,
                 publication: full,
             },
-            StoreEvent::Resync { channel },
+            StoreEvent::Resync {
+                channel: channel.clone(),
+            },
+            StoreEvent::RemoteJoined {
+                channel: channel.clone(),
+                member: RemoteMember {
+                    node: 77,
+                    client: ClientId(42),
+                    user: Some(Name::new("bob").expect("valid")),
+                    infos: crate::bus::infos(None, Some(Bytes::from_static(b"{\"r\":1}"))),
+                },
+            },
+            StoreEvent::RemoteLeft {
+                channel: channel.clone(),
+                node: 77,
+                client: ClientId(42),
+            },
+            StoreEvent::RemoteMembers {
+                channel,
+                members: vec![RemoteMember {
+                    node: 78,
+                    client: ClientId(u128::MAX),
+                    user: None,
+                    infos: None,
+                }],
+            },
+            StoreEvent::NodeGone { node: 78 },
         ]
     }
 
@@ -1132,8 +1259,8 @@ mod tests {
         };
         assert!(matches!(end, Err(ReadError::Truncated { .. })), "{end:?}");
         assert_eq!(
-            Reader::new(b"HUBBUBRC\x03").err(),
-            Some(ReadError::UnknownVersion(3))
+            Reader::new(b"HUBBUBRC\x04").err(),
+            Some(ReadError::UnknownVersion(4))
         );
         assert_eq!(Reader::new(b"nope").err(), Some(ReadError::NotARecording));
         // Every prefix and every single-byte change reads without panicking.

@@ -42,8 +42,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
-use crate::bus::Stored;
+use crate::bus::{Infos, Stored};
 use crate::channel::ChannelName;
+use crate::hub::ClientId;
+use crate::route::Name;
 use crate::time::Timestamp;
 
 /// How much of a stream is retained: the channel's `history_size` and
@@ -141,6 +143,47 @@ pub enum StoreEvent {
     /// Deliveries for `channel` may have been missed (the engine lost its
     /// subscription and has it again): the home reads the stream again.
     Resync { channel: ChannelName },
+    /// A client joined `channel` on another node (delivering engines only).
+    RemoteJoined {
+        channel: ChannelName,
+        member: RemoteMember,
+    },
+    /// A client left `channel` on another node.
+    RemoteLeft {
+        channel: ChannelName,
+        node: u64,
+        client: ClientId,
+    },
+    /// Every member of `channel` on the other nodes, as the engine read
+    /// them: replaces what the home knew (those gone leave, those new join).
+    RemoteMembers {
+        channel: ChannelName,
+        members: Vec<RemoteMember>,
+    },
+    /// Another node stopped (its liveness expired): its members leave
+    /// every channel. Sent to every shard.
+    NodeGone { node: u64 },
+}
+
+/// A member of a channel on another node, as a delivering engine reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteMember {
+    /// The node's id (the engine's; never this node's).
+    pub node: u64,
+    pub client: ClientId,
+    pub user: Option<Name>,
+    pub infos: Infos,
+}
+
+/// A local member joined (`joined`) or left a channel: what a delivering
+/// engine tells the other nodes ([`crate::Hub::poll_presence`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceChange {
+    pub channel: ChannelName,
+    pub joined: bool,
+    pub client: ClientId,
+    pub user: Option<Name>,
+    pub infos: Infos,
 }
 
 /// A stream as [`MemoryStore`] keeps it.

@@ -5,12 +5,12 @@
 //! read back from the stream.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use hubbub_core::{
-    ChannelName, ChannelOptions, Config, ConnId, Frame, Hub, Input, MemoryStore, Namespaces,
-    Output, Route, StoreEvent, StoreRequest, Timestamp,
+    ChannelName, ChannelOptions, ClientId, Config, ConnId, Frame, Hub, Input, MemoryStore,
+    Namespaces, Output, RemoteMember, Route, StoreEvent, StoreRequest, Timestamp,
 };
 use serde_json::Value;
 
@@ -27,6 +27,8 @@ struct Cluster {
     answers: Vec<VecDeque<StoreEvent>>,
     /// Frames each (node, conn) received.
     seen: Vec<Vec<(u64, Value)>>,
+    /// Members as the engine records them: (channel, node, client).
+    members: BTreeMap<(String, u64, ClientId), RemoteMember>,
 }
 
 impl Cluster {
@@ -57,6 +59,21 @@ impl Cluster {
             deliveries: vec![VecDeque::new(); nodes],
             answers: vec![VecDeque::new(); nodes],
             seen: vec![Vec::new(); nodes],
+            members: BTreeMap::new(),
+        }
+    }
+
+    /// The members of `channel` on nodes other than `node`, as the engine
+    /// has them.
+    fn snapshot(&self, channel: &ChannelName, node: usize) -> StoreEvent {
+        StoreEvent::RemoteMembers {
+            channel: channel.clone(),
+            members: self
+                .members
+                .iter()
+                .filter(|((c, n, _), _)| c == channel.as_str() && *n != node as u64)
+                .map(|(_, m)| m.clone())
+                .collect(),
         }
     }
 
@@ -71,8 +88,11 @@ impl Cluster {
             }
         }
         while let Some(request) = self.nodes[node].poll_store() {
+            let mut then = None;
             if let StoreRequest::Open { channel, .. } = &request {
                 self.follows[node].insert(channel.as_str().to_owned());
+                // After the stream, the engine reads the other nodes' members.
+                then = Some(self.snapshot(channel, node));
             }
             let event = self.store.execute(request);
             if let StoreEvent::Appended {
@@ -97,10 +117,46 @@ impl Cluster {
                     }
                 }
             }
+            // The engine reads the members with the stream, and says so first.
+            self.answers[node].extend(then);
             self.answers[node].push_back(event);
         }
         while let Some(channel) = self.nodes[node].poll_follow() {
             self.follows[node].insert(channel.as_str().to_owned());
+            let snapshot = self.snapshot(&channel, node);
+            self.deliveries[node].push_back(snapshot);
+        }
+        while let Some(change) = self.nodes[node].poll_presence() {
+            let key = (
+                change.channel.as_str().to_owned(),
+                node as u64,
+                change.client,
+            );
+            let event = if change.joined {
+                let member = RemoteMember {
+                    node: node as u64,
+                    client: change.client,
+                    user: change.user,
+                    infos: change.infos,
+                };
+                self.members.insert(key, member.clone());
+                StoreEvent::RemoteJoined {
+                    channel: change.channel.clone(),
+                    member,
+                }
+            } else {
+                self.members.remove(&key);
+                StoreEvent::RemoteLeft {
+                    channel: change.channel.clone(),
+                    node: node as u64,
+                    client: change.client,
+                }
+            };
+            for to in 0..self.nodes.len() {
+                if to != node && self.follows[to].contains(change.channel.as_str()) {
+                    self.deliveries[to].push_back(event.clone());
+                }
+            }
         }
         while let Some((channel, publication)) = self.nodes[node].poll_broadcast() {
             for to in 0..self.nodes.len() {
@@ -371,4 +427,142 @@ fn a_channel_without_history_crosses_nodes_without_offsets() {
         },
     );
     assert!(!cluster.follows[1].contains("t"));
+}
+
+impl Cluster {
+    /// A seed client `name` in room `room` on `node`.
+    fn seed_join(&mut self, node: usize, conn: u64, room: &str, name: &str) {
+        self.input(
+            node,
+            Input::Open {
+                conn: ConnId(conn),
+                route: Route::Room {
+                    room: hubbub_core::Name::new(room).unwrap(),
+                    username: hubbub_core::Name::new(name).unwrap(),
+                    history: 0,
+                },
+            },
+        );
+        self.settle(false);
+    }
+
+    /// The seed messages of `kind` that `conn` on `node` got, by content.
+    fn seed_seen(&self, node: usize, conn: u64, kind: &str) -> Vec<String> {
+        self.seen[node]
+            .iter()
+            .filter(|(c, v)| *c == conn && v["type"] == kind)
+            .map(|(_, v)| v["content"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    fn disconnect(&mut self, node: usize, conn: u64) {
+        self.input(
+            node,
+            Input::Disconnect {
+                conn: ConnId(conn),
+                reason: hubbub_core::CloseReason::PeerClosed,
+            },
+        );
+        self.settle(false);
+    }
+}
+
+#[test]
+fn seed_members_on_two_nodes_see_one_room() {
+    let mut cluster = Cluster::new(2, 1000);
+    cluster.seed_join(0, 1, "lobby", "ann");
+    cluster.seed_join(1, 2, "lobby", "bob");
+    // Bob joined second, on the other node: both see both, in join order.
+    assert_eq!(
+        cluster.seed_seen(0, 1, "online_users").last().unwrap(),
+        "ann,bob"
+    );
+    assert_eq!(
+        cluster.seed_seen(1, 2, "online_users").last().unwrap(),
+        "ann,bob"
+    );
+    assert!(cluster
+        .seed_seen(0, 1, "user_joined")
+        .contains(&"bob joined the room".to_owned()));
+    cluster.seed_join(0, 3, "lobby", "cat");
+    assert_eq!(
+        cluster.seed_seen(1, 2, "online_users").last().unwrap(),
+        "ann,bob,cat"
+    );
+    cluster.disconnect(0, 1);
+    assert_eq!(
+        cluster.seed_seen(1, 2, "online_users").last().unwrap(),
+        "bob,cat"
+    );
+    assert!(cluster
+        .seed_seen(1, 2, "user_left")
+        .contains(&"ann left the room".to_owned()));
+    // Node 0 dies: its members leave node 1's room.
+    cluster.nodes[1].handle_store(Timestamp::from_millis(2), StoreEvent::NodeGone { node: 0 });
+    cluster.drain(1);
+    assert_eq!(
+        cluster.seed_seen(1, 2, "online_users").last().unwrap(),
+        "bob"
+    );
+    assert_eq!(cluster.nodes[1].remote_members("lobby").count(), 0);
+}
+
+#[test]
+fn presence_and_join_leave_span_the_nodes() {
+    let mut cluster = Cluster::new(2, 1000);
+    for (node, conn) in [(0, 1), (1, 2)] {
+        cluster.input(
+            node,
+            Input::Open {
+                conn: ConnId(conn),
+                route: Route::Centrifuge,
+            },
+        );
+        cluster.send(
+            node,
+            conn,
+            "{\"id\":1,\"connect\":{}}\n{\"id\":2,\"subscribe\":{\"channel\":\"c\",\"join_leave\":true}}",
+        );
+        cluster.settle(false);
+    }
+    // Node 0's member heard of its own join, then node 1's.
+    let joined: Vec<String> = cluster.seen[0]
+        .iter()
+        .filter(|(c, v)| *c == 1 && v["push"]["join"].is_object())
+        .map(|(_, v)| v["push"]["join"]["info"]["client"].to_string())
+        .collect();
+    let node1_client = cluster.nodes[1].client_id(ConnId(2)).to_string();
+    assert_eq!(joined.len(), 2, "{:?}", cluster.seen[0]);
+    assert_eq!(joined[1], format!("{node1_client:?}"));
+    cluster.send(1, 2, r#"{"id":3,"presence":{"channel":"c"}}"#);
+    cluster.send(0, 1, r#"{"id":4,"presence_stats":{"channel":"c"}}"#);
+    let presence = cluster.seen[1]
+        .iter()
+        .find(|(c, v)| *c == 2 && v["id"] == 3)
+        .map(|(_, v)| v["presence"]["presence"].clone())
+        .unwrap();
+    assert_eq!(presence.as_object().unwrap().len(), 2, "{presence}");
+    let stats = cluster.seen[0]
+        .iter()
+        .find(|(c, v)| *c == 1 && v["id"] == 4)
+        .map(|(_, v)| v["presence_stats"].clone())
+        .unwrap();
+    assert_eq!(stats["num_clients"], 2);
+    // A snapshot without node 1's member: it leaves.
+    cluster.nodes[0].handle_store(
+        Timestamp::from_millis(2),
+        StoreEvent::RemoteMembers {
+            channel: ChannelName::new("c"),
+            members: Vec::new(),
+        },
+    );
+    cluster.drain(0);
+    assert_eq!(
+        cluster.seen[0]
+            .iter()
+            .filter(|(c, v)| *c == 1 && v["push"]["leave"].is_object())
+            .count(),
+        1
+    );
+    assert_eq!(cluster.nodes[0].remote_members("c").count(), 0);
 }

@@ -7,7 +7,7 @@
 # Needs node >= 20 and Chromium (Debian: `apt-get install chromium`).
 # Environment:
 #   HUBBUB_BIN          server binary; relative paths are taken from the repo root.
-#                       Default target/debug/hubbub, built first with
+#                       Default $CARGO_TARGET_DIR (or target)/debug/hubbub, built first with
 #                       `cargo build -p hubbub` (a no-op when up to date).
 #   CHROMIUM            the browser (default /usr/bin/chromium)
 #   HUBBUB_LOG=1        echo the servers' output
@@ -54,7 +54,7 @@ if [[ -n "${HUBBUB_BIN:-}" ]]; then
   fi
 else
   # Always build: a stale binary would serve an old page.
-  BIN="$REPO_ROOT/target/debug/hubbub"
+  BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/hubbub"
   log "building $BIN (cargo build -p hubbub)"
   (cd "$REPO_ROOT" && cargo build -p hubbub)
 fi

@@ -6,7 +6,7 @@
 use super::api::{self, PubReply};
 use super::*;
 use crate::bus::ApiPart;
-use crate::store::{StoreError, StreamState};
+use crate::store::{PresenceChange, RemoteMember, StoreError, StreamState};
 
 /// A member as the channel's home knows it.
 #[derive(Clone, Debug)]
@@ -59,6 +59,9 @@ pub(super) struct Room {
     /// node's publication was delivered), by offset; at most
     /// `MAX_PUBLICATIONS`.
     pub(super) pending: BTreeMap<u64, Stored>,
+    /// Members on other nodes (a delivering engine), by (node, client),
+    /// each with its place in this home's join order.
+    pub(super) remote: BTreeMap<(u64, ClientId), (u64, RemoteMember)>,
 }
 
 /// The most publications one recovery or one `history` reply carries
@@ -86,6 +89,7 @@ impl Room {
             presence_budget: None,
             presence_held: false,
             pending: BTreeMap::new(),
+            remote: BTreeMap::new(),
         }
     }
 
@@ -169,6 +173,18 @@ impl Hub {
         let (conn, to) = (member.conn, member.shard);
         let user = member.user.clone();
         let infos = member.infos.clone();
+        if self.delivering && !channel.as_str().is_empty() {
+            self.presence_changes.push_back(PresenceChange {
+                channel: channel.clone(),
+                joined: true,
+                client: self.client_id(conn),
+                user: user.clone(),
+                infos: infos.clone(),
+            });
+        }
+        let Some(room) = self.rooms.get_mut(channel) else {
+            return;
+        };
         room.members.insert(seq, member);
         // Registered and answered in one step: the missed publications in
         // the reply, then live ones from top + 1, none twice, none lost.
@@ -216,7 +232,8 @@ impl Hub {
                 recovery,
             },
         );
-        self.announce(channel, conn, (user.as_ref(), infos.as_deref()), true);
+        let client = self.client_id(conn);
+        self.announce(channel, client, (user.as_ref(), infos.as_deref()), true);
     }
 
     pub(super) fn home_leave(&mut self, channel: &ChannelName, conn: ConnId) {
@@ -241,11 +258,27 @@ impl Hub {
         if m.codec == Codec::Centrifuge && m.join_leave {
             room.join_leave_members -= 1;
         }
-        if room.members.is_empty() {
+        let emptied = room.members.is_empty();
+        let client = self.client_id(conn);
+        if self.delivering && !channel.as_str().is_empty() {
+            self.presence_changes.push_back(PresenceChange {
+                channel: channel.clone(),
+                joined: false,
+                client,
+                user: m.user.clone(),
+                infos: m.infos.clone(),
+            });
+        }
+        if emptied {
             self.room_emptied(channel);
             return;
         }
-        self.announce(channel, conn, (m.user.as_ref(), m.infos.as_deref()), false);
+        self.announce(
+            channel,
+            client,
+            (m.user.as_ref(), m.infos.as_deref()),
+            false,
+        );
     }
 
     /// `channel` has no members left: a positioned stream stays in memory
@@ -298,7 +331,7 @@ impl Hub {
         mix64(self.config.entropy ^ mix64(id ^ (shard << 48) ^ 0x0065_706f_6368))
     }
 
-    /// Tells the channel that `conn` joined (`joined`) or left: Centrifugo
+    /// Tells the channel that `client` joined (`joined`) or left: Centrifugo
     /// members that asked get `join` / `leave`; seed members get, in the
     /// seed's order, the new `online_users` and `user_joined` (join) or
     /// `user_left` and then `online_users` (departure) — when the member
@@ -306,7 +339,7 @@ impl Hub {
     pub(super) fn announce(
         &mut self,
         channel: &ChannelName,
-        conn: ConnId,
+        client: ClientId,
         (user, infos): (Option<&Name>, Option<&crate::bus::InfoPair>),
         joined: bool,
     ) {
@@ -316,7 +349,7 @@ impl Hub {
         };
         let mut items = Vec::new();
         if room.options.join_leave && room.join_leave_members > 0 {
-            let client = self.client_id(conn).to_string();
+            let client = client.to_string();
             let kind = if joined { "join" } else { "leave" };
             items.push(Delivery {
                 frame: Frame::text(centrifuge::presence_push(
@@ -420,14 +453,34 @@ impl Hub {
         self.deliver_everywhere(channel, vec![list]);
     }
 
-    /// The room's `online_users`: named members in join order.
+    /// The room's `online_users`: named members in join order (with those
+    /// on other nodes, in the order this home learnt of them).
     pub(super) fn seed_presence(&self, room: &Room, channel: &ChannelName) -> Frame {
         let mut list = String::new();
-        for name in room.members.values().filter_map(|m| m.user.as_ref()) {
+        let mut push = |name: &Name| {
             if !list.is_empty() {
                 list.push(',');
             }
             list.push_str(name.as_str());
+        };
+        if room.remote.is_empty() {
+            room.members
+                .values()
+                .filter_map(|m| m.user.as_ref())
+                .for_each(push);
+        } else {
+            let mut named: Vec<(u64, &Name)> = room
+                .members
+                .iter()
+                .filter_map(|(seq, m)| Some((seq, m.user.as_ref()?)))
+                .chain(
+                    room.remote
+                        .values()
+                        .filter_map(|(seq, m)| Some((*seq, m.user.as_ref()?))),
+                )
+                .collect();
+            named.sort_unstable_by_key(|(seq, _)| *seq);
+            named.into_iter().for_each(|(_, name)| push(name));
         }
         // Names are never empty, so an empty list has no members with names.
         encode_seed(SeedType::OnlineUsers, &list, channel.as_str(), "")
@@ -620,6 +673,10 @@ impl Hub {
                     let mut room = Room::new(options, state.top, state.epoch, tail);
                     room.trim(self.now);
                     self.rooms.insert(channel.clone(), room);
+                    // Those already there on other nodes joined first.
+                    if let Some(members) = self.early_members.remove(channel) {
+                        self.remote_snapshot(channel, members);
+                    }
                 } else {
                     self.reopened(channel, state);
                 }
@@ -632,6 +689,7 @@ impl Hub {
             Err(_) => {
                 self.stats.store_failures += 1;
                 self.early.remove(channel);
+                self.early_members.remove(channel);
                 for msg in waiting {
                     match msg {
                         BusMessage::Join {
@@ -1016,13 +1074,19 @@ impl Hub {
     pub(super) fn home_query(&self, channel: &str, id: u32, query: &Query) -> Bytes {
         let room = self.rooms.get(channel);
         let members = room.into_iter().flat_map(|r| r.members.values());
+        // Members on other nodes follow this node's (a delivering engine).
+        let remote = room
+            .into_iter()
+            .flat_map(|r| r.remote.values().map(|(_, m)| m));
         match query {
             Query::PresenceStats => {
                 let users: BTreeSet<&str> = members
                     .clone()
-                    .map(|m| m.user.as_ref().map_or("", Name::as_str))
+                    .map(|m| m.user.as_ref())
+                    .chain(remote.clone().map(|m| m.user.as_ref()))
+                    .map(|user| user.map_or("", Name::as_str))
                     .collect();
-                let clients = members.count() as u64;
+                let clients = (members.count() + remote.count()) as u64;
                 centrifuge::reply(id, "presence_stats", |r| {
                     r.uint("num_clients", clients)
                         .uint("num_users", users.len() as u64);
@@ -1030,13 +1094,13 @@ impl Hub {
             }
             Query::Presence => centrifuge::reply(id, "presence", |r| {
                 r.object("presence", |p| {
-                    for m in members {
-                        let client = self.client_id(m.conn).to_string();
+                    let all = members
+                        .map(|m| (self.client_id(m.conn), m.user.as_ref(), m.infos.as_deref()))
+                        .chain(remote.map(|m| (m.client, m.user.as_ref(), m.infos.as_deref())));
+                    for (client, user, infos) in all {
+                        let client = client.to_string();
                         p.with(&client, |out| {
-                            centrifuge::push_client_info(
-                                out,
-                                &info(m.user.as_ref(), &client, m.infos.as_deref()),
-                            );
+                            centrifuge::push_client_info(out, &info(user, &client, infos));
                         });
                     }
                 });
@@ -1099,6 +1163,88 @@ impl Hub {
                     r.str("epoch", &epoch).uint("offset", top);
                 })
             }
+        }
+    }
+}
+
+impl Hub {
+    // ---- members on other nodes (a delivering engine) -------------------------
+
+    /// A client joined `channel` on another node: this node's members hear
+    /// of it as of a local join. A member already known is updated quietly.
+    pub(super) fn remote_joined(&mut self, channel: &ChannelName, member: RemoteMember) {
+        let seq = self.next_join_seq;
+        let Some(room) = self.rooms.get_mut(channel) else {
+            // Not followed here: nobody here needs it.
+            return;
+        };
+        let key = (member.node, member.client);
+        if let Some(known) = room.remote.get_mut(&key) {
+            known.1 = member;
+            return;
+        }
+        self.next_join_seq += 1;
+        let (client, user, infos) = (member.client, member.user.clone(), member.infos.clone());
+        room.remote.insert(key, (seq, member));
+        self.announce(channel, client, (user.as_ref(), infos.as_deref()), true);
+    }
+
+    /// A client left `channel` on another node.
+    pub(super) fn remote_left(&mut self, channel: &ChannelName, node: u64, client: ClientId) {
+        let Some(room) = self.rooms.get_mut(channel) else {
+            return;
+        };
+        let Some((_, gone)) = room.remote.remove(&(node, client)) else {
+            return;
+        };
+        self.announce(
+            channel,
+            client,
+            (gone.user.as_ref(), gone.infos.as_deref()),
+            false,
+        );
+    }
+
+    /// The engine read `channel`'s members on the other nodes: those this
+    /// home knew and are not there leave, those new join (in the order
+    /// given), the others are kept where they are in the join order.
+    pub(super) fn remote_snapshot(&mut self, channel: &ChannelName, members: Vec<RemoteMember>) {
+        let Some(room) = self.rooms.get(channel) else {
+            if self.loading.contains_key(channel) {
+                // Read with the stream: applied when the room comes to be.
+                self.early_members.insert(channel.clone(), members);
+            }
+            return;
+        };
+        let now: BTreeSet<(u64, ClientId)> = members.iter().map(|m| (m.node, m.client)).collect();
+        let gone: Vec<(u64, ClientId)> = room
+            .remote
+            .keys()
+            .filter(|key| !now.contains(key))
+            .copied()
+            .collect();
+        for (node, client) in gone {
+            self.remote_left(channel, node, client);
+        }
+        for member in members {
+            self.remote_joined(channel, member);
+        }
+    }
+
+    /// Another node is gone: its members leave every channel here.
+    pub(super) fn node_gone(&mut self, node: u64) {
+        let gone: Vec<(ChannelName, ClientId)> = self
+            .rooms
+            .iter()
+            .flat_map(|(channel, room)| {
+                room.remote
+                    .keys()
+                    .filter(move |(n, _)| *n == node)
+                    .map(move |(_, client)| (channel.clone(), *client))
+            })
+            .collect();
+        for (channel, client) in gone {
+            self.remote_left(&channel, node, client);
         }
     }
 }

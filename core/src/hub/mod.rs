@@ -283,6 +283,11 @@ impl<T> JoinOrder<T> {
         self.entries.iter().map(|(_, v)| v)
     }
 
+    /// (join position, value), in join order.
+    fn iter(&self) -> impl Iterator<Item = (u64, &T)> {
+        self.entries.iter().map(|(s, v)| (*s, v))
+    }
+
     fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -389,6 +394,13 @@ pub struct Hub {
     /// Publications without a position for the other nodes (a delivering
     /// engine), in order; at most `store_queue`.
     broadcasts: VecDeque<(ChannelName, Stored)>,
+    /// Local joins and leaves for the other nodes (a delivering engine), in
+    /// order; drained with the other outputs after every call.
+    presence_changes: VecDeque<crate::store::PresenceChange>,
+    /// Members on other nodes reported while their channel's stream was
+    /// first being opened: they join the room before the members waiting
+    /// for it (one snapshot per channel loading).
+    early_members: BTreeMap<ChannelName, Vec<crate::store::RemoteMember>>,
     /// Publications delivered while their channel's stream was being
     /// opened (with their epoch), applied once it is: at most
     /// `MAX_PUBLICATIONS` per channel.
@@ -444,6 +456,8 @@ impl Hub {
             unfollow: BTreeSet::new(),
             follow: BTreeSet::new(),
             broadcasts: VecDeque::new(),
+            presence_changes: VecDeque::new(),
+            early_members: BTreeMap::new(),
             early: BTreeMap::new(),
             next_join_seq: 0,
             next_room_id: 0,
@@ -536,6 +550,18 @@ impl Hub {
                 publication,
             } => self.delivered(&channel, epoch, publication),
             StoreEvent::Resync { channel } => self.resync(&channel),
+            StoreEvent::RemoteJoined { channel, member } => {
+                self.remote_joined(&channel, member);
+            }
+            StoreEvent::RemoteLeft {
+                channel,
+                node,
+                client,
+            } => self.remote_left(&channel, node, client),
+            StoreEvent::RemoteMembers { channel, members } => {
+                self.remote_snapshot(&channel, members);
+            }
+            StoreEvent::NodeGone { node } => self.node_gone(node),
         }
     }
 
@@ -642,6 +668,23 @@ impl Hub {
     /// [`Hub::with_delivering_store`].
     pub fn poll_broadcast(&mut self) -> Option<(ChannelName, Stored)> {
         self.broadcasts.pop_front()
+    }
+
+    /// A member of a channel on this node joined or left: a delivering
+    /// engine records it for the other nodes and tells them, so presence,
+    /// join/leave pushes and `online_users` span the cluster. Poll with the
+    /// others, in the same drain. Only with [`Hub::with_delivering_store`].
+    pub fn poll_presence(&mut self) -> Option<crate::store::PresenceChange> {
+        self.presence_changes.pop_front()
+    }
+
+    /// `room`'s members on other nodes that this hub knows of (its home's
+    /// view; empty on other shards).
+    pub fn remote_members(&self, room: &str) -> impl Iterator<Item = &crate::store::RemoteMember> {
+        self.rooms
+            .get(room)
+            .into_iter()
+            .flat_map(|r| r.remote.values().map(|(_, m)| m))
     }
 
     /// Publications waiting for the store.
