@@ -98,6 +98,14 @@ pub struct Cli {
     )]
     pub redis_url: String,
 
+    /// With `--store redis`: how long a node's presence entries outlive it.
+    /// Each node refreshes its liveness in Redis every quarter of this; when
+    /// a node stops, the other nodes drop its members (leave pushes, a new
+    /// `online_users`) within this time, and read every channel's members
+    /// again this often to heal whatever pub/sub lost.
+    #[arg(long, env = "HUBBUB_PRESENCE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub presence_ttl: Duration,
+
     /// The SQLite store's directory (created on first start); the data is
     /// in `hubbub.db` (and its `-wal` file) there.
     #[arg(long, env = "HUBBUB_DATA_DIR", default_value = "./hubbub-data")]
@@ -368,6 +376,7 @@ impl Cli {
                 &file.connect_timeout,
                 &mut self.connect_timeout,
             ),
+            ("presence_ttl", &file.presence_ttl, &mut self.presence_ttl),
         ] {
             if let (Some(v), true) = (duration(id, value)?, unset(id)) {
                 *slot = v;
@@ -553,6 +562,7 @@ impl Cli {
                 "memory" => StoreConfig::Memory,
                 "redis" => StoreConfig::Redis {
                     url: self.redis_url.clone(),
+                    presence_ttl: self.presence_ttl,
                 },
                 _ => StoreConfig::Sqlite {
                     dir: self.data_dir.clone(),

@@ -50,7 +50,11 @@ pub enum StoreConfig {
     },
     /// Redis at `url`, shared by every node started with it: offsets are
     /// assigned there, and every node's publications reach every node.
-    Redis { url: String },
+    Redis {
+        url: String,
+        /// How long a node's presence entries outlive it (`--presence-ttl`).
+        presence_ttl: std::time::Duration,
+    },
 }
 
 /// Everything [`crate::serve`] needs to know.

@@ -48,6 +48,7 @@ pub struct FileConfig {
     pub store: Option<String>,
     pub data_dir: Option<std::path::PathBuf>,
     pub redis_url: Option<String>,
+    pub presence_ttl: Option<String>,
     pub history_sync: Option<String>,
     pub store_queue: Option<usize>,
     pub allowed_origins: Option<Vec<String>>,

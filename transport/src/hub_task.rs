@@ -344,6 +344,9 @@ impl Driver {
                 while let Some((channel, publication)) = self.hub.poll_broadcast() {
                     store.broadcast(channel, publication);
                 }
+                while let Some(change) = self.hub.poll_presence() {
+                    store.presence(change);
+                }
                 while let Some(channel) = self.hub.poll_unfollow() {
                     store.unfollow(channel);
                 }

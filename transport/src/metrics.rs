@@ -470,6 +470,21 @@ impl Metrics {
                 "Messages or stream entries in Redis that could not be read (skipped).",
                 R::get(&redis.malformed),
             );
+            out.counter(
+                "hubbub_redis_presence_writes_total",
+                "Local joins and leaves written to Redis for the other nodes.",
+                R::get(&redis.presence_writes),
+            );
+            out.counter(
+                "hubbub_redis_snapshots_total",
+                "Channels' members on other nodes read from Redis.",
+                R::get(&redis.snapshots),
+            );
+            out.counter(
+                "hubbub_redis_nodes_gone_total",
+                "Other nodes whose liveness ran out; their members left this node's channels.",
+                R::get(&redis.nodes_gone),
+            );
         }
 
         out.family(

@@ -11,7 +11,8 @@
 //! load, its clients moved to the other nodes recover exactly; Redis
 //! stopped (100, `/health` 503) and started again (the nodes resubscribe by
 //! themselves, what was missed is recovered); Redis flushed (a new epoch,
-//! `recovered: false`).
+//! `recovered: false`); presence, join/leave and `online_users` across the
+//! nodes, and a killed node's members leaving within `--presence-ttl`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use common::process::Process;
 use common::sdk::Sdk;
-use common::{get, next_seed, send_text, within, Ws, STEP};
+use common::{get, next_seed, seed_until, send_text, within, Ws, STEP};
 use futures_util::StreamExt;
 use hubbub_core::SeedType;
 use serde_json::{json, Value};
@@ -146,8 +147,13 @@ impl Drop for Redis {
 /// publish in bursts from one connection) and with room for every
 /// publication of a test in the streams.
 fn three_nodes(redis: &Redis) -> [Process; 3] {
+    three_nodes_with(redis, &[])
+}
+
+/// [`three_nodes`] with `extra` arguments.
+fn three_nodes_with(redis: &Redis, extra: &[&str]) -> [Process; 3] {
     let url = redis.url();
-    let args = [
+    let mut args = vec![
         "--store",
         "redis",
         "--redis-url",
@@ -163,6 +169,7 @@ fn three_nodes(redis: &Redis) -> [Process; 3] {
         "--history-size",
         "50000",
     ];
+    args.extend_from_slice(extra);
     [
         Process::start(&args),
         Process::start(&args),
@@ -913,4 +920,141 @@ async fn a_flushed_redis_starts_a_new_epoch_on_every_node() {
         assert_eq!(sub["epoch"], new, "{sub}");
         assert_eq!(sub["offset"], json!(1), "{sub}");
     }
+}
+
+/// Reads seed messages until an `online_users` listing exactly `want`
+/// (in any order); fails after `limit`.
+async fn online_until(ws: &mut Ws, want: &[&str], limit: Duration) {
+    let want: BTreeSet<&str> = want.iter().copied().collect();
+    within(limit, "online_users", async {
+        loop {
+            let m = next_seed(ws).await;
+            if m.kind == SeedType::OnlineUsers {
+                let got: BTreeSet<&str> = m.content.split(',').filter(|s| !s.is_empty()).collect();
+                if got == want {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// A seed client in `room` as `user`, past its own join notices; with the
+/// `online_users` it got just before them.
+async fn seed_join_online(addr: SocketAddr, room: &str, user: &str) -> (Ws, String) {
+    let url = format!("ws://{addr}/ws/{room}?username={user}");
+    let (mut ws, _) = within(STEP, "seed connect", tokio_tungstenite::connect_async(url))
+        .await
+        .unwrap();
+    let mut online = String::new();
+    loop {
+        let m = next_seed(&mut ws).await;
+        match m.kind {
+            SeedType::OnlineUsers => online = m.content,
+            SeedType::UserJoined if m.username == user => return (ws, online),
+            _ => {}
+        }
+    }
+}
+
+/// The users (by name) in a presence result's `presence` object.
+fn users(presence: &Value) -> BTreeSet<String> {
+    presence
+        .as_object()
+        .map(|m| {
+            m.values()
+                .map(|i| i["user"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_spans_the_nodes_and_a_killed_nodes_members_leave_within_the_ttl() {
+    let _turn = SERIAL.lock().await;
+    let redis = Redis::start(false);
+    let ttl = Duration::from_secs(2);
+    let [mut a, b, c] = three_nodes_with(&redis, &["--presence-ttl", "2s"]);
+    let room = "town";
+    let mut ann = seed_join(a.addr, room, "ann").await;
+    let mut bob = seed_join(b.addr, room, "bob").await;
+    // A Centrifugo client on node C, with join/leave pushes.
+    let mut sdk = Sdk::connect(c.addr).await;
+    let reply = sdk
+        .call(json!({"subscribe": {"channel": room, "join_leave": true}}))
+        .await;
+    assert!(reply.get("error").is_none(), "{reply}");
+    let (mut cat, online) = seed_join_online(c.addr, room, "cat").await;
+    // Each seed client sees every node's members; the newcomer on node C
+    // gets them in its first list, those already there first.
+    assert_eq!(online, "ann,bob,cat");
+    online_until(&mut ann, &["ann", "bob", "cat"], STEP).await;
+    online_until(&mut bob, &["ann", "bob", "cat"], STEP).await;
+    // Presence on node C lists the members on A and B; so does the API on A.
+    let p = sdk.call(json!({"presence": {"channel": room}})).await;
+    let p = &p["presence"]["presence"];
+    assert_eq!(p.as_object().map(serde_json::Map::len), Some(4), "{p}");
+    assert_eq!(
+        users(p),
+        ["", "ann", "bob", "cat"]
+            .map(str::to_owned)
+            .into_iter()
+            .collect()
+    );
+    let stats = sdk.call(json!({"presence_stats": {"channel": room}})).await;
+    assert_eq!(stats["presence_stats"]["num_clients"], 4, "{stats}");
+    let via_api = api(a.addr, "presence", &json!({"channel": room})).await;
+    assert_eq!(users(&via_api["result"]["presence"]), users(p), "{via_api}");
+    // A leave on node A reaches node C as a Centrifugo leave push and a
+    // seed notice.
+    drop(ann);
+    let left = sdk
+        .until(|m| m["push"]["leave"]["info"]["user"] == json!("ann"))
+        .await;
+    assert_eq!(left["push"]["channel"], json!(room));
+    seed_until(&mut cat, |m| {
+        m.kind == SeedType::UserLeft && m.username == "ann"
+    })
+    .await;
+    online_until(&mut cat, &["bob", "cat"], STEP).await;
+    // A joins again, then node B dies: bob leaves everywhere within the TTL.
+    let (again, online) = seed_join_online(a.addr, room, "ann").await;
+    ann = again;
+    let mut names: Vec<&str> = online.split(',').collect();
+    assert_eq!(
+        names.pop(),
+        Some("ann"),
+        "{online}: those there first come first"
+    );
+    names.sort_unstable();
+    assert_eq!(names, ["bob", "cat"], "{online}");
+    b.signal("KILL");
+    let killed = Instant::now();
+    drop(bob);
+    online_until(&mut ann, &["ann", "cat"], ttl + Duration::from_secs(3)).await;
+    online_until(&mut cat, &["ann", "cat"], ttl + Duration::from_secs(3)).await;
+    let took = killed.elapsed();
+    eprintln!("a killed node's members left the others after {took:?} (ttl {ttl:?})");
+    sdk.until(|m| m["push"]["leave"]["info"]["user"] == json!("bob"))
+        .await;
+    let p = sdk.call(json!({"presence": {"channel": room}})).await;
+    assert_eq!(
+        users(&p["presence"]["presence"]),
+        ["", "ann", "cat"].map(str::to_owned).into_iter().collect()
+    );
+    assert!(metric(c.addr, "hubbub_redis_nodes_gone_total").await >= 1);
+    // Redis loses everything: the nodes write their members again, and
+    // presence is whole after a full TTL (a periodic read included).
+    assert_eq!(redis.command("FLUSHALL"), "+OK");
+    tokio::time::sleep(ttl * 2).await;
+    // ann, cat and the Centrifugo client.
+    assert_eq!(redis.command("HLEN hubbub:{town}:presence"), ":3");
+    let p = sdk.call(json!({"presence": {"channel": room}})).await;
+    assert_eq!(
+        users(&p["presence"]["presence"]),
+        ["", "ann", "cat"].map(str::to_owned).into_iter().collect()
+    );
+    assert_alive(std::slice::from_mut(&mut a));
+    drop(c);
 }

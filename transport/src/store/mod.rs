@@ -83,6 +83,14 @@ impl Engine {
         }
     }
 
+    /// A local member joined or left a channel (only a delivering engine
+    /// cares: it tells the other nodes).
+    pub fn presence(&self, change: hubbub_core::PresenceChange) {
+        if let Self::Redis(handle) = self {
+            handle.presence(change);
+        }
+    }
+
     /// A hub no longer follows `channel` (only a delivering engine cares).
     pub fn unfollow(&self, channel: hubbub_core::ChannelName) {
         if let Self::Redis(handle) = self {

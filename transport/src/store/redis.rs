@@ -52,6 +52,8 @@ use tokio::sync::mpsc::{self, UnboundedSender};
 
 use super::StoreClosed;
 
+mod presence;
+
 /// The most requests in one pipeline.
 pub const MAX_BATCH: usize = 1024;
 
@@ -130,6 +132,12 @@ pub struct RedisStats {
     /// Messages or entries that could not be read (written by something
     /// else, or corrupt): skipped.
     pub malformed: AtomicU64,
+    /// Local joins and leaves written to Redis for the other nodes.
+    pub presence_writes: AtomicU64,
+    /// Channels' members on other nodes read from Redis.
+    pub snapshots: AtomicU64,
+    /// Other nodes whose liveness ran out (their members left here).
+    pub nodes_gone: AtomicU64,
     /// Why the engine is down, when it is.
     reason: Mutex<String>,
 }
@@ -183,6 +191,8 @@ enum Command {
     Broadcast(ChannelName, Stored),
     /// The shard's hub no longer follows the channel.
     Unfollow(ChannelName),
+    /// A local member joined or left a channel.
+    Presence(hubbub_core::PresenceChange),
 }
 
 /// Submits requests to the engine's thread. Cheap to clone.
@@ -199,7 +209,11 @@ pub struct RedisHandle {
 ///
 /// # Errors
 /// The URL is not a Redis URL, or the thread could not be spawned.
-pub fn spawn(url: &str, shards: Vec<UnboundedSender<StoreEvent>>) -> std::io::Result<RedisHandle> {
+pub fn spawn(
+    url: &str,
+    presence_ttl: Duration,
+    shards: Vec<UnboundedSender<StoreEvent>>,
+) -> std::io::Result<RedisHandle> {
     let client = Client::open(url).map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -223,6 +237,7 @@ pub fn spawn(url: &str, shards: Vec<UnboundedSender<StoreEvent>>) -> std::io::Re
         ever_connected: false,
         fresh: 0,
         node: hubbub_core::hub::mix64(now_nanos() ^ u64::from(std::process::id())),
+        presence: presence::Presence::new(presence_ttl),
     };
     let thread = std::thread::Builder::new()
         .name("hubbub-redis".into())
@@ -283,6 +298,13 @@ impl RedisHandle {
         self.best_effort(Command::Broadcast(channel, publication));
     }
 
+    /// A local member joined or left: recorded in Redis, told to the other
+    /// nodes. Best effort: with the queue full it is counted as an error,
+    /// and the other nodes learn the truth at their next snapshot.
+    pub fn presence(&self, change: hubbub_core::PresenceChange) {
+        self.best_effort(Command::Presence(change));
+    }
+
     /// Queues `command` unless the queue is full (then it is counted as an
     /// error and dropped: none of these has a publisher waiting for it).
     fn best_effort(&self, command: Command) {
@@ -335,18 +357,22 @@ struct Engine {
     last_attempt: Option<Instant>,
     ever_connected: bool,
     fresh: u64,
-    /// This node's id in messages without a position.
+    /// This node's id in messages without a position and presence entries.
     node: u64,
+    presence: presence::Presence,
 }
 
 enum Wake {
     Command(Option<Command>),
     Message(Option<::redis::Msg>),
     Retry,
+    Beat,
 }
 
 async fn run(mut engine: Engine, mut rx: mpsc::Receiver<Command>) {
     engine.connect().await;
+    let mut beats = tokio::time::interval(engine.presence.beat_every());
+    beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut stream = engine.stream.take();
         let down = !engine.is_up();
@@ -354,6 +380,7 @@ async fn run(mut engine: Engine, mut rx: mpsc::Receiver<Command>) {
             command = rx.recv() => Wake::Command(command),
             message = next_message(&mut stream) => Wake::Message(message),
             () = tokio::time::sleep(RETRY), if down => Wake::Retry,
+            _ = beats.tick(), if !down => Wake::Beat,
         };
         engine.stream = stream;
         match wake {
@@ -371,6 +398,7 @@ async fn run(mut engine: Engine, mut rx: mpsc::Receiver<Command>) {
             Wake::Message(Some(message)) => engine.forward(&message),
             Wake::Message(None) => engine.lost("the pub/sub connection was lost"),
             Wake::Retry => engine.connect().await,
+            Wake::Beat => engine.beat().await,
         }
     }
     tracing::debug!("redis engine ends");
@@ -415,6 +443,7 @@ impl Engine {
                 } else {
                     tracing::info!("redis engine: connected");
                 }
+                let again = self.ever_connected;
                 self.ever_connected = true;
                 self.stats.set_up();
                 for (channel, shard) in &self.followed {
@@ -424,6 +453,14 @@ impl Engine {
                         });
                     }
                 }
+                if again {
+                    // Leaves while Redis was away were not written, and
+                    // other nodes' went unheard: this node's entries afresh
+                    // now, everybody's members once the others have done so.
+                    self.register_all(false).await;
+                    self.snapshot_after_beats();
+                }
+                self.beat().await;
             }
             Err(e) => {
                 // Said once per outage (the first failure), not every retry.
@@ -470,6 +507,10 @@ impl Engine {
             return;
         };
         let channel = ChannelName::new(channel);
+        if let Some(heard) = presence::parse_presence_message(message.get_payload_bytes()) {
+            self.forward_presence(channel, heard);
+            return;
+        }
         let Some(shard) = self.followed.get(&channel).copied() else {
             return;
         };
@@ -511,6 +552,7 @@ impl Engine {
         let mut subscribe = BTreeSet::new();
         let mut touched = BTreeSet::new();
         let mut broadcasts = Vec::new();
+        let mut changes = Vec::new();
         // Channels first followed by an `Open` here: if it fails, the hub
         // has no room for them (a followed channel without a stream stays
         // followed, and is subscribed again on reconnection).
@@ -542,7 +584,15 @@ impl Engine {
                     self.followed.remove(&channel);
                     touched.insert(channel);
                 }
+                Command::Presence(change) => changes.push(change),
             }
+        }
+        if !self.is_up() {
+            // Kept for when Redis is back (written again then).
+            for change in &changes {
+                self.presence.apply(change);
+            }
+            changes.clear();
         }
         let unsubscribe: Vec<ChannelName> = before
             .iter()
@@ -552,8 +602,19 @@ impl Engine {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let answers = match self.pipeline(&subscribe, &requests, &broadcasts).await {
-            Ok(values) => values,
+        let answers = match self
+            .pipeline(&subscribe, &requests, &broadcasts, &changes)
+            .await
+        {
+            Ok((answers, snapshots)) => {
+                // The members already there, before the stream's answer, so
+                // they come first in the join order.
+                let named = subscribe.iter().filter(|c| !c.as_str().is_empty());
+                for (channel, value) in named.zip(&snapshots) {
+                    self.deliver_snapshot(channel, value);
+                }
+                answers
+            }
             Err(e) => {
                 self.lost(&e);
                 for channel in &first_opens {
@@ -594,13 +655,17 @@ impl Engine {
         }
     }
 
-    /// Subscribes to `subscribe`, then sends every request in one pipeline.
+    /// Subscribes to `subscribe`, then sends every request, publication
+    /// and presence change in one pipeline, with a snapshot of each newly
+    /// subscribed channel's members. Returns the requests' answers and the
+    /// snapshots.
     async fn pipeline(
         &mut self,
         subscribe: &BTreeSet<ChannelName>,
         requests: &[(usize, StoreRequest)],
         broadcasts: &[(ChannelName, Stored)],
-    ) -> Result<Vec<Value>, String> {
+        changes: &[hubbub_core::PresenceChange],
+    ) -> Result<(Vec<Value>, Vec<Value>), String> {
         if !self.is_up() {
             return Err(self.stats.reason());
         }
@@ -614,8 +679,12 @@ impl Engine {
                 .map_err(|_| "subscribing timed out".to_owned())?
                 .map_err(|e| format!("subscribing failed: {e}"))?;
         }
-        if requests.is_empty() && broadcasts.is_empty() {
-            return Ok(Vec::new());
+        if requests.is_empty()
+            && broadcasts.is_empty()
+            && changes.is_empty()
+            && subscribe.is_empty()
+        {
+            return Ok((Vec::new(), Vec::new()));
         }
         let mut pipe = ::redis::pipe();
         pipe.ignore_errors();
@@ -662,7 +731,18 @@ impl Engine {
             message.extend_from_slice(&encode(publication));
             pipe.cmd("PUBLISH")
                 .arg(self.pubsub_name(channel))
-                .arg(message);
+                .arg(message)
+                .ignore();
+        }
+        for change in changes {
+            self.push_change(&mut pipe, change);
+        }
+        let snapshots: Vec<&ChannelName> = subscribe
+            .iter()
+            .filter(|c| !c.as_str().is_empty())
+            .collect();
+        for channel in &snapshots {
+            self.push_snapshot(&mut pipe, channel);
         }
         RedisStats::add(&self.stats.pipelines, 1);
         let Some(conn) = &mut self.conn else {
@@ -672,16 +752,16 @@ impl Engine {
             .await
             .map_err(|_| "redis did not answer in time".to_owned())?
             .map_err(|e| format!("redis: {e}"))?;
-        // The publishes' answers (how many nodes heard) are not needed.
-        values.truncate(requests.len());
-        if values.len() != requests.len() {
+        // The publishes' and presence writes' answers are not kept.
+        if values.len() != requests.len() + snapshots.len() {
             return Err(format!(
                 "redis answered {} of {} requests",
                 values.len(),
-                requests.len()
+                requests.len() + snapshots.len()
             ));
         }
-        Ok(values)
+        let snapshots = values.split_off(requests.len());
+        Ok((values, snapshots))
     }
 
     /// The event for `request`, from Redis' answer.

@@ -1,0 +1,556 @@
+//! Presence across nodes: who is in a channel on every node, kept in Redis.
+//!
+//! ```text
+//! hubbub:{C}:presence  hash  "<node>:<client>" → member (see `encode_member`)
+//! hubbub:<db>:nodes    zset  node → the time (ms, Redis' clock) its liveness ends
+//! hubbub:<db>:C        pub/sub, next to publications:
+//!                      "j <node> <client> <member>" (joined), "l <node> <client>" (left)
+//! ```
+//!
+//! A node writes its members' entries as they join and leave and tells the
+//! other nodes on the channel's pub/sub channel; every quarter of
+//! `--presence-ttl` it renews its liveness ([`BEAT`]), which also names the
+//! nodes whose liveness ran out: their members leave every channel here
+//! ([`StoreEvent::NodeGone`]), and their entries are dropped by the next
+//! [`SNAPSHOT`] that meets them. A node reads a channel's members when it
+//! starts following it (before the stream's `Open` is answered, so those
+//! already there come first in the join order), after a reconnection, and
+//! every `--presence-ttl` for every channel it follows, which heals
+//! whatever pub/sub lost. A node that finds its liveness gone (Redis
+//! flushed or restarted, or the node stalled past the TTL) writes its
+//! members again and announces them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use ::redis::Value;
+use bytes::Bytes;
+use hubbub_core::{ChannelName, ClientId, Name, PresenceChange, RemoteMember, StoreEvent};
+
+use super::{Engine, RedisStats, MAX_BATCH, RESPONSE_TIMEOUT};
+
+/// Renews a node's liveness and reads the live nodes.
+///
+/// KEYS: nodes. ARGV: node, ttl ms. Returns `{new, live nodes}`: `new` is 1
+/// when the node's liveness had run out or was never there.
+pub const BEAT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 1)
+local new = redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return {new, redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')}
+";
+
+/// A channel's members on live nodes other than this one; entries of nodes
+/// whose liveness ran out are deleted on the way.
+///
+/// KEYS: presence hash, nodes. ARGV: this node, keep ms (the hash's expiry,
+/// renewed). Returns `{field, member, …}`.
+pub const SNAPSHOT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+local alive = {}
+local out = {}
+for i = 1, #all, 2 do
+  local field = all[i]
+  local node = string.match(field, '^(%d+):')
+  if node then
+    local ok = alive[node]
+    if ok == nil then
+      local score = redis.call('ZSCORE', KEYS[2], node)
+      ok = (score and tonumber(score) >= now) or false
+      alive[node] = ok
+    end
+    if not ok then
+      redis.call('HDEL', KEYS[1], field)
+    elseif node ~= ARGV[1] then
+      out[#out + 1] = field
+      out[#out + 1] = all[i + 1]
+    end
+  end
+end
+if #all > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return out
+";
+
+/// Writes a node's members of a channel afresh: its old entries go.
+///
+/// KEYS: presence hash. ARGV: "<node>:", keep ms, then field, member, ….
+pub const REGISTER: &str = r"
+local all = redis.call('HKEYS', KEYS[1])
+for _, field in ipairs(all) do
+  if string.sub(field, 1, #ARGV[1]) == ARGV[1] then redis.call('HDEL', KEYS[1], field) end
+end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if #ARGV > 2 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
+";
+
+/// What the engine keeps for presence.
+pub(super) struct Presence {
+    /// `--presence-ttl`.
+    pub(super) ttl: Duration,
+    /// This node's members: channel → client → encoded member (what Redis
+    /// has, or will have once it is back).
+    pub(super) local: BTreeMap<ChannelName, BTreeMap<ClientId, Vec<u8>>>,
+    /// The other nodes alive at the last beat.
+    pub(super) live: BTreeSet<u64>,
+    /// Whether a beat ever found this node alive (a later "new" means its
+    /// liveness ran out meanwhile).
+    pub(super) beaten: bool,
+    pub(super) last_beat: Option<Instant>,
+    pub(super) last_snapshot: Option<Instant>,
+}
+
+impl Presence {
+    pub(super) fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            local: BTreeMap::new(),
+            live: BTreeSet::new(),
+            beaten: false,
+            last_beat: None,
+            last_snapshot: None,
+        }
+    }
+
+    /// How often the node renews its liveness.
+    pub(super) fn beat_every(&self) -> Duration {
+        (self.ttl / 4).max(Duration::from_millis(50))
+    }
+
+    /// How long the node's entries (and a channel's hash) outlive a beat.
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(200)
+    }
+
+    /// Records a local change; returns the member's encoding on a join.
+    pub(super) fn apply(&mut self, change: &PresenceChange) -> Option<Vec<u8>> {
+        if change.joined {
+            let member = encode_member(change.user.as_ref(), change.infos.as_deref());
+            self.local
+                .entry(change.channel.clone())
+                .or_default()
+                .insert(change.client, member.clone());
+            Some(member)
+        } else {
+            if let Some(members) = self.local.get_mut(&change.channel) {
+                members.remove(&change.client);
+                if members.is_empty() {
+                    self.local.remove(&change.channel);
+                }
+            }
+            None
+        }
+    }
+}
+
+pub(super) fn presence_key(channel: &ChannelName) -> String {
+    format!("hubbub:{{{}}}:presence", channel.as_str())
+}
+
+pub(super) fn field(node: u64, client: ClientId) -> String {
+    format!("{node}:{}", client.0)
+}
+
+/// A member as Redis keeps it: version 1, then user, `conn_info` and
+/// `chan_info`, each a u32 length (big-endian; `u32::MAX`: absent) and bytes.
+pub(super) fn encode_member(
+    user: Option<&Name>,
+    infos: Option<&hubbub_core::bus::InfoPair>,
+) -> Vec<u8> {
+    let fields = [
+        user.map(|u| u.as_str().as_bytes()),
+        infos.and_then(|i| i.conn_info.as_deref()),
+        infos.and_then(|i| i.chan_info.as_deref()),
+    ];
+    let mut out = vec![1u8];
+    for field in fields {
+        match field {
+            Some(bytes) => {
+                let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX - 1);
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(&bytes[..len as usize]);
+            }
+            None => out.extend_from_slice(&u32::MAX.to_be_bytes()),
+        }
+    }
+    out
+}
+
+/// The member [`encode_member`] wrote, with its node and client.
+pub(super) fn decode_member(node: u64, client: ClientId, bytes: &[u8]) -> Option<RemoteMember> {
+    let (&version, mut rest) = bytes.split_first()?;
+    if version != 1 {
+        return None;
+    }
+    let mut fields: [Option<&[u8]>; 3] = [None; 3];
+    for field in &mut fields {
+        let (len, after) = rest.split_at_checked(4)?;
+        let len = u32::from_be_bytes(len.try_into().ok()?);
+        rest = after;
+        if len != u32::MAX {
+            let (value, after) = rest.split_at_checked(len as usize)?;
+            *field = Some(value);
+            rest = after;
+        }
+    }
+    let [user, conn_info, chan_info] = fields;
+    let user = match user {
+        Some(u) => Some(Name::new(std::str::from_utf8(u).ok()?).ok()?),
+        None => None,
+    };
+    Some(RemoteMember {
+        node,
+        client,
+        user,
+        infos: hubbub_core::bus::infos(
+            conn_info.map(Bytes::copy_from_slice),
+            chan_info.map(Bytes::copy_from_slice),
+        ),
+    })
+}
+
+/// `"<node>:<client>"`.
+fn parse_field(field: &[u8]) -> Option<(u64, ClientId)> {
+    let text = std::str::from_utf8(field).ok()?;
+    let (node, client) = text.split_once(':')?;
+    Some((node.parse().ok()?, ClientId(client.parse().ok()?)))
+}
+
+/// A presence message from pub/sub: `j <node> <client> <member>` or
+/// `l <node> <client>`; `None` when the payload is not one.
+pub(super) enum Heard {
+    Joined(RemoteMember),
+    Left(u64, ClientId),
+}
+
+pub(super) fn parse_presence_message(payload: &[u8]) -> Option<Option<Heard>> {
+    let joined = match payload.get(..2)? {
+        b"j " => true,
+        b"l " => false,
+        _ => return None,
+    };
+    let mut parts = payload[2..].splitn(3, |b| *b == b' ');
+    let node: Option<u64> = parts
+        .next()
+        .and_then(|n| std::str::from_utf8(n).ok()?.parse().ok());
+    let client: Option<u128> = parts
+        .next()
+        .and_then(|c| std::str::from_utf8(c).ok()?.parse().ok());
+    let (Some(node), Some(client)) = (node, client) else {
+        return Some(None);
+    };
+    let client = ClientId(client);
+    if !joined {
+        return Some(Some(Heard::Left(node, client)));
+    }
+    Some(
+        parts
+            .next()
+            .and_then(|m| decode_member(node, client, m))
+            .map(Heard::Joined),
+    )
+}
+
+/// The members of a [`SNAPSHOT`] answer; entries that cannot be read are
+/// counted and skipped.
+pub(super) fn parse_snapshot(value: &Value, stats: &RedisStats) -> Option<Vec<RemoteMember>> {
+    let Value::Array(items) = value else {
+        return None;
+    };
+    let mut members = Vec::with_capacity(items.len() / 2);
+    for pair in items.chunks(2) {
+        let [Value::BulkString(field), Value::BulkString(member)] = pair else {
+            RedisStats::add(&stats.malformed, 1);
+            continue;
+        };
+        match parse_field(field).and_then(|(node, client)| decode_member(node, client, member)) {
+            Some(m) => members.push(m),
+            None => RedisStats::add(&stats.malformed, 1),
+        }
+    }
+    Some(members)
+}
+
+impl Engine {
+    /// Adds a local change to `pipe`: the entry written or deleted, and the
+    /// message to the other nodes.
+    pub(super) fn push_change(&mut self, pipe: &mut ::redis::Pipeline, change: &PresenceChange) {
+        let member = self.presence.apply(change);
+        let key = presence_key(&change.channel);
+        let field = field(self.node, change.client);
+        let pubsub = self.pubsub_name(&change.channel);
+        match member {
+            Some(member) => {
+                let mut message = format!("j {} {} ", self.node, change.client.0).into_bytes();
+                message.extend_from_slice(&member);
+                pipe.cmd("HSET").arg(&key).arg(&field).arg(member).ignore();
+                pipe.cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(self.presence.ttl_ms().saturating_mul(3))
+                    .ignore();
+                pipe.cmd("PUBLISH").arg(pubsub).arg(message).ignore();
+            }
+            None => {
+                pipe.cmd("HDEL").arg(&key).arg(&field).ignore();
+                let message = format!("l {} {}", self.node, change.client.0);
+                pipe.cmd("PUBLISH").arg(pubsub).arg(message).ignore();
+            }
+        }
+        RedisStats::add(&self.stats.presence_writes, 1);
+    }
+
+    /// Adds a [`SNAPSHOT`] of `channel` to `pipe` (its answer is kept).
+    pub(super) fn push_snapshot(&self, pipe: &mut ::redis::Pipeline, channel: &ChannelName) {
+        pipe.cmd("EVAL")
+            .arg(SNAPSHOT)
+            .arg(2)
+            .arg(presence_key(channel))
+            .arg(self.nodes_key())
+            .arg(self.node.to_string())
+            .arg(self.presence.ttl_ms().saturating_mul(3));
+    }
+
+    /// Hands a snapshot's members of `channel` to its home.
+    pub(super) fn deliver_snapshot(&self, channel: &ChannelName, value: &Value) {
+        let Some(members) = parse_snapshot(value, &self.stats) else {
+            RedisStats::add(&self.stats.errors, 1);
+            return;
+        };
+        RedisStats::add(&self.stats.snapshots, 1);
+        if let Some(tx) = self.followed.get(channel).and_then(|s| self.shards.get(*s)) {
+            let _ = tx.send(StoreEvent::RemoteMembers {
+                channel: channel.clone(),
+                members,
+            });
+        }
+    }
+
+    pub(super) fn nodes_key(&self) -> String {
+        format!("hubbub:{}:nodes", self.db)
+    }
+
+    /// A presence message from another node, for the channel's home.
+    pub(super) fn forward_presence(&self, channel: ChannelName, heard: Option<Heard>) {
+        let Some(shard) = self.followed.get(&channel).copied() else {
+            return;
+        };
+        let event = match heard {
+            None => {
+                RedisStats::add(&self.stats.malformed, 1);
+                return;
+            }
+            Some(Heard::Joined(member)) if member.node != self.node => {
+                StoreEvent::RemoteJoined { channel, member }
+            }
+            Some(Heard::Left(node, client)) if node != self.node => StoreEvent::RemoteLeft {
+                channel,
+                node,
+                client,
+            },
+            // This node's own.
+            Some(_) => return,
+        };
+        if let Some(tx) = self.shards.get(shard) {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// Renews this node's liveness; tells every shard of nodes that are
+    /// gone; writes this node's members again if its liveness had run out;
+    /// every `--presence-ttl`, reads every followed channel's members.
+    pub(super) async fn beat(&mut self) {
+        if !self.is_up() {
+            return;
+        }
+        self.presence.last_beat = Some(Instant::now());
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(BEAT)
+            .arg(1)
+            .arg(self.nodes_key())
+            .arg(self.node.to_string())
+            // Liveness for three beats: two may be missed, and the others
+            // notice a dead node within the TTL (3/4 + the 1/4 to their beat).
+            .arg(self.presence.ttl_ms() * 3 / 4);
+        let Some(value) = self.query(&pipe).await.and_then(|v| v.into_iter().next()) else {
+            return;
+        };
+        let Some((new, live)) = parse_beat(&value) else {
+            RedisStats::add(&self.stats.errors, 1);
+            return;
+        };
+        let live: BTreeSet<u64> = live.into_iter().filter(|n| *n != self.node).collect();
+        let gone: Vec<u64> = self.presence.live.difference(&live).copied().collect();
+        self.presence.live = live;
+        for node in gone {
+            RedisStats::add(&self.stats.nodes_gone, 1);
+            tracing::info!(
+                node,
+                "redis engine: a node's liveness ran out; its members leave"
+            );
+            for tx in &self.shards {
+                let _ = tx.send(StoreEvent::NodeGone { node });
+            }
+        }
+        if new && self.presence.beaten {
+            tracing::warn!("redis engine: this node's liveness had run out (Redis restarted or flushed, or the node stalled); writing its members again");
+            self.register_all(true).await;
+            // The other nodes write theirs at their next beat: read after
+            // that, not before (their members would seem to leave).
+            self.snapshot_after_beats();
+        }
+        self.presence.beaten = true;
+        let due = self
+            .presence
+            .last_snapshot
+            .is_none_or(|at| at.elapsed() >= self.presence.ttl);
+        if due {
+            self.snapshot_all().await;
+        }
+    }
+
+    /// The next snapshot of every channel comes two beats from now.
+    pub(super) fn snapshot_after_beats(&mut self) {
+        let wait = self.presence.beat_every() * 2;
+        let back = self.presence.ttl.saturating_sub(wait);
+        self.presence.last_snapshot = Some(
+            Instant::now()
+                .checked_sub(back)
+                .unwrap_or_else(Instant::now),
+        );
+    }
+
+    /// Writes every local member again (after Redis lost them); with
+    /// `announce`, tells the other nodes of each, as of a join.
+    pub(super) async fn register_all(&mut self, announce: bool) {
+        let channels: Vec<ChannelName> = self.presence.local.keys().cloned().collect();
+        for chunk in channels.chunks(MAX_BATCH) {
+            let mut pipe = ::redis::pipe();
+            for channel in chunk {
+                let Some(members) = self.presence.local.get(channel) else {
+                    continue;
+                };
+                let cmd = pipe
+                    .cmd("EVAL")
+                    .arg(REGISTER)
+                    .arg(1)
+                    .arg(presence_key(channel))
+                    .arg(format!("{}:", self.node))
+                    .arg(self.presence.ttl_ms().saturating_mul(3));
+                for (client, member) in members {
+                    cmd.arg(field(self.node, *client)).arg(member.as_slice());
+                }
+                cmd.ignore();
+                if announce {
+                    for (client, member) in members {
+                        let mut message = format!("j {} {} ", self.node, client.0).into_bytes();
+                        message.extend_from_slice(member);
+                        pipe.cmd("PUBLISH")
+                            .arg(self.pubsub_name(channel))
+                            .arg(message)
+                            .ignore();
+                    }
+                }
+            }
+            if self.query(&pipe).await.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Reads every followed channel's members, for their homes.
+    pub(super) async fn snapshot_all(&mut self) {
+        self.presence.last_snapshot = Some(Instant::now());
+        let channels: Vec<ChannelName> = self
+            .followed
+            .keys()
+            .filter(|c| !c.as_str().is_empty())
+            .cloned()
+            .collect();
+        for chunk in channels.chunks(MAX_BATCH) {
+            let mut pipe = ::redis::pipe();
+            for channel in chunk {
+                self.push_snapshot(&mut pipe, channel);
+            }
+            let Some(values) = self.query(&pipe).await else {
+                return;
+            };
+            for (channel, value) in chunk.iter().zip(&values) {
+                self.deliver_snapshot(channel, value);
+            }
+        }
+    }
+
+    /// Sends `pipe`; `None` (and the engine down) when Redis did not answer.
+    async fn query(&mut self, pipe: &::redis::Pipeline) -> Option<Vec<Value>> {
+        let conn = self.conn.as_mut()?;
+        RedisStats::add(&self.stats.pipelines, 1);
+        match tokio::time::timeout(RESPONSE_TIMEOUT, pipe.query_async::<Vec<Value>>(conn)).await {
+            Ok(Ok(values)) => Some(values),
+            Ok(Err(e)) => {
+                self.lost(&format!("redis: {e}"));
+                None
+            }
+            Err(_) => {
+                self.lost("redis did not answer in time");
+                None
+            }
+        }
+    }
+}
+
+/// `{new, {node, …}}`.
+fn parse_beat(value: &Value) -> Option<(bool, Vec<u64>)> {
+    let Value::Array(items) = value else {
+        return None;
+    };
+    let [new, Value::Array(live)] = items.as_slice() else {
+        return None;
+    };
+    let new = super::int(new)? == 1;
+    Some((new, live.iter().filter_map(super::int).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_and_messages_round_trip() {
+        let infos = hubbub_core::bus::infos(Some(Bytes::from_static(b"{\"a\":1}")), None);
+        let user = Name::new("ann").ok();
+        let bytes = encode_member(user.as_ref(), infos.as_deref());
+        let member = decode_member(7, ClientId(9), &bytes).expect("decodes");
+        assert_eq!(
+            member,
+            RemoteMember {
+                node: 7,
+                client: ClientId(9),
+                user,
+                infos
+            }
+        );
+        let mut message = b"j 7 9 ".to_vec();
+        message.extend_from_slice(&bytes);
+        assert!(matches!(
+            parse_presence_message(&message),
+            Some(Some(Heard::Joined(m))) if m == member
+        ));
+        assert!(matches!(
+            parse_presence_message(b"l 7 9"),
+            Some(Some(Heard::Left(7, ClientId(9))))
+        ));
+        assert!(matches!(parse_presence_message(b"j x 9 "), Some(None)));
+        assert!(parse_presence_message(b"12 34 xx").is_none());
+        for cut in 0..bytes.len() {
+            let _ = decode_member(1, ClientId(1), &bytes[..cut]);
+        }
+        assert_eq!(parse_field(b"12:345"), Some((12, ClientId(345))));
+        assert_eq!(parse_field(b"12345"), None);
+    }
+}
