@@ -122,6 +122,12 @@ pub async fn respond(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<B
     };
     let uptime = shared.started.elapsed().as_secs();
     fill_uptime(&mut command, uptime);
+    // With the Redis engine, some calls reach further than this node.
+    let wide = shared
+        .cluster
+        .as_ref()
+        .and_then(|_| crate::api_cluster::Widen::of(&command));
+    let forwarded_body = body.clone();
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = oneshot::channel();
     // `--record-inputs` keeps the request as it came, to decode it again.
@@ -142,7 +148,13 @@ pub async fn respond(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<B
     })
     .await;
     match answer {
-        Ok(Some(body)) => json(StatusCode::OK, body),
+        Ok(Some(body)) => match (&shared.cluster, wide) {
+            (Some(cluster), Some(wide)) => {
+                let body = wide.apply(cluster, &method, forwarded_body, body).await;
+                json(StatusCode::OK, body)
+            }
+            _ => json(StatusCode::OK, body),
+        },
         _ => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the hub did not answer in time",
@@ -194,6 +206,61 @@ impl std::fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ApiKey(…)")
     }
+}
+
+/// Runs a call another node forwarded (it acts on this node's
+/// connections); its answer is not needed.
+pub async fn run_forwarded(shared: &Arc<Shared>, method: &str, body: &[u8]) {
+    let Ok(mut command) = decode(method, body) else {
+        tracing::warn!(method, "a forwarded API call that does not decode: skipped");
+        return;
+    };
+    let uptime = shared.started.elapsed().as_secs();
+    fill_uptime(&mut command, uptime);
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = oneshot::channel();
+    let event = Event::Api {
+        request: ApiRequest { id, command },
+        recorded: shared.config.record.is_some().then(|| ApiCall {
+            id,
+            method: method.to_owned(),
+            body: Bytes::copy_from_slice(body),
+            uptime,
+        }),
+        reply: tx,
+    };
+    let _ = tokio::time::timeout(API_TIMEOUT, async {
+        shared.hub.send(event).await.ok()?;
+        rx.await.ok()
+    })
+    .await;
+}
+
+/// This node's `info` entry: the first of `nodes` in a local `info` answer.
+pub async fn local_node_info(shared: &Arc<Shared>) -> Option<Bytes> {
+    let uptime = shared.started.elapsed().as_secs();
+    let command = hubbub_core::ApiCommand::Info { uptime };
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = oneshot::channel();
+    let event = Event::Api {
+        request: ApiRequest { id, command },
+        recorded: shared.config.record.is_some().then(|| ApiCall {
+            id,
+            method: "info".to_owned(),
+            body: Bytes::from_static(b"{}"),
+            uptime,
+        }),
+        reply: tx,
+    };
+    let body = tokio::time::timeout(API_TIMEOUT, async {
+        shared.hub.send(event).await.ok()?;
+        rx.await.ok()
+    })
+    .await
+    .ok()??;
+    let answer: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    let entry = answer.get("result")?.get("nodes")?.get(0)?;
+    Some(Bytes::from(entry.to_string()))
 }
 
 #[cfg(test)]

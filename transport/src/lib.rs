@@ -51,6 +51,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod api_cluster;
 pub mod auth;
 pub mod bounded;
 pub mod cli;

@@ -132,6 +132,10 @@ pub async fn serve(
             started,
             tls: tls.clone(),
             ip_limits: ip_limits.clone(),
+            cluster: match &store {
+                Some(crate::store::Engine::Redis(handle)) => Some(handle.clone()),
+                _ => None,
+            },
         });
         let store_link = store_links.next();
         // One shard (validated): shard 0 records, with its engine's events.
@@ -165,6 +169,9 @@ pub async fn serve(
         shared.push(state);
     }
     drop(peers);
+    if let Some(crate::store::Engine::Redis(handle)) = &store {
+        start_cluster_tasks(handle, &shared[0], &stop_rx);
+    }
     info!(
         %addr,
         shards,
@@ -271,6 +278,45 @@ pub async fn serve(
         Some(_) => Err(io::Error::other("a hub task failed")),
         None => Ok(()),
     }
+}
+
+/// With the Redis engine: runs the API calls other nodes forward, and
+/// keeps this node's `info` entry current for theirs. Both end with the
+/// server: they end when it stops (they hold a hub's sender, which must
+/// close for the hub to end).
+fn start_cluster_tasks(
+    handle: &crate::store::redis::RedisHandle,
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+) {
+    if let Some(mut forwarded) = handle.take_forwarded() {
+        let (shared, mut stop) = (shared.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    call = forwarded.recv() => match call {
+                        Some((method, body)) => crate::api::run_forwarded(&shared, &method, &body).await,
+                        None => break,
+                    },
+                    () = stopped(&mut stop) => break,
+                }
+            }
+        });
+    }
+    let (handle, shared, mut stop) = (handle.clone(), shared.clone(), stop.clone());
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(handle.beat_every());
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = stopped(&mut stop) => break,
+            }
+            if let Some(entry) = crate::api::local_node_info(&shared).await {
+                handle.set_node_info(entry);
+            }
+        }
+    });
 }
 
 /// Opens the configured store and starts its thread: its handle, and each

@@ -45,6 +45,9 @@ pub struct Shared {
     pub tls: Option<crate::tls::Acceptor>,
     /// Connections and handshakes per IP (all shards).
     pub ip_limits: Arc<crate::limits::IpLimits>,
+    /// The Redis engine, when the node is one of several (the API reaches
+    /// the other nodes through it).
+    pub cluster: Option<crate::store::redis::RedisHandle>,
 }
 
 impl Shared {

@@ -1058,3 +1058,71 @@ async fn presence_spans_the_nodes_and_a_killed_nodes_members_leave_within_the_tt
     assert_alive(std::slice::from_mut(&mut a));
     drop(c);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_on_a_node_without_members_sees_and_acts_on_the_whole_cluster() {
+    let _turn = SERIAL.lock().await;
+    let redis = Redis::start(false);
+    let [a, b, c] = three_nodes_with(&redis, &["--presence-ttl", "2s"]);
+    let mut ann = seed_join(c.addr, "town", "ann").await;
+    let mut sdk = Sdk::connect(b.addr).await;
+    let reply = sdk.call(json!({"subscribe": {"channel": "news"}})).await;
+    assert!(reply.get("error").is_none(), "{reply}");
+    // Node A has nobody in either channel; its API answers for all nodes.
+    let p = api(a.addr, "presence", &json!({"channel": "town"})).await;
+    assert_eq!(
+        users(&p["result"]["presence"]),
+        BTreeSet::from(["ann".to_owned()]),
+        "{p}"
+    );
+    let s = api(a.addr, "presence_stats", &json!({"channel": "news"})).await;
+    assert_eq!(s["result"]["num_clients"], 1, "{s}");
+    let ch = api(a.addr, "channels", &json!({})).await;
+    assert_eq!(ch["result"]["channels"]["town"]["num_clients"], 1, "{ch}");
+    assert_eq!(ch["result"]["channels"]["news"]["num_clients"], 1, "{ch}");
+    let only = api(a.addr, "channels", &json!({"pattern": "n*"})).await;
+    assert_eq!(
+        only["result"]["channels"]
+            .as_object()
+            .map(serde_json::Map::len),
+        Some(1),
+        "{only}"
+    );
+    // `info` lists every live node (their entries come with their beats).
+    let deadline = Instant::now() + STEP;
+    loop {
+        let info = api(a.addr, "info", &json!({})).await;
+        let nodes = info["result"]["nodes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let clients: u64 = nodes.iter().filter_map(|n| n["num_clients"].as_u64()).sum();
+        if nodes.len() == 3 && clients == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "info: {info}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Disconnecting a user on node A ends its connection on node C.
+    let r = api(a.addr, "disconnect", &json!({"user": "ann"})).await;
+    assert!(r.get("error").is_none(), "{r}");
+    within(STEP, "ann's connection to end", async {
+        while let Some(Ok(m)) = ann.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+    // Its leave is written once node C has seen the connection end.
+    let deadline = Instant::now() + STEP;
+    loop {
+        let p = api(b.addr, "presence", &json!({"channel": "town"})).await;
+        if users(&p["result"]["presence"]).is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ann is still present: {p}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop((a, b, c));
+}

@@ -52,7 +52,10 @@ use tokio::sync::mpsc::{self, UnboundedSender};
 
 use super::StoreClosed;
 
+mod cluster;
 mod presence;
+
+pub use cluster::{ClusterAnswer, ClusterQuery};
 
 /// The most requests in one pipeline.
 pub const MAX_BATCH: usize = 1024;
@@ -193,6 +196,10 @@ enum Command {
     Unfollow(ChannelName),
     /// A local member joined or left a channel.
     Presence(hubbub_core::PresenceChange),
+    /// An API call for the other nodes: method, body.
+    Forward(String, Bytes),
+    /// An API question for Redis.
+    Query(ClusterQuery, cluster::Answer),
 }
 
 /// Submits requests to the engine's thread. Cheap to clone.
@@ -201,7 +208,27 @@ pub struct RedisHandle {
     tx: Arc<Mutex<Option<mpsc::Sender<Command>>>>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
     stats: Arc<RedisStats>,
+    /// API calls other nodes forwarded, until the server takes them.
+    forwarded: Arc<Mutex<Option<Forwarded>>>,
+    /// This node's `info` entry, as the server last made it.
+    node_info: Arc<Mutex<Option<Bytes>>>,
+    beat_every: Duration,
 }
+
+impl std::fmt::Debug for RedisHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisHandle")
+            .field("up", &self.stats.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
+/// API calls (method, body) other nodes forwarded, for the server to run.
+pub type Forwarded = mpsc::Receiver<(String, Bytes)>;
+
+/// API calls forwarded by other nodes waiting to run here; beyond it they
+/// are dropped (and counted as errors).
+pub const FORWARDED_QUEUE: usize = 1024;
 
 /// Starts the engine's thread for `url`; answers and deliveries for shard
 /// `i` go to `shards[i]`. Redis need not be up: the engine connects (and
@@ -224,6 +251,10 @@ pub fn spawn(
     let stats = Arc::new(RedisStats::default());
     stats.set_down("not connected yet");
     let (tx, rx) = mpsc::channel(QUEUE);
+    let (forward_tx, forwarded) = mpsc::channel(FORWARDED_QUEUE);
+    let node_info = Arc::new(Mutex::new(None));
+    let presence = presence::Presence::new(presence_ttl);
+    let beat_every = presence.beat_every();
     let engine = Engine {
         client,
         db,
@@ -237,7 +268,9 @@ pub fn spawn(
         ever_connected: false,
         fresh: 0,
         node: hubbub_core::hub::mix64(now_nanos() ^ u64::from(std::process::id())),
-        presence: presence::Presence::new(presence_ttl),
+        presence,
+        forward_tx: Some(forward_tx),
+        node_info: node_info.clone(),
     };
     let thread = std::thread::Builder::new()
         .name("hubbub-redis".into())
@@ -254,6 +287,9 @@ pub fn spawn(
         tx: Arc::new(Mutex::new(Some(tx))),
         thread: Arc::new(Mutex::new(Some(thread))),
         stats,
+        forwarded: Arc::new(Mutex::new(Some(forwarded))),
+        node_info,
+        beat_every,
     })
 }
 
@@ -303,6 +339,56 @@ impl RedisHandle {
     /// and the other nodes learn the truth at their next snapshot.
     pub fn presence(&self, change: hubbub_core::PresenceChange) {
         self.best_effort(Command::Presence(change));
+    }
+
+    /// Hands an API call (one that acts on users' connections) to the
+    /// other nodes, which run it as it comes. Best effort.
+    pub fn forward_api(&self, method: &str, body: Bytes) {
+        self.best_effort(Command::Forward(method.to_owned(), body));
+    }
+
+    /// Asks Redis an API question (presence, channels, nodes).
+    ///
+    /// # Errors
+    /// Redis cannot be reached or does not answer in time, or the queue is full.
+    pub async fn query(&self, query: ClusterQuery) -> Result<ClusterAnswer, String> {
+        let (answer, rx) = tokio::sync::oneshot::channel();
+        let tx = self
+            .tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let tx = tx.ok_or("the redis engine has ended")?;
+        if tx.try_send(Command::Query(query, answer)).is_err() {
+            RedisStats::add(&self.stats.errors, 1);
+            return Err("the redis engine's queue is full".to_owned());
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("the redis engine has ended".to_owned()))
+    }
+
+    /// The API calls other nodes forward, once (for the server to run).
+    #[must_use]
+    pub fn take_forwarded(&self) -> Option<Forwarded> {
+        self.forwarded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// This node's `info` entry (a JSON object), written to Redis at each
+    /// beat for the other nodes' `info`.
+    pub fn set_node_info(&self, entry: Bytes) {
+        *self
+            .node_info
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(entry);
+    }
+
+    /// How often the node renews its liveness (and its `info` entry).
+    #[must_use]
+    pub fn beat_every(&self) -> Duration {
+        self.beat_every
     }
 
     /// Queues `command` unless the queue is full (then it is counted as an
@@ -360,6 +446,9 @@ struct Engine {
     /// This node's id in messages without a position and presence entries.
     node: u64,
     presence: presence::Presence,
+    /// Where API calls forwarded by other nodes go.
+    forward_tx: Option<mpsc::Sender<(String, Bytes)>>,
+    node_info: Arc<Mutex<Option<Bytes>>>,
 }
 
 enum Wake {
@@ -487,7 +576,8 @@ impl Engine {
             .map_err(|_| "timed out".to_owned())?
             .map_err(|e| e.to_string())?;
         let (mut sink, stream) = pubsub.split();
-        let names: Vec<String> = self.followed.keys().map(|c| self.pubsub_name(c)).collect();
+        let mut names: Vec<String> = self.followed.keys().map(|c| self.pubsub_name(c)).collect();
+        names.push(cluster::control_name(self.db));
         for chunk in names.chunks(MAX_BATCH) {
             tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(chunk))
                 .await
@@ -502,6 +592,10 @@ impl Engine {
 
     /// A message from pub/sub: a publication for the home that follows it.
     fn forward(&mut self, message: &::redis::Msg) {
+        if message.get_channel_name() == cluster::control_name(self.db) {
+            self.forwarded(message.get_payload_bytes());
+            return;
+        }
         let prefix = format!("hubbub:{}:", self.db);
         let Some(channel) = message.get_channel_name().strip_prefix(&prefix) else {
             return;
@@ -553,6 +647,8 @@ impl Engine {
         let mut touched = BTreeSet::new();
         let mut broadcasts = Vec::new();
         let mut changes = Vec::new();
+        let mut forwards = Vec::new();
+        let mut queries = Vec::new();
         // Channels first followed by an `Open` here: if it fails, the hub
         // has no room for them (a followed channel without a stream stays
         // followed, and is subscribed again on reconnection).
@@ -585,6 +681,8 @@ impl Engine {
                     touched.insert(channel);
                 }
                 Command::Presence(change) => changes.push(change),
+                Command::Forward(method, body) => forwards.push((method, body)),
+                Command::Query(query, answer) => queries.push((query, answer)),
             }
         }
         if !self.is_up() {
@@ -642,6 +740,18 @@ impl Engine {
             if let Some(tx) = self.shards.get(shard) {
                 let _ = tx.send(event);
             }
+        }
+        if !forwards.is_empty() {
+            let mut pipe = ::redis::pipe();
+            for (method, body) in &forwards {
+                self.push_forward(&mut pipe, method, body);
+            }
+            if self.query(&pipe).await.is_none() {
+                RedisStats::add(&self.stats.errors, forwards.len() as u64);
+            }
+        }
+        for (query, answer) in queries {
+            self.cluster_query(query, answer).await;
         }
         if !unsubscribe.is_empty() && self.is_up() {
             let names: Vec<String> = unsubscribe.iter().map(|c| self.pubsub_name(c)).collect();

@@ -121,7 +121,7 @@ impl Presence {
     }
 
     /// How long the node's entries (and a channel's hash) outlive a beat.
-    fn ttl_ms(&self) -> u64 {
+    pub(super) fn ttl_ms(&self) -> u64 {
         u64::try_from(self.ttl.as_millis())
             .unwrap_or(u64::MAX)
             .max(200)
@@ -377,6 +377,7 @@ impl Engine {
             // Liveness for three beats: two may be missed, and the others
             // notice a dead node within the TTL (3/4 + the 1/4 to their beat).
             .arg(self.presence.ttl_ms() * 3 / 4);
+        self.push_node_info(&mut pipe);
         let Some(value) = self.query(&pipe).await.and_then(|v| v.into_iter().next()) else {
             return;
         };
@@ -487,7 +488,7 @@ impl Engine {
     }
 
     /// Sends `pipe`; `None` (and the engine down) when Redis did not answer.
-    async fn query(&mut self, pipe: &::redis::Pipeline) -> Option<Vec<Value>> {
+    pub(super) async fn query(&mut self, pipe: &::redis::Pipeline) -> Option<Vec<Value>> {
         let conn = self.conn.as_mut()?;
         RedisStats::add(&self.stats.pipelines, 1);
         match tokio::time::timeout(RESPONSE_TIMEOUT, pipe.query_async::<Vec<Value>>(conn)).await {
