@@ -90,13 +90,17 @@ pub struct Cli {
     pub store: String,
 
     /// The Redis engine's server (`--store redis`):
-    /// `redis://[:PASSWORD@]HOST:PORT/DB`.
+    /// `redis://[:PASSWORD@]HOST:PORT/DB`. Repeat it (or separate URLs with
+    /// commas) to spread channels over several Redis instances by a stable
+    /// hash of the channel name; every node needs the same list, in the
+    /// same order.
     #[arg(
         long,
         env = "HUBBUB_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/0"
+        default_value = "redis://127.0.0.1:6379/0",
+        value_delimiter = ','
     )]
-    pub redis_url: String,
+    pub redis_url: Vec<String>,
 
     /// With `--store redis`: how long a node's presence entries outlive it.
     /// Each node refreshes its liveness in Redis every quarter of this; when
@@ -458,7 +462,7 @@ impl Cli {
             self.store.clone_from(v);
         }
         if let (Some(v), true) = (&file.redis_url, unset("redis_url")) {
-            self.redis_url.clone_from(v);
+            self.redis_url = v.clone().into_vec();
         }
         if let (Some(v), true) = (&file.data_dir, unset("data_dir")) {
             self.data_dir.clone_from(v);
@@ -561,7 +565,7 @@ impl Cli {
             store: match self.store.as_str() {
                 "memory" => StoreConfig::Memory,
                 "redis" => StoreConfig::Redis {
-                    url: self.redis_url.clone(),
+                    urls: self.redis_url.clone(),
                     presence_ttl: self.presence_ttl,
                 },
                 _ => StoreConfig::Sqlite {

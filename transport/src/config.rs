@@ -50,8 +50,9 @@ pub enum StoreConfig {
     },
     /// Redis at `url`, shared by every node started with it: offsets are
     /// assigned there, and every node's publications reach every node.
+    /// (Several URLs: channels spread over the instances by a hash of their name.)
     Redis {
-        url: String,
+        urls: Vec<String>,
         /// How long a node's presence entries outlive it (`--presence-ttl`).
         presence_ttl: std::time::Duration,
     },

@@ -29,6 +29,24 @@ use serde::Deserialize;
 
 use crate::cli::parse_duration;
 
+/// A key that takes one string or a list of them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    #[must_use]
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(one) => vec![one],
+            Self::Many(many) => many,
+        }
+    }
+}
+
 /// The file as written: every key optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,7 +65,8 @@ pub struct FileConfig {
     pub idle_streams: Option<usize>,
     pub store: Option<String>,
     pub data_dir: Option<std::path::PathBuf>,
-    pub redis_url: Option<String>,
+    /// One URL, or a list (channels spread over the instances).
+    pub redis_url: Option<OneOrMany>,
     pub presence_ttl: Option<String>,
     pub history_sync: Option<String>,
     pub store_queue: Option<usize>,

@@ -341,9 +341,11 @@ fn start_store(
             info!(path = %store.path().display(), sync = %sync, "history store opened");
             crate::store::Engine::Sqlite(crate::store::spawn(store, senders)?)
         }
-        crate::config::StoreConfig::Redis { url, presence_ttl } => {
-            info!(url = %redacted(url), "redis engine starting");
-            crate::store::Engine::Redis(crate::store::redis::spawn(url, *presence_ttl, senders)?)
+        crate::config::StoreConfig::Redis { urls, presence_ttl } => {
+            for url in urls {
+                info!(url = %redacted(url), "redis engine starting");
+            }
+            crate::store::Engine::Redis(crate::store::redis::spawn(urls, *presence_ttl, &senders)?)
         }
     };
     let links: Vec<_> = receivers

@@ -563,3 +563,66 @@ async fn channels_without_history_cross_nodes_once_without_offsets() {
     assert_eq!(next_chat(&mut bea).await.0, "end", "nothing twice");
     assert_eq!(next_chat(&mut ann).await.0, "end", "its own line once");
 }
+
+/// A channel name that `--redis-url` number `want` (of `count`) keeps.
+fn channel_on(want: usize, count: usize) -> String {
+    (0..)
+        .map(|i| format!("spread{i}"))
+        .find(|c| hubbub::store::redis::instance_of(c, count) == want)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_spread_over_two_redis_instances_and_one_down_spares_the_others() {
+    let first = Redis::start(false);
+    let mut second = Redis::start(true);
+    let args = |_: ()| {
+        Process::start(&[
+            "--store",
+            "redis",
+            "--redis-url",
+            &first.url(),
+            "--redis-url",
+            &second.url(),
+            "--shards",
+            "2",
+        ])
+    };
+    let (a, b) = (args(()), args(()));
+    let (x, y) = (channel_on(0, 2), channel_on(1, 2));
+    let mut sub = Sdk::connect(b.addr).await;
+    subscribe(&mut sub, &x).await;
+    subscribe(&mut sub, &y).await;
+    let mut publisher = Sdk::connect(a.addr).await;
+    for channel in [&x, &y] {
+        let r = publish(&mut publisher, channel, json!("one")).await;
+        assert!(r.get("error").is_none(), "{r}");
+        assert_eq!(next_pub(&mut sub, channel).await, (1, json!("one")));
+    }
+    // Each channel's stream is in its own instance only.
+    let exists = |r: &Redis, c: &str| r.command(&format!("EXISTS hubbub:{{{c}}}:meta"));
+    assert_eq!(
+        (exists(&first, &x), exists(&first, &y)),
+        (":1".into(), ":0".into())
+    );
+    assert_eq!(
+        (exists(&second, &x), exists(&second, &y)),
+        (":0".into(), ":1".into())
+    );
+    // The second instance goes: its channels refuse (100), the others go on.
+    second.stop();
+    let r = publish(&mut publisher, &y, json!("two")).await;
+    assert_eq!(r["error"]["code"], json!(100), "{r}");
+    let r = publish(&mut publisher, &x, json!("two")).await;
+    assert!(r.get("error").is_none(), "{r}");
+    assert_eq!(next_pub(&mut sub, &x).await, (2, json!("two")));
+    let body = health_until(a.addr, 503).await;
+    assert!(!body["reason"].as_str().unwrap().is_empty(), "{body}");
+    // Back (its append-only file kept the stream): the next offset.
+    second.restart();
+    health_until(a.addr, 200).await;
+    health_until(b.addr, 200).await;
+    let r = publish(&mut publisher, &y, json!("three")).await;
+    assert!(r.get("error").is_none(), "{r}");
+    assert_eq!(next_pub(&mut sub, &y).await, (2, json!("three")));
+}

@@ -35,7 +35,7 @@
 //! and tells each home to read its stream again ([`StoreEvent::Resync`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -115,8 +115,6 @@ return {top, epoch, tail}
 /// The engine's counters and state, shared with `/metrics` and `/health`.
 #[derive(Debug, Default)]
 pub struct RedisStats {
-    /// Whether the engine has working connections (command and pub/sub).
-    pub up: AtomicBool,
     /// Requests answered with an error (Redis unreachable, a script error,
     /// a timeout) or refused because the queue was full.
     pub errors: AtomicU64,
@@ -141,8 +139,8 @@ pub struct RedisStats {
     pub snapshots: AtomicU64,
     /// Other nodes whose liveness ran out (their members left here).
     pub nodes_gone: AtomicU64,
-    /// Why the engine is down, when it is.
-    reason: Mutex<String>,
+    /// The instances that are down, with why.
+    down: Mutex<BTreeMap<usize, String>>,
 }
 
 impl RedisStats {
@@ -156,32 +154,52 @@ impl RedisStats {
         counter.load(Ordering::Relaxed)
     }
 
-    /// Whether Redis is reachable (as of the engine's last contact).
+    /// Whether every Redis instance is reachable (as of the engines' last
+    /// contact).
     #[must_use]
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.down
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
     }
 
-    /// Why the engine is down (empty while up).
+    /// Why the engine is down (empty while up): each unreachable
+    /// instance's reason.
     #[must_use]
     pub fn reason(&self) -> String {
-        self.reason
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        let down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
+        if down.len() == 1 {
+            return down.values().next().cloned().unwrap_or_default();
+        }
+        down.iter()
+            .map(|(i, why)| format!("redis-url #{}: {why}", i + 1))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
-    fn set_down(&self, reason: &str) {
-        reason.clone_into(&mut self.reason.lock().unwrap_or_else(PoisonError::into_inner));
-        self.up.store(false, Ordering::Relaxed);
-    }
-
-    fn set_up(&self) {
-        self.reason
+    /// Why `instance` is down (empty while up).
+    fn reason_of(&self, instance: usize) -> String {
+        self.down
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-        self.up.store(true, Ordering::Relaxed);
+            .get(&instance)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn set_down(&self, instance: usize, reason: &str) {
+        self.down
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(instance, reason.to_owned());
+    }
+
+    fn set_up(&self, instance: usize) {
+        self.down
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&instance);
     }
 }
 
@@ -202,11 +220,18 @@ enum Command {
     Query(ClusterQuery, cluster::Answer),
 }
 
-/// Submits requests to the engine's thread. Cheap to clone.
-#[derive(Clone)]
-pub struct RedisHandle {
+/// One Redis instance's engine thread and its queue.
+struct Instance {
     tx: Arc<Mutex<Option<mpsc::Sender<Command>>>>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+/// Submits requests to the engines' threads, one per `--redis-url`; a
+/// channel's requests go to the instance [`instance_of`] names. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct RedisHandle {
+    instances: Arc<[Instance]>,
     stats: Arc<RedisStats>,
     /// API calls other nodes forwarded, until the server takes them.
     forwarded: Arc<Mutex<Option<Forwarded>>>,
@@ -218,6 +243,7 @@ pub struct RedisHandle {
 impl std::fmt::Debug for RedisHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisHandle")
+            .field("instances", &self.instances.len())
             .field("up", &self.stats.is_up())
             .finish_non_exhaustive()
     }
@@ -230,62 +256,99 @@ pub type Forwarded = mpsc::Receiver<(String, Bytes)>;
 /// are dropped (and counted as errors).
 pub const FORWARDED_QUEUE: usize = 1024;
 
-/// Starts the engine's thread for `url`; answers and deliveries for shard
-/// `i` go to `shards[i]`. Redis need not be up: the engine connects (and
-/// reconnects) by itself.
+/// Which of `count` instances keeps `channel`: FNV-1a (64-bit) of its name,
+/// modulo `count`. Stable across versions and nodes; every node must be
+/// given the same `--redis-url`s in the same order.
+#[must_use]
+pub fn instance_of(channel: &str, count: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in channel.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    usize::try_from(hash % count.max(1) as u64).unwrap_or(0)
+}
+
+/// Starts one engine thread per URL (the first also carries the node's
+/// liveness entry for `info` and the API calls forwarded between nodes);
+/// answers and deliveries for shard `i` go to `shards[i]`. Redis need not
+/// be up: each engine connects (and reconnects) by itself.
 ///
 /// # Errors
-/// The URL is not a Redis URL, or the thread could not be spawned.
+/// No URL, a URL that is not a Redis URL, or a thread could not be spawned.
 pub fn spawn(
-    url: &str,
+    urls: &[String],
     presence_ttl: Duration,
-    shards: Vec<UnboundedSender<StoreEvent>>,
+    shards: &[UnboundedSender<StoreEvent>],
 ) -> std::io::Result<RedisHandle> {
-    let client = Client::open(url).map_err(|e| {
-        std::io::Error::new(
+    if urls.is_empty() {
+        return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("--redis-url {url:?}: {e}"),
-        )
-    })?;
-    let db = client.get_connection_info().redis_settings().db();
-    let stats = Arc::new(RedisStats::default());
-    stats.set_down("not connected yet");
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let (forward_tx, forwarded) = mpsc::channel(FORWARDED_QUEUE);
-    let node_info = Arc::new(Mutex::new(None));
-    let presence = presence::Presence::new(presence_ttl);
-    let beat_every = presence.beat_every();
-    let engine = Engine {
-        client,
-        db,
-        conn: None,
-        sink: None,
-        stream: None,
-        followed: BTreeMap::new(),
-        shards,
-        stats: stats.clone(),
-        last_attempt: None,
-        ever_connected: false,
-        fresh: 0,
-        node: hubbub_core::hub::mix64(now_nanos() ^ u64::from(std::process::id())),
-        presence,
-        forward_tx: Some(forward_tx),
-        node_info: node_info.clone(),
-    };
-    let thread = std::thread::Builder::new()
-        .name("hubbub-redis".into())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            match runtime {
-                Ok(runtime) => runtime.block_on(run(engine, rx)),
-                Err(e) => tracing::error!(error = %e, "redis engine: no runtime"),
-            }
+            "--store redis needs a --redis-url",
+        ));
+    }
+    let mut clients = Vec::with_capacity(urls.len());
+    for url in urls {
+        let client = Client::open(url.as_str()).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("--redis-url {url:?}: {e}"),
+            )
         })?;
+        clients.push(client);
+    }
+    let stats = Arc::new(RedisStats::default());
+    let (forward_tx, forwarded) = mpsc::channel(FORWARDED_QUEUE);
+    let mut forward_tx = Some(forward_tx);
+    let node_info = Arc::new(Mutex::new(None));
+    let beat_every = presence::Presence::new(presence_ttl).beat_every();
+    let node = hubbub_core::hub::mix64(now_nanos() ^ u64::from(std::process::id()));
+    let mut instances = Vec::with_capacity(clients.len());
+    for (instance, client) in clients.into_iter().enumerate() {
+        stats.set_down(instance, "not connected yet");
+        let db = client.get_connection_info().redis_settings().db();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let primary = instance == 0;
+        let engine = Engine {
+            client,
+            db,
+            instance,
+            conn: None,
+            sink: None,
+            stream: None,
+            followed: BTreeMap::new(),
+            shards: shards.to_vec(),
+            stats: stats.clone(),
+            last_attempt: None,
+            ever_connected: false,
+            fresh: 0,
+            node,
+            presence: presence::Presence::new(presence_ttl),
+            forward_tx: if primary { forward_tx.take() } else { None },
+            node_info: if primary {
+                node_info.clone()
+            } else {
+                Arc::new(Mutex::new(None))
+            },
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("hubbub-redis-{instance}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(runtime) => runtime.block_on(run(engine, rx)),
+                    Err(e) => tracing::error!(error = %e, "redis engine: no runtime"),
+                }
+            })?;
+        instances.push(Instance {
+            tx: Arc::new(Mutex::new(Some(tx))),
+            thread: Arc::new(Mutex::new(Some(thread))),
+        });
+    }
     Ok(RedisHandle {
-        tx: Arc::new(Mutex::new(Some(tx))),
-        thread: Arc::new(Mutex::new(Some(thread))),
+        instances: instances.into(),
         stats,
         forwarded: Arc::new(Mutex::new(Some(forwarded))),
         node_info,
@@ -294,6 +357,16 @@ pub fn spawn(
 }
 
 impl RedisHandle {
+    /// The instance that keeps `channel`.
+    fn of(&self, channel: &ChannelName) -> &Instance {
+        &self.instances[instance_of(channel.as_str(), self.instances.len())]
+    }
+
+    /// The first instance (liveness entries for `info`, forwarded calls).
+    fn primary(&self) -> &Instance {
+        &self.instances[0]
+    }
+
     /// Queues `request` from `shard` without waiting; its answer comes on
     /// that shard's channel.
     ///
@@ -302,6 +375,7 @@ impl RedisHandle {
     pub fn submit(&self, shard: usize, request: StoreRequest) -> Result<(), StoreClosed> {
         // A clone, so the lock is held only to read the sender.
         let tx = self
+            .of(request.channel())
             .tx
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -321,30 +395,34 @@ impl RedisHandle {
     /// The hub no longer follows `channel`. Best effort: with the queue
     /// full, the node stays subscribed, and the hub ignores what comes.
     pub fn unfollow(&self, channel: ChannelName) {
-        self.best_effort(Command::Unfollow(channel));
+        let to = self.of(&channel);
+        self.best_effort(to, Command::Unfollow(channel));
     }
 
     /// The hub of `shard` follows `channel`, which has no stream.
     pub fn follow(&self, shard: usize, channel: ChannelName) {
-        self.best_effort(Command::Follow(shard, channel));
+        let to = self.of(&channel);
+        self.best_effort(to, Command::Follow(shard, channel));
     }
 
     /// Hands a publication without a position to the other nodes.
     pub fn broadcast(&self, channel: ChannelName, publication: Stored) {
-        self.best_effort(Command::Broadcast(channel, publication));
+        let to = self.of(&channel);
+        self.best_effort(to, Command::Broadcast(channel, publication));
     }
 
     /// A local member joined or left: recorded in Redis, told to the other
     /// nodes. Best effort: with the queue full it is counted as an error,
     /// and the other nodes learn the truth at their next snapshot.
     pub fn presence(&self, change: hubbub_core::PresenceChange) {
-        self.best_effort(Command::Presence(change));
+        let to = self.of(&change.channel);
+        self.best_effort(to, Command::Presence(change));
     }
 
     /// Hands an API call (one that acts on users' connections) to the
     /// other nodes, which run it as it comes. Best effort.
     pub fn forward_api(&self, method: &str, body: Bytes) {
-        self.best_effort(Command::Forward(method.to_owned(), body));
+        self.best_effort(self.primary(), Command::Forward(method.to_owned(), body));
     }
 
     /// Asks Redis an API question (presence, channels, nodes).
@@ -352,12 +430,30 @@ impl RedisHandle {
     /// # Errors
     /// Redis cannot be reached or does not answer in time, or the queue is full.
     pub async fn query(&self, query: ClusterQuery) -> Result<ClusterAnswer, String> {
+        match query {
+            ClusterQuery::Members(channel) => {
+                let to = self.of(&channel);
+                self.ask(to, ClusterQuery::Members(channel)).await
+            }
+            ClusterQuery::Nodes => self.ask(self.primary(), ClusterQuery::Nodes).await,
+            ClusterQuery::Channels => {
+                // Each channel lives on one instance: the union.
+                let mut all = BTreeMap::new();
+                for instance in self.instances.iter() {
+                    if let ClusterAnswer::Channels(some) =
+                        self.ask(instance, ClusterQuery::Channels).await?
+                    {
+                        all.extend(some);
+                    }
+                }
+                Ok(ClusterAnswer::Channels(all))
+            }
+        }
+    }
+
+    async fn ask(&self, to: &Instance, query: ClusterQuery) -> Result<ClusterAnswer, String> {
         let (answer, rx) = tokio::sync::oneshot::channel();
-        let tx = self
-            .tx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let tx = to.tx.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let tx = tx.ok_or("the redis engine has ended")?;
         if tx.try_send(Command::Query(query, answer)).is_err() {
             RedisStats::add(&self.stats.errors, 1);
@@ -391,10 +487,11 @@ impl RedisHandle {
         self.beat_every
     }
 
-    /// Queues `command` unless the queue is full (then it is counted as an
-    /// error and dropped: none of these has a publisher waiting for it).
-    fn best_effort(&self, command: Command) {
-        let tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Queues `command` for `to` unless its queue is full (then it is
+    /// counted as an error and dropped: none of these has a publisher
+    /// waiting for it).
+    fn best_effort(&self, to: &Instance, command: Command) {
+        let tx = to.tx.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(tx) = tx.as_ref() {
             if tx.try_send(command).is_err() {
                 RedisStats::add(&self.stats.errors, 1);
@@ -402,24 +499,29 @@ impl RedisHandle {
         }
     }
 
-    /// Asks the engine to end once it has answered what was queued.
+    /// Asks the engines to end once they have answered what was queued.
     pub fn close(&self) {
-        self.tx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        for instance in self.instances.iter() {
+            instance
+                .tx
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+        }
     }
 
-    /// Waits for the engine's thread to end (after [`Self::close`]).
+    /// Waits for the engines' threads to end (after [`Self::close`]).
     pub fn join(&self) {
-        let thread = self
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(thread) = thread {
-            if thread.join().is_err() {
-                tracing::error!("the redis engine thread panicked");
+        for instance in self.instances.iter() {
+            let thread = instance
+                .thread
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(thread) = thread {
+                if thread.join().is_err() {
+                    tracing::error!("a redis engine thread panicked");
+                }
             }
         }
     }
@@ -433,6 +535,8 @@ impl RedisHandle {
 struct Engine {
     client: Client,
     db: i64,
+    /// Which `--redis-url` (0: the first, which carries the node-wide keys).
+    instance: usize,
     conn: Option<MultiplexedConnection>,
     sink: Option<PubSubSink>,
     stream: Option<PubSubStream>,
@@ -508,12 +612,16 @@ impl Engine {
     /// The connections are gone: requests fail until they are back.
     fn lost(&mut self, why: &str) {
         if self.is_up() {
-            tracing::warn!(reason = why, "redis engine: connection lost");
+            tracing::warn!(
+                instance = self.instance,
+                reason = why,
+                "redis engine: connection lost"
+            );
         }
         self.conn = None;
         self.sink = None;
         self.stream = None;
-        self.stats.set_down(why);
+        self.stats.set_down(self.instance, why);
     }
 
     fn pubsub_name(&self, channel: &ChannelName) -> String {
@@ -528,13 +636,17 @@ impl Engine {
             Ok(()) => {
                 if self.ever_connected {
                     RedisStats::add(&self.stats.reconnects, 1);
-                    tracing::info!(channels = self.followed.len(), "redis engine: reconnected");
+                    tracing::info!(
+                        instance = self.instance,
+                        channels = self.followed.len(),
+                        "redis engine: reconnected"
+                    );
                 } else {
-                    tracing::info!("redis engine: connected");
+                    tracing::info!(instance = self.instance, "redis engine: connected");
                 }
                 let again = self.ever_connected;
                 self.ever_connected = true;
-                self.stats.set_up();
+                self.stats.set_up(self.instance);
                 for (channel, shard) in &self.followed {
                     if let Some(tx) = self.shards.get(*shard) {
                         let _ = tx.send(StoreEvent::Resync {
@@ -554,7 +666,7 @@ impl Engine {
             Err(e) => {
                 // Said once per outage (the first failure), not every retry.
                 if self.is_up() || RedisStats::get(&self.stats.connect_failures) == 0 {
-                    tracing::warn!(error = %e, "redis engine: cannot connect; retrying every 250 ms");
+                    tracing::warn!(instance = self.instance, error = %e, "redis engine: cannot connect; retrying every 250 ms");
                 }
                 RedisStats::add(&self.stats.connect_failures, 1);
                 self.lost(&format!("cannot connect to redis: {e}"));
@@ -577,7 +689,9 @@ impl Engine {
             .map_err(|e| e.to_string())?;
         let (mut sink, stream) = pubsub.split();
         let mut names: Vec<String> = self.followed.keys().map(|c| self.pubsub_name(c)).collect();
-        names.push(cluster::control_name(self.db));
+        if self.instance == 0 {
+            names.push(cluster::control_name(self.db));
+        }
         for chunk in names.chunks(MAX_BATCH) {
             tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(chunk))
                 .await
@@ -726,7 +840,7 @@ impl Engine {
             let event = match answers.next() {
                 Some(value) => self.answer(request, value),
                 None => {
-                    let why = self.stats.reason();
+                    let why = self.stats.reason_of(self.instance);
                     failed(request, &format!("redis: {why}"))
                 }
             };
@@ -777,12 +891,12 @@ impl Engine {
         changes: &[hubbub_core::PresenceChange],
     ) -> Result<(Vec<Value>, Vec<Value>), String> {
         if !self.is_up() {
-            return Err(self.stats.reason());
+            return Err(self.stats.reason_of(self.instance));
         }
         if !subscribe.is_empty() {
             let names: Vec<String> = subscribe.iter().map(|c| self.pubsub_name(c)).collect();
             let Some(sink) = &mut self.sink else {
-                return Err(self.stats.reason());
+                return Err(self.stats.reason_of(self.instance));
             };
             tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(&names))
                 .await
@@ -856,7 +970,7 @@ impl Engine {
         }
         RedisStats::add(&self.stats.pipelines, 1);
         let Some(conn) = &mut self.conn else {
-            return Err(self.stats.reason());
+            return Err(self.stats.reason_of(self.instance));
         };
         let mut values: Vec<Value> = tokio::time::timeout(RESPONSE_TIMEOUT, pipe.query_async(conn))
             .await
@@ -1107,6 +1221,25 @@ pub fn decode(bytes: &[u8]) -> Option<Stored> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channels_spread_by_a_stable_hash() {
+        // FNV-1a 64 of "" and "a" (the published test vectors), modulo n.
+        assert_eq!(
+            instance_of("", 1_000_003),
+            (0xcbf2_9ce4_8422_2325_u64 % 1_000_003) as usize
+        );
+        assert_eq!(
+            instance_of("a", 1_000_003),
+            (0xaf63_dc4c_8601_ec8c_u64 % 1_000_003) as usize
+        );
+        assert_eq!(instance_of("anything", 1), 0);
+        let mut counts = [0usize; 3];
+        for i in 0..3000 {
+            counts[instance_of(&format!("room{i}"), 3)] += 1;
+        }
+        assert!(counts.iter().all(|n| (800..1200).contains(n)), "{counts:?}");
+    }
 
     #[test]
     fn publications_round_trip_and_garbage_is_refused() {

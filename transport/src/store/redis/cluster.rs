@@ -233,11 +233,11 @@ impl Engine {
     /// [`Engine::query`], with the reason when there is no answer.
     async fn checked_query(&mut self, pipe: &::redis::Pipeline) -> Result<Vec<Value>, String> {
         if !self.is_up() {
-            return Err(format!("redis: {}", self.stats.reason()));
+            return Err(format!("redis: {}", self.stats.reason_of(self.instance)));
         }
         match self.query(pipe).await {
             Some(values) => Ok(values),
-            None => Err(format!("redis: {}", self.stats.reason())),
+            None => Err(format!("redis: {}", self.stats.reason_of(self.instance))),
         }
     }
 }
