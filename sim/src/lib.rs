@@ -9,6 +9,9 @@
 //! - [`client`]: a client's end of a connection: how it behaves, what it observed.
 //! - [`centrifuge_check`]: the oracle for Centrifugo clients (one reply per command, replies
 //!   before pushes, contiguous offsets, presence, join/leave).
+//! - [`broker`]: several nodes (one hub each) over a modelled broker (the Redis engine's
+//!   contract): latency, reordering between channels, partitions, restarts, clients moving
+//!   between nodes; order and recovery across nodes, presence converging, planted broker bugs.
 //! - [`cluster`]: several shards and the bus between them, with Centrifugo and seed clients;
 //!   channel order, presence and join/leave across shards, a bounded lossless bus, planted bugs;
 //!   a store engine and crashes/restarts.
@@ -30,6 +33,7 @@
 //! (to pick a seed and to report speed).
 #![forbid(unsafe_code)]
 
+pub mod broker;
 pub mod centrifuge_check;
 pub mod client;
 pub mod cluster;

@@ -960,8 +960,11 @@ impl Hub {
             room.top = floor;
             room.history.clear();
         }
+        // All of the tail that is new (bounded by the stream's size, and
+        // drained at once): a node cut off for longer than `MAX_PUBLICATIONS`
+        // publications must still catch up without waiting for new traffic.
         for p in state.tail {
-            if p.offset > room.top && room.pending.len() < MAX_PUBLICATIONS {
+            if p.offset > room.top {
                 room.pending.insert(p.offset, p);
             }
         }
