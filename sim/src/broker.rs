@@ -82,6 +82,17 @@ pub struct Breach {
     pub detail: String,
 }
 
+impl Rule {
+    pub const ALL: [Self; 6] = [
+        Self::Order,
+        Self::OffsetsOnce,
+        Self::DurableAck,
+        Self::FailedUnseen,
+        Self::CaughtUp,
+        Self::PresenceConverges,
+    ];
+}
+
 impl fmt::Display for Breach {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -145,6 +156,8 @@ pub struct Report {
     pub partitions: u64,
     pub restarts: u64,
     pub remote_presence_events: u64,
+    /// How often each rule was examined (a rule never examined proves nothing).
+    pub examined: BTreeMap<Rule, u64>,
 }
 
 struct Sub {
@@ -310,6 +323,10 @@ impl BrokerWorld {
         Ok(self.report)
     }
 
+    fn examined(&mut self, rule: Rule) {
+        *self.report.examined.entry(rule).or_default() += 1;
+    }
+
     fn breach(&self, rule: Rule, detail: String) -> Breach {
         Breach {
             rule,
@@ -461,6 +478,7 @@ impl BrokerWorld {
             _ => top,
         };
         if recovered {
+            self.examined(Rule::Order);
             self.report.recovered += 1;
             for p in reply["publications"]
                 .as_array()
@@ -497,6 +515,7 @@ impl BrokerWorld {
         if !sub.live {
             return Err(self.breach(Rule::Order, format!("a push on {channel} before its reply")));
         }
+        *self.report.examined.entry(Rule::Order).or_default() += 1;
         if offset != sub.offset + 1 {
             return Err(self.breach(
                 Rule::Order,
@@ -521,6 +540,8 @@ impl BrokerWorld {
         offset: u64,
         data: &Value,
     ) -> Result<(), Breach> {
+        self.examined(Rule::FailedUnseen);
+        self.examined(Rule::OffsetsOnce);
         if data.as_i64().is_some_and(|d| self.refused.contains(&d)) {
             return Err(self.breach(
                 Rule::FailedUnseen,
@@ -548,6 +569,7 @@ impl BrokerWorld {
             return Ok(());
         }
         self.report.publications += 1;
+        self.examined(Rule::DurableAck);
         let kept = self
             .store
             .publications(channel)
@@ -873,6 +895,7 @@ impl BrokerWorld {
                     continue;
                 }
                 let top = self.store.position(channel).map_or(0, |(top, _)| top);
+                *self.report.examined.entry(Rule::CaughtUp).or_default() += 1;
                 if sub.offset != top {
                     return Err(self.breach(
                         Rule::CaughtUp,
@@ -896,6 +919,7 @@ impl BrokerWorld {
                     .remote_members(channel.as_str())
                     .map(|m| (m.node, m.client))
                     .collect();
+                self.examined(Rule::PresenceConverges);
                 if want != got {
                     return Err(self.breach(
                         Rule::PresenceConverges,

@@ -9,9 +9,7 @@
 //! | `mixed` | one hub | the seed's own swarm of faults ([`SimParams::derive`]) |
 //! | `sharded` | 2–4 shards ([`crate::cluster`]) | Centrifugo and seed subscribers and publishers across shards, with the store model |
 //! | `restart-heavy` | 1–4 shards | a slow, failing store and a server that crashes and restarts every few hundred ms |
-//!
-//! A partition-heavy preset needs a broker between nodes, which the
-//! simulation does not model yet (the cluster is one server's shards).
+//! | `partition-heavy` | 2–4 nodes over a broker ([`crate::broker`]) | partitions of a node from the broker and broker restarts, clients moving between nodes |
 //!
 //! `tests/presets.rs` runs every preset and fails if any invariant of the
 //! world ([`crate::invariants::Invariant`]) or of the cluster
@@ -33,16 +31,18 @@ pub enum Preset {
     Mixed,
     Sharded,
     RestartHeavy,
+    PartitionHeavy,
 }
 
 impl Preset {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::ChatHeavy,
         Self::ChurnHeavy,
         Self::SlowConsumerHeavy,
         Self::Mixed,
         Self::Sharded,
         Self::RestartHeavy,
+        Self::PartitionHeavy,
     ];
 
     #[must_use]
@@ -54,6 +54,7 @@ impl Preset {
             Self::Mixed => "mixed",
             Self::Sharded => "sharded",
             Self::RestartHeavy => "restart-heavy",
+            Self::PartitionHeavy => "partition-heavy",
         }
     }
 
@@ -65,10 +66,7 @@ impl Preset {
             .find(|p| p.name() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = Self::ALL.iter().map(|p| p.name()).collect();
-                format!(
-                    "unknown preset {s:?}: one of {}, or all (partition-heavy needs a broker model, which does not exist yet)",
-                    names.join(", ")
-                )
+                format!("unknown preset {s:?}: one of {}, or all", names.join(", "))
             })
     }
 
@@ -78,12 +76,18 @@ impl Preset {
         matches!(self, Self::Sharded | Self::RestartHeavy)
     }
 
+    /// Runs several nodes over the broker model.
+    #[must_use]
+    pub const fn is_broker(self) -> bool {
+        matches!(self, Self::PartitionHeavy)
+    }
+
     /// The preset `all` gives `seed`: mostly chat and subscription traffic
-    /// (chat-heavy 3, sharded 3, each other 1 in 10), and a function of the
+    /// (chat-heavy 3, sharded 3, each other 1, in 11), and a function of the
     /// seed alone, so a soak resumes from a seed.
     #[must_use]
     pub fn for_seed(seed: u64) -> Self {
-        const WEIGHTED: [Preset; 10] = [
+        const WEIGHTED: [Preset; 11] = [
             Preset::ChatHeavy,
             Preset::ChatHeavy,
             Preset::ChatHeavy,
@@ -94,8 +98,9 @@ impl Preset {
             Preset::SlowConsumerHeavy,
             Preset::Mixed,
             Preset::RestartHeavy,
+            Preset::PartitionHeavy,
         ];
-        WEIGHTED[usize::try_from(mix64(seed ^ 0x7072_6573_6574) % 10).unwrap_or(0)]
+        WEIGHTED[usize::try_from(mix64(seed ^ 0x7072_6573_6574) % 11).unwrap_or(0)]
     }
 
     /// The single-hub run of a world preset (`mixed` for the cluster ones).
@@ -147,7 +152,7 @@ impl Preset {
                 p.resume = Ppm(r.between_u32(500_000, 1_000_000));
                 p.heal = Ppm(r.between_u32(300_000, 1_000_000));
             }
-            Self::Mixed | Self::Sharded | Self::RestartHeavy => {}
+            Self::Mixed | Self::Sharded | Self::RestartHeavy | Self::PartitionHeavy => {}
         }
         p
     }

@@ -118,7 +118,7 @@ pub fn main(args: &SoakArgs) -> ExitCode {
 #[derive(clap::Args, Debug)]
 pub struct LongArgs {
     /// chat-heavy, churn-heavy, slow-consumer-heavy, mixed, sharded,
-    /// restart-heavy, or all (a preset per seed, mostly chat).
+    /// restart-heavy, partition-heavy, or all (a preset per seed, mostly chat).
     #[arg(long, default_value = "all")]
     pub preset: String,
     /// Hub inputs to handle in all (`1e9`, `1_000_000_000`).
@@ -169,6 +169,32 @@ fn soak_one(
     checks: &Checks,
     rules: &mut RuleChecks,
 ) -> Result<RunOutcome, ()> {
+    if preset.is_broker() {
+        let params = crate::broker::BrokerParams::derive(seed, true);
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            crate::broker::BrokerWorld::new(params.clone()).run()
+        }));
+        return match outcome {
+            Ok(Ok(report)) => Ok(RunOutcome {
+                inputs: report.hub_inputs,
+                chats: report.publications,
+                heartbeats: 0,
+            }),
+            Ok(Err(breach)) => {
+                println!("FAILED: {breach}\n  {params:?}");
+                println!(
+                    "reproduce: hubbub-sim soak --preset {preset} --inputs 1 --seed {seed:#018x}"
+                );
+                Err(())
+            }
+            Err(_) => {
+                println!(
+                    "FAILED: the broker simulation panicked (see above)\nreproduce: hubbub-sim soak --preset {preset} --inputs 1 --seed {seed:#018x}"
+                );
+                Err(())
+            }
+        };
+    }
     if preset.is_cluster() {
         let params = preset.cluster_params(seed, Some(args.actions));
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| Cluster::new(params.clone()).run()));

@@ -4,6 +4,7 @@
 //! this fails if one count stays at zero.
 
 use hubbub_core::CloseReason;
+use hubbub_sim::broker::{BrokerParams, BrokerWorld, Rule as BrokerRule};
 use hubbub_sim::cluster::{Cluster, Rule, RuleChecks};
 use hubbub_sim::invariants::{Checks, Invariant};
 use hubbub_sim::preset::Preset;
@@ -49,7 +50,10 @@ fn cluster(preset: Preset, rules: &mut RuleChecks) -> u64 {
 fn presets_exercise_every_invariant() {
     let checks = Checks::default();
     let mut by_preset = Vec::new();
-    for preset in Preset::ALL.into_iter().filter(|p| !p.is_cluster()) {
+    for preset in Preset::ALL
+        .into_iter()
+        .filter(|p| !p.is_cluster() && !p.is_broker())
+    {
         let before = checks.clone();
         world(preset, &checks);
         let added = Invariant::ALL
@@ -77,6 +81,26 @@ fn presets_exercise_every_invariant() {
         "no preset ever examined {never:?}: {rules}"
     );
     assert!(crashes > 0, "restart-heavy restarts the server");
+    // partition-heavy: nodes over the broker model; every broker rule is
+    // examined.
+    let mut examined = std::collections::BTreeMap::new();
+    for seed in SEEDS {
+        let mut params = BrokerParams::derive(seed, true);
+        params.steps = 600;
+        let report = BrokerWorld::new(params)
+            .run()
+            .unwrap_or_else(|b| panic!("partition-heavy: {b}"));
+        assert!(report.partitions > 0 && report.refused > 0, "{report:?}");
+        for (rule, n) in report.examined {
+            *examined.entry(rule).or_insert(0u64) += n;
+        }
+    }
+    for rule in BrokerRule::ALL {
+        assert!(
+            examined.get(&rule).is_some_and(|n| *n > 0),
+            "partition-heavy never examined {rule:?}: {examined:?}"
+        );
+    }
     // Every invariant is also counted where it is expected to be busiest.
     assert!(rules.get(Rule::RecoveryExact) > 0 && rules.get(Rule::DurableAck) > 0);
     assert!(checks.get(Invariant::HeartbeatTooEarly) > 0);
@@ -115,6 +139,6 @@ fn the_mix_is_mostly_chat_and_subscriptions_and_a_function_of_the_seed() {
         assert!(picks.contains(&p), "{p} is never picked");
         assert_eq!(Preset::parse(p.name()), Ok(p));
     }
-    assert!(Preset::parse("partition-heavy").is_err());
+    assert!(Preset::parse("partition-light").is_err());
     assert_eq!(Preset::for_seed(42), Preset::for_seed(42));
 }
