@@ -316,3 +316,92 @@ fn recording_is_refused_with_several_shards() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_redis_node_with_members_on_another_node_replays_to_the_same_outputs() {
+    let redis = common::redis::Redis::start(false);
+    let path = temp("redis");
+    let file = path.to_str().unwrap();
+    let url = redis.url();
+    let base = [
+        "--store",
+        "redis",
+        "--redis-url",
+        &url,
+        "--presence-ttl",
+        "1s",
+    ];
+    let other = Process::start(&base);
+    let mut args = base.to_vec();
+    args.extend([
+        "--shards",
+        "1",
+        "--record-inputs",
+        file,
+        "--ping-interval",
+        "100ms",
+        "--pong-timeout",
+        "1s",
+    ]);
+    let mut server = Process::start(&args);
+    // Members on the other node, in the same rooms: their joins, leaves
+    // and lists reach the recorded node as store events.
+    let mut zed = open(&other, "/ws/a?username=zed").await;
+    read_until(&mut zed, r#""username":"zed""#).await;
+    let mut watcher = open(&other, "/connection/websocket").await;
+    send(
+        &mut watcher,
+        r#"{"id":1,"connect":{"name":"w"}}
+{"id":2,"subscribe":{"channel":"a","join_leave":true}}"#,
+    )
+    .await;
+    read_until(&mut watcher, r#""id":2"#).await;
+    let other_addr = other.addr;
+    let leaver = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(zed);
+        let url = format!("ws://{other_addr}/ws/b?username=yan");
+        let (mut yan, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        read_until(&mut yan, r#""username":"yan""#).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        yan
+    });
+    chat(&server).await;
+    let yan = leaver.await.unwrap();
+    drop((yan, watcher));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.signal("TERM");
+    assert_eq!(server.wait(Duration::from_secs(15)), Some(0));
+    drop(other);
+
+    let data = std::fs::read(&path).unwrap();
+    let replayed = hubbub_sim::replay::replay(&data).unwrap();
+    assert_eq!(replayed.violation, None);
+    assert_eq!(replayed.stopped, None);
+    let (records, dropped, hash) = replayed.trailer.expect("trailer");
+    assert_eq!((dropped, records), (0, replayed.records));
+    assert_eq!(
+        hash, replayed.outputs_hash,
+        "the replay's outputs are the server's"
+    );
+    let (mut reader, header) = hubbub_core::record::Reader::new(&data).unwrap();
+    assert_eq!(header.engine, hubbub_core::record::Engine::Delivering);
+    let mut remote = 0;
+    while let Ok(Some(record)) = reader.next_record() {
+        if let hubbub_core::record::Record::Store { event, .. } = record {
+            if matches!(
+                event,
+                hubbub_core::StoreEvent::RemoteJoined { .. }
+                    | hubbub_core::StoreEvent::RemoteLeft { .. }
+                    | hubbub_core::StoreEvent::RemoteMembers { .. }
+            ) {
+                remote += 1;
+            }
+        }
+    }
+    assert!(
+        remote >= 3,
+        "only {remote} events about the other node's members"
+    );
+    let _ = std::fs::remove_file(&path);
+}

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod process;
+pub mod redis;
 pub mod sdk;
 
 use std::future::Future;
