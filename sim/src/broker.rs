@@ -465,6 +465,20 @@ impl BrokerWorld {
         // recovered: the stream's top, from which pushes continue.
         let top = reply["offset"].as_u64().unwrap_or(0);
         let recovered = reply["recovered"].as_bool().unwrap_or(false);
+        if let Some(s) = self.clients[c].subs.get(channel) {
+            // A position in the same stream, at most 300 behind (what one
+            // recovery carries), on any node: recovered exactly.
+            let fresh = s.epoch == epoch && top.saturating_sub(s.offset) <= 300;
+            if fresh && !recovered {
+                return Err(self.breach(
+                    Rule::Order,
+                    format!(
+                        "client {c} on node {} not recovered on {channel} from {} (top {top})",
+                        self.clients[c].node, s.offset
+                    ),
+                ));
+            }
+        }
         let mut from = match self.clients[c].subs.get(channel) {
             Some(s) if recovered => {
                 if s.epoch != epoch {

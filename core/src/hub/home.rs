@@ -285,6 +285,10 @@ impl Hub {
     /// (bounded), so a client that comes back recovers at once; the rest
     /// go (a stream is still in the store, and is opened again when used).
     pub(super) fn room_emptied(&mut self, channel: &ChannelName) {
+        if self.loading.contains_key(channel) {
+            // Read again for a join that waits: it is not empty for long.
+            return;
+        }
         let Some(room) = self.rooms.get_mut(channel) else {
             return;
         };
@@ -682,7 +686,12 @@ impl Hub {
                 }
                 self.apply_early(channel);
                 for msg in waiting {
-                    self.home_dispatch(msg);
+                    // A join behind its client may read the stream again;
+                    // what came after it waits behind it.
+                    match self.loading.get_mut(channel) {
+                        Some(again) => again.push(msg),
+                        None => self.dispatch_or_reread(msg),
+                    }
                 }
                 self.room_emptied(channel);
             }
@@ -698,14 +707,17 @@ impl Hub {
                             shard,
                             attempt,
                             ..
-                        } => self.send_bus(
-                            shard,
-                            BusMessage::JoinFailed {
-                                channel,
-                                conn,
-                                attempt,
-                            },
-                        ),
+                        } => {
+                            self.reread.remove(&(channel.clone(), conn));
+                            self.send_bus(
+                                shard,
+                                BusMessage::JoinFailed {
+                                    channel,
+                                    conn,
+                                    attempt,
+                                },
+                            );
+                        }
                         BusMessage::Publish { from, reply, .. } => {
                             self.publish_reply(from, reply, Err(ErrorCode::Internal));
                         }
@@ -919,7 +931,7 @@ impl Hub {
 
     /// Reads a stream this home already has again (to fill a gap): its
     /// messages wait for the answer, as at a first open.
-    fn reopen(&mut self, channel: &ChannelName) {
+    pub(super) fn reopen(&mut self, channel: &ChannelName) {
         if self.loading.contains_key(channel) {
             return;
         }

@@ -401,6 +401,8 @@ pub struct Hub {
     /// first being opened: they join the room before the members waiting
     /// for it (one snapshot per channel loading).
     early_members: BTreeMap<ChannelName, Vec<crate::store::RemoteMember>>,
+    /// Joins that made their stream be read again (at most once each).
+    reread: BTreeSet<(ChannelName, ConnId)>,
     /// Publications delivered while their channel's stream was being
     /// opened (with their epoch), applied once it is: at most
     /// `MAX_PUBLICATIONS` per channel.
@@ -458,6 +460,7 @@ impl Hub {
             broadcasts: VecDeque::new(),
             presence_changes: VecDeque::new(),
             early_members: BTreeMap::new(),
+            reread: BTreeSet::new(),
             early: BTreeMap::new(),
             next_join_seq: 0,
             next_room_id: 0,
@@ -931,7 +934,44 @@ impl Hub {
                 return;
             }
         }
+        self.dispatch_or_reread(msg);
+    }
+
+    /// Carries out `msg`, unless it is a join whose client saw publications
+    /// this node has not been delivered yet (it comes from another node):
+    /// then the stream is read first, once per join, so that the client
+    /// recovers exactly instead of being told it cannot.
+    fn dispatch_or_reread(&mut self, msg: BusMessage) {
+        if self.delivering && self.behind_the_client(&msg) {
+            if let BusMessage::Join { channel, conn, .. } = &msg {
+                let (channel, conn) = (channel.clone(), *conn);
+                if self.reread.insert((channel.clone(), conn)) {
+                    self.reopen(&channel);
+                    if let Some(waiting) = self.loading.get_mut(&channel) {
+                        waiting.push(msg);
+                        return;
+                    }
+                }
+                self.reread.remove(&(channel, conn));
+            }
+        }
         self.home_dispatch(msg);
+    }
+
+    /// Whether `msg` is a join recovering from a position in this room's
+    /// epoch beyond the room's top.
+    fn behind_the_client(&self, msg: &BusMessage) -> bool {
+        let BusMessage::Join {
+            channel,
+            recover: Some((offset, epoch)),
+            ..
+        } = msg
+        else {
+            return false;
+        };
+        self.rooms
+            .get(channel)
+            .is_some_and(|room| *offset > room.top && *epoch == epoch_text(room.epoch))
     }
 
     /// Carries out a message to the home of a channel that is ready.
