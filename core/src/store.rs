@@ -78,6 +78,23 @@ pub enum StoreRequest {
 }
 
 impl StoreRequest {
+    /// The answer that refuses this request with `error`: its publisher
+    /// gets error 100, a join waiting for the stream is refused.
+    #[must_use]
+    pub fn fail(self, error: StoreError) -> StoreEvent {
+        match self {
+            StoreRequest::Open { channel, .. } => StoreEvent::Opened {
+                channel,
+                result: Err(error),
+            },
+            StoreRequest::Append { channel, token, .. } => StoreEvent::Appended {
+                channel,
+                token,
+                result: Err(error),
+            },
+        }
+    }
+
     #[must_use]
     pub fn channel(&self) -> &ChannelName {
         match self {

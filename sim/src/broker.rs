@@ -657,18 +657,7 @@ impl BrokerWorld {
         let down = self.links[node].partitioned_until.is_some();
         while let Some(request) = self.nodes[node].poll_store() {
             if down {
-                let error = StoreError::new("partitioned");
-                let event = match request {
-                    StoreRequest::Open { channel, .. } => StoreEvent::Opened {
-                        channel,
-                        result: Err(error),
-                    },
-                    StoreRequest::Append { channel, token, .. } => StoreEvent::Appended {
-                        channel,
-                        token,
-                        result: Err(error),
-                    },
-                };
+                let event = request.fail(StoreError::new("partitioned"));
                 self.answer_later(node, event);
                 continue;
             }

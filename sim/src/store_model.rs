@@ -152,18 +152,7 @@ impl StoreModel {
         let request = self.queues[shard].pop_front()?;
         if self.rng.below(1000) < self.params.fail_permille {
             self.counts.failures += 1;
-            let error = StoreError::new("the model's disk said no");
-            return Some(match request {
-                StoreRequest::Open { channel, .. } => StoreEvent::Opened {
-                    channel,
-                    result: Err(error),
-                },
-                StoreRequest::Append { channel, token, .. } => StoreEvent::Appended {
-                    channel,
-                    token,
-                    result: Err(error),
-                },
-            });
+            return Some(request.fail(StoreError::new("the model's disk said no")));
         }
         Some(match request {
             StoreRequest::Append {

@@ -396,18 +396,7 @@ impl Driver {
 
 /// The answer to a request the engine can no longer take.
 fn refusal(request: StoreRequest) -> StoreEvent {
-    let error = StoreError::new("the store is closed or its queue is full");
-    match request {
-        StoreRequest::Open { channel, .. } => StoreEvent::Opened {
-            channel,
-            result: Err(error),
-        },
-        StoreRequest::Append { channel, token, .. } => StoreEvent::Appended {
-            channel,
-            token,
-            result: Err(error),
-        },
-    }
+    request.fail(StoreError::new("the store is closed or its queue is full"))
 }
 
 /// Publishes the hub's counters into [`Metrics`], throttled.

@@ -841,7 +841,7 @@ impl Engine {
                 Some(value) => self.answer(request, value),
                 None => {
                     let why = self.stats.reason_of(self.instance);
-                    failed(request, &format!("redis: {why}"))
+                    request.fail(StoreError::new(format!("redis: {why}")))
                 }
             };
             if matches!(
@@ -1025,21 +1025,6 @@ impl Engine {
                 },
             },
         }
-    }
-}
-
-fn failed(request: StoreRequest, why: &str) -> StoreEvent {
-    let error = StoreError::new(why);
-    match request {
-        StoreRequest::Open { channel, .. } => StoreEvent::Opened {
-            channel,
-            result: Err(error),
-        },
-        StoreRequest::Append { channel, token, .. } => StoreEvent::Appended {
-            channel,
-            token,
-            result: Err(error),
-        },
     }
 }
 

@@ -310,7 +310,7 @@ impl SqliteStore {
                 let error = StoreError::new(format!("history store write failed: {e}"));
                 batch
                     .into_iter()
-                    .map(|request| failed_event(request, error.clone()))
+                    .map(|request| request.fail(error.clone()))
                     .collect()
             }
         }
@@ -529,23 +529,9 @@ fn answer_event(
         }
         (request, Err(e)) => {
             StoreStats::add(&stats.failed_requests, 1);
-            failed_event(request, e)
+            request.fail(e)
         }
-        (request, Ok(_)) => failed_event(request, StoreError::new("history store: internal error")),
-    }
-}
-
-fn failed_event(request: StoreRequest, error: StoreError) -> StoreEvent {
-    match request {
-        StoreRequest::Open { channel, .. } => StoreEvent::Opened {
-            channel,
-            result: Err(error),
-        },
-        StoreRequest::Append { channel, token, .. } => StoreEvent::Appended {
-            channel,
-            token,
-            result: Err(error),
-        },
+        (request, Ok(_)) => request.fail(StoreError::new("history store: internal error")),
     }
 }
 
