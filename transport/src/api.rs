@@ -127,6 +127,10 @@ pub async fn respond(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<B
         .cluster
         .as_ref()
         .and_then(|_| crate::api_cluster::Widen::of(&command));
+    let wide_batch = shared
+        .cluster
+        .as_ref()
+        .and_then(|_| crate::api_cluster::of_batch(&command));
     let forwarded_body = body.clone();
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = oneshot::channel();
@@ -148,9 +152,14 @@ pub async fn respond(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<B
     })
     .await;
     match answer {
-        Ok(Some(body)) => match (&shared.cluster, wide) {
-            (Some(cluster), Some(wide)) => {
+        Ok(Some(body)) => match (&shared.cluster, wide, wide_batch) {
+            (Some(cluster), Some(wide), _) => {
                 let body = wide.apply(cluster, &method, forwarded_body, body).await;
+                json(StatusCode::OK, body)
+            }
+            (Some(cluster), None, Some(widen)) => {
+                let body =
+                    crate::api_cluster::widen_batch(cluster, widen, &forwarded_body, body).await;
                 json(StatusCode::OK, body)
             }
             _ => json(StatusCode::OK, body),

@@ -8,7 +8,9 @@
 //!   counts every node's members; `channels` lists every channel with
 //!   members on a live node; `info` lists every live node.
 //! - `publish` and `broadcast` already reach every node through the engine;
-//!   `history` reads the shared stream; `batch` runs on this node only.
+//!   `history` reads the shared stream.
+//! - `batch` widens each of its commands as if it came alone
+//!   ([`widen_batch`]).
 //!
 //! When Redis cannot answer, the call fails with error 100 (internal), as
 //! a publish does.
@@ -103,6 +105,73 @@ impl Widen {
         }
         Bytes::from(answer.to_string())
     }
+}
+
+/// What each command of a `batch` needs, in order; `None` for a command
+/// that is not widened (or for a call that is not a batch).
+#[must_use]
+pub fn of_batch(command: &ApiCommand) -> Option<Vec<Option<Widen>>> {
+    match command {
+        ApiCommand::Batch(commands) => {
+            let widen: Vec<_> = commands.iter().map(Widen::of).collect();
+            widen.iter().any(Option::is_some).then_some(widen)
+        }
+        _ => None,
+    }
+}
+
+/// This node's answer `local` to the batch `body`, each reply widened as
+/// [`Widen::apply`] widens a single call; a reply whose widening fails
+/// becomes error 100 without touching the others. `widen` comes from
+/// [`of_batch`] on the same body.
+pub async fn widen_batch(
+    cluster: &RedisHandle,
+    widen: Vec<Option<Widen>>,
+    body: &[u8],
+    local: Bytes,
+) -> Bytes {
+    let Ok(mut answer) = serde_json::from_slice::<Value>(&local) else {
+        return local;
+    };
+    // The commands as they came: each one's method and body, to forward.
+    let sent: Vec<(String, Bytes)> = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|b| b.get("commands").and_then(Value::as_array).cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            c.as_object()
+                .and_then(|o| o.iter().next())
+                .map(|(m, b)| (m.clone(), Bytes::from(b.to_string())))
+                .unwrap_or_default()
+        })
+        .collect();
+    let Some(replies) = answer
+        .pointer_mut("/result/replies")
+        .and_then(Value::as_array_mut)
+    else {
+        return local;
+    };
+    for (i, widen) in widen.into_iter().enumerate() {
+        let (Some(widen), Some(reply), Some((method, sent))) =
+            (widen, replies.get_mut(i), sent.get(i))
+        else {
+            continue;
+        };
+        let Some(result) = reply.get(method.as_str()) else {
+            continue; // an error reply stays as it is
+        };
+        let single = Bytes::from(serde_json::json!({ "result": result }).to_string());
+        let wide = widen.apply(cluster, method, sent.clone(), single).await;
+        let Ok(mut wide) = serde_json::from_slice::<Value>(&wide) else {
+            continue;
+        };
+        *reply = match wide.get_mut("result") {
+            Some(result) => serde_json::json!({ method.as_str(): result.take() }),
+            None => wide,
+        };
+    }
+    Bytes::from(answer.to_string())
 }
 
 /// A member as a `presence` answer shows it.

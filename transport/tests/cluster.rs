@@ -998,17 +998,42 @@ async fn the_api_on_a_node_without_members_sees_and_acts_on_the_whole_cluster() 
         assert!(Instant::now() < deadline, "info: {info}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Disconnecting a user on node A ends its connection on node C.
+    // A batch on node A widens each of its commands the same way.
+    let mut bob = seed_join(c.addr, "lobby", "bob").await;
+    let r = api(
+        a.addr,
+        "batch",
+        &json!({"commands": [
+            {"presence": {"channel": "town"}},
+            {"presence_stats": {"channel": "news"}},
+            {"disconnect": {"user": "bob"}},
+            {"history": {"channel": ""}}
+        ]}),
+    )
+    .await;
+    let replies = r["result"]["replies"].clone();
+    assert_eq!(
+        users(&replies[0]["presence"]["presence"]),
+        BTreeSet::from(["ann".to_owned()]),
+        "{r}"
+    );
+    assert_eq!(replies[1]["presence_stats"]["num_clients"], 1, "{r}");
+    assert!(replies[2].get("disconnect").is_some(), "{r}");
+    assert!(replies[3].get("error").is_some(), "{r}");
+    // Disconnecting a user on node A ends its connection on node C, in a
+    // batch as alone.
     let r = api(a.addr, "disconnect", &json!({"user": "ann"})).await;
     assert!(r.get("error").is_none(), "{r}");
-    within(STEP, "ann's connection to end", async {
-        while let Some(Ok(m)) = ann.next().await {
-            if m.is_close() {
-                break;
+    for (name, ws) in [("bob", &mut bob), ("ann", &mut ann)] {
+        within(STEP, &format!("{name}'s connection to end"), async {
+            while let Some(Ok(m)) = ws.next().await {
+                if m.is_close() {
+                    break;
+                }
             }
-        }
-    })
-    .await;
+        })
+        .await;
+    }
     // Its leave is written once node C has seen the connection end.
     let deadline = Instant::now() + STEP;
     loop {
