@@ -952,12 +952,24 @@ impl Writer<'_> {
         let cf = ctx.s.protocol == Protocol::Centrifuge;
         let mut sched_rx = ctx.sched.subscribe();
         let mut stop_rx = ctx.stop.subscribe();
-        let sched = tokio::select! {
-            s = sched_rx.wait_for(Option::is_some) => match s.ok().and_then(|s| *s) {
-                Some(s) => s,
-                None => return,
-            },
-            _ = stop_rx.wait_for(|s| *s) => return,
+        // Until the schedule comes (every client connected, which can take
+        // minutes) and its start, the server's pings are still answered: a
+        // Centrifugo server closes a sender that owes it a pong.
+        let sched = loop {
+            let waited = tokio::select! {
+                s = sched_rx.wait_for(Option::is_some) => Some(s.ok().and_then(|s| *s)),
+                _ = stop_rx.wait_for(|s| *s) => return,
+                () = pinger.notify.notified(), if cf => None,
+            };
+            match waited {
+                Some(Some(s)) => break s,
+                Some(None) => return,
+                None => {
+                    if !answer_pings(ctx, sink, pinger).await {
+                        return;
+                    }
+                }
+            }
         };
         let stop = stop_rx.wait_for(|s| *s);
         tokio::pin!(stop);
@@ -972,7 +984,21 @@ impl Writer<'_> {
         let cap = ctx.s.max_inflight.max(1);
         let mut seq: u64 = 0;
         let mut buf = String::with_capacity(payload::MAX_PAYLOAD_LEN);
-        sleep_until(Instant::from_std(clock.instant_at(sched.start_ns))).await;
+        let start = Instant::from_std(clock.instant_at(sched.start_ns));
+        loop {
+            let pinged = tokio::select! {
+                biased;
+                _ = &mut stop => return,
+                () = pinger.notify.notified(), if cf => true,
+                () = sleep_until(start) => false,
+            };
+            if !pinged {
+                break;
+            }
+            if !answer_pings(ctx, sink, pinger).await {
+                return;
+            }
+        }
         loop {
             if interval_ns > 0 {
                 if next >= sched.window_end_ns {
