@@ -4,6 +4,7 @@
     scripts/cluster_bench.py [--reps 3] [--nodes 5] [--clients 95000]
                              [--single-clients 19000] [--only idle,fanout,fanout-big]
                              [--no-build] [--out target/cluster-bench.json]
+                             [--node-args '--presence-ttl 30s']
 
 Starts its own redis-server (no persistence) on a free 127.0.0.1 port in a
 temporary directory for every run, the hubbub nodes (release build,
@@ -148,7 +149,7 @@ def status_kib(pid, key):
 class Cluster:
     """A Redis and `n` hubbub nodes on it."""
 
-    def __init__(self, n):
+    def __init__(self, n, extra=()):
         self.dir = tempfile.mkdtemp(prefix="hubbub-cluster-bench-")
         self.redis_port = free_port()
         self.redis = start(["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
@@ -159,7 +160,7 @@ class Cluster:
         for _ in range(n):
             port = free_port()
             node = start([HUBBUB, "--listen", f"127.0.0.1:{port}", "--store", "redis",
-                          "--redis-url", f"redis://127.0.0.1:{self.redis_port}/0", "--shards", "1"],
+                          "--redis-url", f"redis://127.0.0.1:{self.redis_port}/0", "--shards", "1", *extra],
                          {"RUST_LOG": "warn"})
             self.ports.append(port)
             self.nodes.append(node)
@@ -290,6 +291,7 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated: idle, fanout, fanout-big")
     ap.add_argument("--out", default=os.path.join(ROOT, "target/cluster-bench.json"))
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--node-args", default="", help="more flags for every hubbub node (space-separated)")
     opts = ap.parse_args()
     if shutil.which("redis-server") is None:
         sys.exit("redis-server not found (apt-get install redis-server)")
@@ -302,7 +304,7 @@ def main():
     try:
         for rep in range(opts.reps):
             for name, _, nodes, args in plan:
-                cluster = Cluster(nodes)
+                cluster = Cluster(nodes, opts.node_args.split())
                 try:
                     r = run_load(cluster, args, timeout=400)
                 finally:
