@@ -261,12 +261,17 @@ pub const FORWARDED_QUEUE: usize = 1024;
 /// given the same `--redis-url`s in the same order.
 #[must_use]
 pub fn instance_of(channel: &str, count: usize) -> usize {
+    usize::try_from(fnv1a(channel) % count.max(1) as u64).unwrap_or(0)
+}
+
+/// FNV-1a, 64 bits.
+fn fnv1a(text: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in channel.bytes() {
+    for b in text.bytes() {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    usize::try_from(hash % count.max(1) as u64).unwrap_or(0)
+    hash
 }
 
 /// Starts one engine thread per URL (the first also carries the node's
@@ -560,22 +565,32 @@ enum Wake {
     Message(Option<::redis::Msg>),
     Retry,
     Beat,
+    Snapshot(presence::SnapshotAnswer),
 }
 
 async fn run(mut engine: Engine, mut rx: mpsc::Receiver<Command>) {
     engine.connect().await;
-    let mut beats = tokio::time::interval(engine.presence.beat_every());
+    // Nodes started together would beat (and read presence) together: each
+    // starts its beats at its own point of the period (its id is random).
+    let every = engine.presence.beat_every();
+    let phase = every.mul_f64((engine.node % 1024) as f64 / 1024.0);
+    let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + phase, every);
     beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut stream = engine.stream.take();
+        let mut snapshot = engine.presence.answer.take();
         let down = !engine.is_up();
         let wake = tokio::select! {
             command = rx.recv() => Wake::Command(command),
             message = next_message(&mut stream) => Wake::Message(message),
+            answer = next_snapshot(&mut snapshot) => Wake::Snapshot(answer),
             () = tokio::time::sleep(RETRY), if down => Wake::Retry,
             _ = beats.tick(), if !down => Wake::Beat,
         };
         engine.stream = stream;
+        if !matches!(wake, Wake::Snapshot(_)) {
+            engine.presence.answer = snapshot;
+        }
         match wake {
             Wake::Command(None) => break,
             Wake::Command(Some(first)) => {
@@ -592,9 +607,21 @@ async fn run(mut engine: Engine, mut rx: mpsc::Receiver<Command>) {
             Wake::Message(None) => engine.lost("the pub/sub connection was lost"),
             Wake::Retry => engine.connect().await,
             Wake::Beat => engine.beat().await,
+            Wake::Snapshot(answer) => engine.snapshot_answered(answer),
         }
     }
     tracing::debug!("redis engine ends");
+}
+
+async fn next_snapshot(
+    answer: &mut Option<tokio::sync::oneshot::Receiver<presence::SnapshotAnswer>>,
+) -> presence::SnapshotAnswer {
+    match answer {
+        Some(answer) => answer
+            .await
+            .unwrap_or_else(|_| Err("the snapshot task ended".to_owned())),
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_message(stream: &mut Option<PubSubStream>) -> Option<::redis::Msg> {
@@ -621,6 +648,9 @@ impl Engine {
         self.conn = None;
         self.sink = None;
         self.stream = None;
+        // A snapshot in flight is void; the one after reconnecting reads it all.
+        self.presence.answer = None;
+        self.presence.held = None;
         self.stats.set_down(self.instance, why);
     }
 
@@ -716,7 +746,10 @@ impl Engine {
         };
         let channel = ChannelName::new(channel);
         if let Some(heard) = presence::parse_presence_message(message.get_payload_bytes()) {
-            self.forward_presence(channel, heard);
+            match &mut self.presence.held {
+                Some(held) => held.hold(channel, heard),
+                None => self.forward_presence(channel, heard),
+            }
             return;
         }
         let Some(shard) = self.followed.get(&channel).copied() else {
