@@ -1,7 +1,8 @@
 //! Presence across nodes: who is in a channel on every node, kept in Redis.
 //!
 //! ```text
-//! hubbub:{C}:presence  hash  "<node>:<client>" → member (see `encode_member`)
+//! hubbub:{C}:presence  hash  "<node>:<client>" → member (see `encode_member`),
+//!                            "v" → version, counted up by every change
 //! hubbub:<db>:nodes    zset  node → the time (ms, Redis' clock) its liveness ends
 //! hubbub:<db>:C        pub/sub, next to publications:
 //!                      "j <node> <client> <member>" (joined), "l <node> <client>" (left)
@@ -15,8 +16,9 @@
 //! [`SNAPSHOT`] that meets them. A node reads a channel's members when it
 //! starts following it (before the stream's `Open` is answered, so those
 //! already there come first in the join order), after a reconnection, and
-//! every `--presence-ttl` for every channel it follows, which heals
-//! whatever pub/sub lost. A node that finds its liveness gone (Redis
+//! every `--presence-ttl` for every channel it follows whose version moved
+//! since it last read it (a quarter of the channels at each beat), which
+//! heals whatever pub/sub lost. A node that finds its liveness gone (Redis
 //! flushed or restarted, or the node stalled past the TTL) writes its
 //! members again and announces them.
 
@@ -66,6 +68,7 @@ for i = 1, #all, 2 do
     end
     if not ok then
       redis.call('HDEL', KEYS[1], field)
+      redis.call('HINCRBY', KEYS[1], 'v', 1)
     elseif node ~= ARGV[1] then
       out[#out + 1] = field
       out[#out + 1] = all[i + 1]
@@ -85,7 +88,10 @@ for _, field in ipairs(all) do
   if string.sub(field, 1, #ARGV[1]) == ARGV[1] then redis.call('HDEL', KEYS[1], field) end
 end
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if #ARGV > 2 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if #ARGV > 2 then
+  redis.call('HINCRBY', KEYS[1], 'v', 1)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 return 1
 ";
 
@@ -107,6 +113,9 @@ pub(super) struct Presence {
     pub(super) full_snapshot_at: Option<Instant>,
     /// Which slice of the followed channels the next beat reads.
     pub(super) slice: u64,
+    /// The version each followed channel's hash had when this node last
+    /// read it whole.
+    pub(super) versions: BTreeMap<ChannelName, u64>,
     /// The answer of the snapshot in flight (read on a task of its own, so
     /// that publications keep flowing while Redis answers).
     pub(super) answer: Option<oneshot::Receiver<SnapshotAnswer>>,
@@ -115,9 +124,22 @@ pub(super) struct Presence {
     pub(super) held: Option<Held>,
 }
 
-/// A snapshot's values (`TIME`, the nodes' liveness, then each channel's
-/// hash in the order of [`Held::channels`]), or why Redis did not give them.
-pub(super) type SnapshotAnswer = Result<Vec<Value>, String>;
+/// What a snapshot read, or why Redis did not answer.
+pub(super) type SnapshotAnswer = Result<SnapshotRead, String>;
+
+/// The hash field counted up by every change of a channel's members.
+const VERSION: &str = "v";
+
+/// A snapshot's reads.
+pub(super) struct SnapshotRead {
+    /// Redis' `TIME` and `ZRANGE nodes 0 -1 WITHSCORES`, read first.
+    time: Value,
+    nodes: Value,
+    /// For each channel of [`Held::channels`] read: its index there, its
+    /// version, its `HGETALL`. Channels whose version had not moved are
+    /// not read.
+    hashes: Vec<(usize, u64, Value)>,
+}
 
 /// A beat reads one of this many slices of the followed channels, so each
 /// channel is read once per `--presence-ttl` (four beats), a quarter at a
@@ -171,6 +193,7 @@ impl Presence {
             last_beat: None,
             full_snapshot_at: Some(Instant::now()),
             slice: 0,
+            versions: BTreeMap::new(),
             answer: None,
             held: None,
         }
@@ -337,6 +360,77 @@ pub(super) fn parse_snapshot(value: &Value, stats: &RedisStats) -> Option<Vec<Re
     Some(members)
 }
 
+/// A snapshot's two round trips: the time, the nodes' liveness and each
+/// channel's version (its hash's expiry renewed on the way), then the
+/// hashes of the channels whose version is not the `known` one.
+async fn read_snapshot(
+    conn: &mut ::redis::aio::MultiplexedConnection,
+    stats: &RedisStats,
+    keys: &[String],
+    known: &[Option<u64>],
+    nodes_key: &str,
+    keep: u64,
+) -> SnapshotAnswer {
+    let mut pipe = ::redis::pipe();
+    pipe.cmd("TIME");
+    pipe.cmd("ZRANGE")
+        .arg(nodes_key)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES");
+    for key in keys {
+        pipe.cmd("HGET").arg(key).arg(VERSION);
+        pipe.cmd("PEXPIRE").arg(key).arg(keep).ignore();
+    }
+    let mut first = query(conn, stats, &pipe).await?.into_iter();
+    let (Some(time), Some(nodes)) = (first.next(), first.next()) else {
+        return Err("redis: a short answer to a presence read".to_owned());
+    };
+    let changed: Vec<(usize, u64)> = first
+        .enumerate()
+        .filter_map(|(i, v)| {
+            let version = if v == Value::Nil { 0 } else { super::int(&v)? };
+            (known.get(i).copied().flatten() != Some(version)).then_some((i, version))
+        })
+        .collect();
+    let mut hashes = Vec::with_capacity(changed.len());
+    for chunk in changed.chunks(MAX_BATCH) {
+        let mut pipe = ::redis::pipe();
+        for (i, _) in chunk {
+            pipe.cmd("HGETALL").arg(&keys[*i]);
+        }
+        let values = query(conn, stats, &pipe).await?;
+        if values.len() != chunk.len() {
+            return Err("redis: a short answer to a presence read".to_owned());
+        }
+        hashes.extend(
+            chunk
+                .iter()
+                .zip(values)
+                .map(|((i, v), value)| (*i, *v, value)),
+        );
+    }
+    Ok(SnapshotRead {
+        time,
+        nodes,
+        hashes,
+    })
+}
+
+/// One pipeline, bounded by [`RESPONSE_TIMEOUT`].
+async fn query(
+    conn: &mut ::redis::aio::MultiplexedConnection,
+    stats: &RedisStats,
+    pipe: &::redis::Pipeline,
+) -> Result<Vec<Value>, String> {
+    RedisStats::add(&stats.pipelines, 1);
+    match tokio::time::timeout(RESPONSE_TIMEOUT, pipe.query_async::<Vec<Value>>(conn)).await {
+        Ok(Ok(values)) => Ok(values),
+        Ok(Err(e)) => Err(format!("redis: {e}")),
+        Err(_) => Err("redis did not answer in time".to_owned()),
+    }
+}
+
 /// The nodes alive at Redis' `TIME`, from `ZRANGE nodes 0 -1 WITHSCORES`
 /// (each node's score is when its liveness runs out, in ms).
 fn live_nodes(time: &Value, nodes: &Value) -> Option<BTreeSet<u64>> {
@@ -393,6 +487,9 @@ fn parse_hash(
             RedisStats::add(&stats.malformed, 1);
             continue;
         };
+        if field == VERSION.as_bytes() {
+            continue;
+        }
         let Some((node, client)) = parse_field(field) else {
             RedisStats::add(&stats.malformed, 1);
             continue;
@@ -422,6 +519,7 @@ impl Engine {
                 let mut message = format!("j {} {} ", self.node, change.client.0).into_bytes();
                 message.extend_from_slice(&member);
                 pipe.cmd("HSET").arg(&key).arg(&field).arg(member).ignore();
+                pipe.cmd("HINCRBY").arg(&key).arg(VERSION).arg(1).ignore();
                 pipe.cmd("PEXPIRE")
                     .arg(&key)
                     .arg(self.presence.ttl_ms().saturating_mul(3))
@@ -430,6 +528,7 @@ impl Engine {
             }
             None => {
                 pipe.cmd("HDEL").arg(&key).arg(&field).ignore();
+                pipe.cmd("HINCRBY").arg(&key).arg(VERSION).arg(1).ignore();
                 let message = format!("l {} {}", self.node, change.client.0);
                 pipe.cmd("PUBLISH").arg(pubsub).arg(message).ignore();
             }
@@ -530,6 +629,9 @@ impl Engine {
             for tx in &self.shards {
                 let _ = tx.send(StoreEvent::NodeGone { node });
             }
+            // Its entries stay in the hashes (their versions unmoved) until
+            // a read that meets them deletes them: read every channel.
+            self.presence.full_snapshot_at = Some(Instant::now());
         }
         if new && self.presence.beaten {
             tracing::warn!("redis engine: this node's liveness had run out (Redis restarted or flushed, or the node stalled); writing its members again");
@@ -614,6 +716,10 @@ impl Engine {
         let Some(mut conn) = self.conn.clone() else {
             return false;
         };
+        let followed = &self.followed;
+        self.presence
+            .versions
+            .retain(|c, _| followed.contains_key(c));
         let channels: Vec<ChannelName> = self
             .followed
             .keys()
@@ -624,49 +730,19 @@ impl Engine {
         if channels.is_empty() {
             return true;
         }
+        // Known versions (none on a full read: every hash is read).
+        let known: Vec<Option<u64>> = channels
+            .iter()
+            .map(|c| slice.and_then(|_| self.presence.versions.get(c)).copied())
+            .collect();
+        let keys: Vec<String> = channels.iter().map(presence_key).collect();
+        let nodes_key = self.nodes_key();
         let keep = self.presence.ttl_ms().saturating_mul(3);
-        let mut pipes: Vec<::redis::Pipeline> = Vec::new();
-        for (i, chunk) in channels.chunks(MAX_BATCH).enumerate() {
-            let mut pipe = ::redis::pipe();
-            if i == 0 {
-                pipe.cmd("TIME");
-                pipe.cmd("ZRANGE")
-                    .arg(self.nodes_key())
-                    .arg(0)
-                    .arg(-1)
-                    .arg("WITHSCORES");
-            }
-            for channel in chunk {
-                let key = presence_key(channel);
-                pipe.cmd("HGETALL").arg(&key);
-                pipe.cmd("PEXPIRE").arg(&key).arg(keep).ignore();
-            }
-            pipes.push(pipe);
-        }
         let stats = Arc::clone(&self.stats);
         let (tx, rx) = oneshot::channel();
         tokio::spawn(async move {
-            let mut values = Vec::new();
-            for pipe in pipes {
-                RedisStats::add(&stats.pipelines, 1);
-                let answer = tokio::time::timeout(
-                    RESPONSE_TIMEOUT,
-                    pipe.query_async::<Vec<Value>>(&mut conn),
-                )
-                .await;
-                match answer {
-                    Ok(Ok(part)) => values.extend(part),
-                    Ok(Err(e)) => {
-                        let _ = tx.send(Err(format!("redis: {e}")));
-                        return;
-                    }
-                    Err(_) => {
-                        let _ = tx.send(Err("redis did not answer in time".to_owned()));
-                        return;
-                    }
-                }
-            }
-            let _ = tx.send(Ok(values));
+            let read = read_snapshot(&mut conn, &stats, &keys, &known, &nodes_key, keep).await;
+            let _ = tx.send(read);
         });
         self.presence.answer = Some(rx);
         self.presence.held = Some(Held {
@@ -685,8 +761,8 @@ impl Engine {
         let Some(held) = self.presence.held.take() else {
             return;
         };
-        let values = match answer {
-            Ok(values) => values,
+        let read = match answer {
+            Ok(read) => read,
             Err(why) => {
                 for (channel, heard) in held.messages {
                     self.forward_presence(channel, heard);
@@ -695,12 +771,7 @@ impl Engine {
                 return;
             }
         };
-        let mut values = values.into_iter();
-        let live = match (values.next(), values.next()) {
-            (Some(time), Some(nodes)) => live_nodes(&time, &nodes),
-            _ => None,
-        };
-        let Some(live) = live else {
+        let Some(live) = live_nodes(&read.time, &read.nodes) else {
             RedisStats::add(&self.stats.errors, 1);
             self.presence.full_snapshot_at = Some(Instant::now());
             for (channel, heard) in held.messages {
@@ -710,20 +781,23 @@ impl Engine {
         };
         let mut dead = ::redis::pipe();
         let mut any_dead = false;
-        for (channel, value) in held.channels.iter().zip(values) {
+        for (index, version, value) in read.hashes {
+            let Some(channel) = held.channels.get(index) else {
+                continue;
+            };
             let Some((members, gone)) = parse_hash(&value, &live, self.node, &self.stats) else {
                 RedisStats::add(&self.stats.errors, 1);
                 continue;
             };
             if !gone.is_empty() {
                 any_dead = true;
-                dead.cmd("HDEL")
-                    .arg(presence_key(channel))
-                    .arg(gone)
-                    .ignore();
+                let key = presence_key(channel);
+                dead.cmd("HDEL").arg(&key).arg(gone).ignore();
+                dead.cmd("HINCRBY").arg(&key).arg(VERSION).arg(1).ignore();
             }
             RedisStats::add(&self.stats.snapshots, 1);
             if let Some(tx) = self.followed.get(channel).and_then(|s| self.shards.get(*s)) {
+                self.presence.versions.insert(channel.clone(), version);
                 let _ = tx.send(StoreEvent::RemoteMembers {
                     channel: channel.clone(),
                     members,
@@ -856,10 +930,13 @@ mod tests {
             Value::BulkString(ann.clone()),
             bulk("junk"),
             Value::BulkString(ann),
+            bulk("v"),
+            bulk("7"),
         ]);
         let stats = RedisStats::default();
         let (members, dead) = parse_hash(&hash, &live, 3, &stats).expect("parses");
-        // This node's own (3) are not members; node 2's entry is dead.
+        // This node's own (3) are not members; node 2's entry is dead; the
+        // version is no member and not malformed.
         assert_eq!(
             members
                 .iter()
