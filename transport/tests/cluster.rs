@@ -1046,3 +1046,35 @@ async fn the_api_on_a_node_without_members_sees_and_acts_on_the_whole_cluster() 
     }
     drop((a, b, c));
 }
+
+/// Presence changes whose pub/sub message never came (written straight
+/// into Redis here) reach every node by the periodic read: the hash's
+/// version moved, so each node reads it again within the TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_pub_sub_lost_are_healed_by_the_periodic_read() {
+    let _turn = SERIAL.lock().await;
+    let redis = Redis::start(false);
+    let ttl = Duration::from_secs(2);
+    let [a, _b, c] = three_nodes_with(&redis, &["--presence-ttl", "2s"]);
+    let (_ann, _) = seed_join_online(a.addr, "town", "ann").await;
+    let (mut cat, online) = seed_join_online(c.addr, "town", "cat").await;
+    assert_eq!(online, "ann,cat");
+    // Node 4242 is alive (its liveness ends far in the future) and gets a
+    // member in town, without telling anyone.
+    assert_eq!(
+        redis.command("ZADD hubbub:0:nodes 99999999999999 4242"),
+        ":1"
+    );
+    let zed = r#""\x01\x00\x00\x00\x03zed\xff\xff\xff\xff\xff\xff\xff\xff""#;
+    assert_eq!(
+        redis.command(&format!("HSET hubbub:{{town}}:presence 4242:77 {zed}")),
+        ":1"
+    );
+    redis.command("HINCRBY hubbub:{town}:presence v 1");
+    online_until(&mut cat, &["ann", "cat", "zed"], ttl * 2).await;
+    // And leaves the same way.
+    assert_eq!(redis.command("HDEL hubbub:{town}:presence 4242:77"), ":1");
+    redis.command("HINCRBY hubbub:{town}:presence v 1");
+    online_until(&mut cat, &["ann", "cat"], ttl * 2).await;
+    drop((a, c));
+}

@@ -745,10 +745,12 @@ impl Engine {
             return;
         };
         let channel = ChannelName::new(channel);
-        if let Some(heard) = presence::parse_presence_message(message.get_payload_bytes()) {
+        if let Some((version, heard)) =
+            presence::parse_presence_message(message.get_payload_bytes())
+        {
             match &mut self.presence.held {
-                Some(held) => held.hold(channel, heard),
-                None => self.forward_presence(channel, heard),
+                Some(held) => held.hold(channel, version, heard),
+                None => self.forward_presence(channel, version, heard),
             }
             return;
         }

@@ -5,7 +5,9 @@
 //!                            "v" → version, counted up by every change
 //! hubbub:<db>:nodes    zset  node → the time (ms, Redis' clock) its liveness ends
 //! hubbub:<db>:C        pub/sub, next to publications:
-//!                      "j <node> <client> <member>" (joined), "l <node> <client>" (left)
+//!                      "j <node> <client> <version> <member>" (joined),
+//!                      "l <node> <client> <version>" (left); version: the
+//!                      hash's after the change (0: not known)
 //! ```
 //!
 //! A node writes its members' entries as they join and leave and tells the
@@ -77,6 +79,25 @@ for i = 1, #all, 2 do
 end
 if #all > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return out
+";
+
+/// A local member joined or left: its entry written or deleted, the hash's
+/// version counted up and the change published with that version, in one
+/// step, so that every node can tell whether it heard every change.
+///
+/// KEYS: presence hash. ARGV: field, member (empty for a leave), keep ms,
+/// pub/sub channel, the message's head and tail (around the version).
+/// Returns the version.
+pub const CHANGE: &str = r"
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+local v = redis.call('HINCRBY', KEYS[1], 'v', 1)
+redis.call('PUBLISH', ARGV[4], ARGV[5] .. v .. ARGV[6])
+return v
 ";
 
 /// Writes a node's members of a channel afresh: its old entries go.
@@ -165,7 +186,7 @@ const MAX_HELD: usize = 65_536;
 /// A snapshot in flight.
 pub(super) struct Held {
     channels: Vec<ChannelName>,
-    messages: VecDeque<(ChannelName, Option<Heard>)>,
+    messages: VecDeque<(ChannelName, u64, Option<Heard>)>,
     dropped: bool,
     started: Instant,
 }
@@ -174,9 +195,9 @@ impl Held {
     /// Keeps a presence message for after the snapshot: one heard now may
     /// have been published after Redis read the snapshot, and applied
     /// before it would be undone by it.
-    pub(super) fn hold(&mut self, channel: ChannelName, heard: Option<Heard>) {
+    pub(super) fn hold(&mut self, channel: ChannelName, version: u64, heard: Option<Heard>) {
         if self.messages.len() < MAX_HELD {
-            self.messages.push_back((channel, heard));
+            self.messages.push_back((channel, version, heard));
         } else {
             self.dropped = true;
         }
@@ -305,39 +326,41 @@ fn parse_field(field: &[u8]) -> Option<(u64, ClientId)> {
     Some((node.parse().ok()?, ClientId(client.parse().ok()?)))
 }
 
-/// A presence message from pub/sub: `j <node> <client> <member>` or
-/// `l <node> <client>`; `None` when the payload is not one.
+/// A presence message from pub/sub.
 pub(super) enum Heard {
     Joined(RemoteMember),
     Left(u64, ClientId),
 }
 
-pub(super) fn parse_presence_message(payload: &[u8]) -> Option<Option<Heard>> {
+/// A presence message: `j <node> <client> <version> <member>` or
+/// `l <node> <client> <version>`, as the hash's version after it (0: not
+/// known) and what it says (`None`: malformed); `None` when the payload is
+/// no presence message.
+pub(super) fn parse_presence_message(payload: &[u8]) -> Option<(u64, Option<Heard>)> {
     let joined = match payload.get(..2)? {
         b"j " => true,
         b"l " => false,
         _ => return None,
     };
-    let mut parts = payload[2..].splitn(3, |b| *b == b' ');
-    let node: Option<u64> = parts
-        .next()
-        .and_then(|n| std::str::from_utf8(n).ok()?.parse().ok());
-    let client: Option<u128> = parts
-        .next()
-        .and_then(|c| std::str::from_utf8(c).ok()?.parse().ok());
-    let (Some(node), Some(client)) = (node, client) else {
-        return Some(None);
+    let mut parts = payload[2..].splitn(4, |b| *b == b' ');
+    let mut number = || parts.next().and_then(|n| std::str::from_utf8(n).ok());
+    let node: Option<u64> = number().and_then(|n| n.parse().ok());
+    let client: Option<u128> = number().and_then(|c| c.parse().ok());
+    let version: Option<u64> = number().and_then(|v| v.parse().ok());
+    let (Some(node), Some(client), Some(version)) = (node, client, version) else {
+        return Some((0, None));
     };
     let client = ClientId(client);
     if !joined {
-        return Some(Some(Heard::Left(node, client)));
+        return Some((version, Some(Heard::Left(node, client))));
     }
-    Some(
+    Some((
+        version,
         parts
             .next()
             .and_then(|m| decode_member(node, client, m))
             .map(Heard::Joined),
-    )
+    ))
 }
 
 /// The members of a [`SNAPSHOT`] answer; entries that cannot be read are
@@ -514,25 +537,25 @@ impl Engine {
         let key = presence_key(&change.channel);
         let field = field(self.node, change.client);
         let pubsub = self.pubsub_name(&change.channel);
-        match member {
+        let (kind, tail) = match &member {
             Some(member) => {
-                let mut message = format!("j {} {} ", self.node, change.client.0).into_bytes();
-                message.extend_from_slice(&member);
-                pipe.cmd("HSET").arg(&key).arg(&field).arg(member).ignore();
-                pipe.cmd("HINCRBY").arg(&key).arg(VERSION).arg(1).ignore();
-                pipe.cmd("PEXPIRE")
-                    .arg(&key)
-                    .arg(self.presence.ttl_ms().saturating_mul(3))
-                    .ignore();
-                pipe.cmd("PUBLISH").arg(pubsub).arg(message).ignore();
+                let mut tail = b" ".to_vec();
+                tail.extend_from_slice(member);
+                ('j', tail)
             }
-            None => {
-                pipe.cmd("HDEL").arg(&key).arg(&field).ignore();
-                pipe.cmd("HINCRBY").arg(&key).arg(VERSION).arg(1).ignore();
-                let message = format!("l {} {}", self.node, change.client.0);
-                pipe.cmd("PUBLISH").arg(pubsub).arg(message).ignore();
-            }
-        }
+            None => ('l', Vec::new()),
+        };
+        pipe.cmd("EVAL")
+            .arg(CHANGE)
+            .arg(1)
+            .arg(&key)
+            .arg(&field)
+            .arg(member.unwrap_or_default())
+            .arg(self.presence.ttl_ms().saturating_mul(3))
+            .arg(pubsub)
+            .arg(format!("{kind} {} {} ", self.node, change.client.0))
+            .arg(tail)
+            .ignore();
         RedisStats::add(&self.stats.presence_writes, 1);
     }
 
@@ -566,8 +589,22 @@ impl Engine {
         format!("hubbub:{}:nodes", self.db)
     }
 
-    /// A presence message from another node, for the channel's home.
-    pub(super) fn forward_presence(&self, channel: ChannelName, heard: Option<Heard>) {
+    /// A presence message (this node's own too): the channel's version
+    /// follows it when it is the next one; another node's change goes to
+    /// the channel's home.
+    pub(super) fn forward_presence(
+        &mut self,
+        channel: ChannelName,
+        version: u64,
+        heard: Option<Heard>,
+    ) {
+        if let Some(known) = self.presence.versions.get_mut(&channel) {
+            // A gap (a message lost) leaves it behind: the next read of the
+            // hash sees a version it does not know and reads it whole.
+            if version > 0 && *known + 1 == version {
+                *known = version;
+            }
+        }
         let Some(shard) = self.followed.get(&channel).copied() else {
             return;
         };
@@ -682,7 +719,9 @@ impl Engine {
                 cmd.ignore();
                 if announce {
                     for (client, member) in members {
-                        let mut message = format!("j {} {} ", self.node, client.0).into_bytes();
+                        // Version 0: the others cannot tell what they missed
+                        // from it; their next read of the hash tells them.
+                        let mut message = format!("j {} {} 0 ", self.node, client.0).into_bytes();
                         message.extend_from_slice(member);
                         pipe.cmd("PUBLISH")
                             .arg(self.pubsub_name(channel))
@@ -764,8 +803,8 @@ impl Engine {
         let read = match answer {
             Ok(read) => read,
             Err(why) => {
-                for (channel, heard) in held.messages {
-                    self.forward_presence(channel, heard);
+                for (channel, version, heard) in held.messages {
+                    self.forward_presence(channel, version, heard);
                 }
                 self.lost(&why);
                 return;
@@ -774,8 +813,8 @@ impl Engine {
         let Some(live) = live_nodes(&read.time, &read.nodes) else {
             RedisStats::add(&self.stats.errors, 1);
             self.presence.full_snapshot_at = Some(Instant::now());
-            for (channel, heard) in held.messages {
-                self.forward_presence(channel, heard);
+            for (channel, version, heard) in held.messages {
+                self.forward_presence(channel, version, heard);
             }
             return;
         };
@@ -805,8 +844,8 @@ impl Engine {
             }
         }
         let messages = held.messages.len();
-        for (channel, heard) in held.messages {
-            self.forward_presence(channel, heard);
+        for (channel, version, heard) in held.messages {
+            self.forward_presence(channel, version, heard);
         }
         if held.dropped {
             // Some were dropped: the next beat reads everything again.
@@ -882,17 +921,21 @@ mod tests {
                 infos
             }
         );
-        let mut message = b"j 7 9 ".to_vec();
+        let mut message = b"j 7 9 12 ".to_vec();
         message.extend_from_slice(&bytes);
         assert!(matches!(
             parse_presence_message(&message),
-            Some(Some(Heard::Joined(m))) if m == member
+            Some((12, Some(Heard::Joined(m)))) if m == member
         ));
         assert!(matches!(
-            parse_presence_message(b"l 7 9"),
-            Some(Some(Heard::Left(7, ClientId(9))))
+            parse_presence_message(b"l 7 9 13"),
+            Some((13, Some(Heard::Left(7, ClientId(9)))))
         ));
-        assert!(matches!(parse_presence_message(b"j x 9 "), Some(None)));
+        assert!(matches!(
+            parse_presence_message(b"j x 9 1 "),
+            Some((0, None))
+        ));
+        assert!(matches!(parse_presence_message(b"l 7 9"), Some((0, None))));
         assert!(parse_presence_message(b"12 34 xx").is_none());
         for cut in 0..bytes.len() {
             let _ = decode_member(1, ClientId(1), &bytes[..cut]);
