@@ -129,7 +129,9 @@ pub struct Stored {
     pub at: Timestamp,
     /// The publication's data as Centrifugo clients see it (raw JSON).
     pub data: Bytes,
-    /// A seed client's line, as seed clients see it.
+    /// A seed client's line, as seed clients see it. In the relay channel
+    /// (`""`, crossing nodes) `data` is the frame and `Some("")` marks a
+    /// text frame.
     pub text: Option<Arc<str>>,
     /// The publisher: its user and its client id (kept as it was, so
     /// history shows the same publisher after a restart).

@@ -25,8 +25,10 @@ struct Cluster {
     deliveries: Vec<VecDeque<StoreEvent>>,
     /// Answers not yet handed to each node.
     answers: Vec<VecDeque<StoreEvent>>,
-    /// Frames each (node, conn) received.
+    /// Frames each (node, conn) received: text frames' JSON lines.
     seen: Vec<Vec<(u64, Value)>>,
+    /// Every frame each (node, conn) received, as sent.
+    frames: Vec<Vec<(u64, Frame)>>,
     /// Members as the engine records them: (channel, node, client).
     members: BTreeMap<(String, u64, ClientId), RemoteMember>,
 }
@@ -59,6 +61,7 @@ impl Cluster {
             deliveries: vec![VecDeque::new(); nodes],
             answers: vec![VecDeque::new(); nodes],
             seen: vec![Vec::new(); nodes],
+            frames: vec![Vec::new(); nodes],
             members: BTreeMap::new(),
         }
     }
@@ -81,10 +84,13 @@ impl Cluster {
     fn drain(&mut self, node: usize) {
         while let Some(out) = self.nodes[node].poll_output() {
             if let Output::Send { conn, frame, .. } = out {
-                for line in frame.payload.split(|b| *b == b'\n') {
-                    let v: Value = serde_json::from_slice(line).unwrap();
-                    self.seen[node].push((conn.0, v));
+                if frame.kind == hubbub_core::MessageKind::Text {
+                    for line in frame.payload.split(|b| *b == b'\n') {
+                        let v: Value = serde_json::from_slice(line).unwrap();
+                        self.seen[node].push((conn.0, v));
+                    }
                 }
+                self.frames[node].push((conn.0, frame));
             }
         }
         while let Some(request) = self.nodes[node].poll_store() {
@@ -427,6 +433,65 @@ fn a_channel_without_history_crosses_nodes_without_offsets() {
         },
     );
     assert!(!cluster.follows[1].contains("t"));
+}
+
+#[test]
+fn relay_frames_cross_nodes_byte_for_byte_with_their_opcode() {
+    let mut cluster = Cluster::new(3, 1000);
+    // Relay connections on nodes 0 and 1; none on node 2.
+    for (node, conn) in [(0, 1), (0, 2), (1, 3)] {
+        cluster.input(
+            node,
+            Input::Open {
+                conn: ConnId(conn),
+                route: Route::Relay,
+            },
+        );
+    }
+    cluster.settle(false);
+    assert!(cluster.follows[1].contains(""), "the relay is followed");
+    assert!(
+        !cluster.follows[2].contains(""),
+        "not without relay members"
+    );
+    // Text (valid JSON, as the test's reader parses it) and binary.
+    cluster.send(0, 1, "\"café\"");
+    cluster.input(
+        1,
+        Input::Message {
+            conn: ConnId(3),
+            frame: Frame::binary(bytes::Bytes::from_static(b"\xff\x00bin")),
+        },
+    );
+    cluster.settle(true);
+    let text = Frame::text("\"café\"");
+    let binary = Frame::binary(bytes::Bytes::from_static(b"\xff\x00bin"));
+    let got = |cluster: &Cluster, node: usize, conn: u64| -> Vec<Frame> {
+        cluster.frames[node]
+            .iter()
+            .filter(|(c, _)| *c == conn)
+            .map(|(_, f)| f.clone())
+            .collect()
+    };
+    for (node, conn) in [(0, 1), (0, 2), (1, 3)] {
+        let frames = got(&cluster, node, conn);
+        assert_eq!(
+            frames.len(),
+            2,
+            "each frame once on node {node} conn {conn}"
+        );
+        assert!(frames.contains(&text) && frames.contains(&binary));
+    }
+    // Relay traffic never reaches rooms, presence or the engine's streams.
+    assert!(cluster.members.is_empty(), "relay members have no presence");
+    assert!(cluster.store.publications("").next().is_none());
+    // The last relay member of node 1 leaves: it stops following.
+    cluster.disconnect(1, 3);
+    assert!(!cluster.follows[1].contains(""));
+    cluster.send(0, 2, "1");
+    cluster.settle(false);
+    assert_eq!(got(&cluster, 1, 3).len(), 2, "nothing after leaving");
+    assert_eq!(got(&cluster, 0, 1).len(), 3, "still on its own node");
 }
 
 impl Cluster {

@@ -12,7 +12,8 @@
 //! stopped (100, `/health` 503) and started again (the nodes resubscribe by
 //! themselves, what was missed is recovered); Redis flushed (a new epoch,
 //! `recovered: false`); presence, join/leave and `online_users` across the
-//! nodes, and a killed node's members leaving within `--presence-ttl`.
+//! nodes, and a killed node's members leaving within `--presence-ttl`;
+//! the relay (`/ws`) reaching every relay client on every node.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -27,10 +28,11 @@ use common::process::Process;
 use common::redis::Redis;
 use common::sdk::Sdk;
 use common::{get, next_seed, seed_until, send_text, within, Ws, STEP};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use hubbub_core::SeedType;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
 
 /// One cluster at a time in this test binary.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -1077,4 +1079,91 @@ async fn changes_pub_sub_lost_are_healed_by_the_periodic_read() {
     redis.command("HINCRBY hubbub:{town}:presence v 1");
     online_until(&mut cat, &["ann", "cat"], ttl * 2).await;
     drop((a, c));
+}
+
+/// Reads `ws` until `want` says stop, skipping the relay's readiness
+/// probes; returns the data frames read (text or binary, as sent).
+async fn relay_until(ws: &mut Ws, mut want: impl FnMut(&Message) -> bool) -> Vec<Message> {
+    let mut got = Vec::new();
+    loop {
+        let m = common::next(ws).await;
+        if matches!(&m, Message::Text(t) if t.as_str().starts_with("ready ")) {
+            continue;
+        }
+        let stop = want(&m);
+        got.push(m);
+        if stop {
+            return got;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_frames_reach_every_relay_client_on_every_node() {
+    let _turn = SERIAL.lock().await;
+    let redis = Redis::start(false);
+    let nodes = three_nodes(&redis);
+    let mut relays = Vec::new();
+    for n in &nodes {
+        let url = format!("ws://{}/ws", n.addr);
+        let (ws, _) = within(STEP, "relay connect", tokio_tungstenite::connect_async(url))
+            .await
+            .unwrap();
+        relays.push(ws);
+    }
+    // A node hears the others once it has subscribed in Redis: each client
+    // probes until every other node's client has heard it.
+    for from in 0..relays.len() {
+        let mut heard = BTreeSet::new();
+        let deadline = Instant::now() + STEP;
+        while heard.len() < relays.len() - 1 {
+            assert!(Instant::now() < deadline, "node {from} never heard");
+            send_text(&mut relays[from], &format!("ready {from}")).await;
+            for (to, ws) in relays.iter_mut().enumerate() {
+                if to == from || heard.contains(&to) {
+                    continue;
+                }
+                let wait = Duration::from_millis(200);
+                while let Ok(Some(Ok(m))) = tokio::time::timeout(wait, ws.next()).await {
+                    if matches!(&m, Message::Text(t) if t.as_str() == format!("ready {from}")) {
+                        heard.insert(to);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    // From each node a text and a binary frame.
+    let mut sent = Vec::new();
+    for (i, ws) in relays.iter_mut().enumerate() {
+        let text = Message::text(format!("hello from node {i} ✓"));
+        let binary = Message::binary(vec![0xff, i as u8, 0x00, b'b']);
+        for m in [text, binary] {
+            within(STEP, "send", ws.send(m.clone())).await.unwrap();
+            sent.push(m);
+        }
+    }
+    for (i, ws) in relays.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        while got.len() < sent.len() {
+            got.extend(relay_until(ws, |_| true).await);
+        }
+        for m in &sent {
+            let times = got.iter().filter(|g| *g == m).count();
+            assert_eq!(times, 1, "node {i}: {m:?} once, as sent (opcode and bytes)");
+        }
+    }
+    // Nothing else follows: each client's next frames are the end markers.
+    for (i, ws) in relays.iter_mut().enumerate() {
+        send_text(ws, &format!("end {i}")).await;
+    }
+    for (i, ws) in relays.iter_mut().enumerate() {
+        let mut ends = 0;
+        let got = relay_until(ws, |m| {
+            ends += usize::from(matches!(m, Message::Text(t) if t.as_str().starts_with("end ")));
+            ends == 3
+        })
+        .await;
+        assert_eq!(got.len(), 3, "node {i}: only the end markers, got {got:?}");
+    }
 }

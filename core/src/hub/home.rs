@@ -143,8 +143,9 @@ impl Hub {
             let epoch = self.new_epoch();
             self.rooms
                 .insert(channel.clone(), Room::new(options, 0, epoch, Vec::new()));
-            // Other nodes' publications to it come through the engine too.
-            if self.delivering && !channel.as_str().is_empty() && !self.unfollow.remove(channel) {
+            // Other nodes' publications to it (the relay's frames too) come
+            // through the engine.
+            if self.delivering && !self.unfollow.remove(channel) {
                 self.follow.insert(channel.clone());
             }
         }
@@ -317,11 +318,7 @@ impl Hub {
     /// Removes `channel`'s room; a delivering engine stops following its
     /// stream.
     fn forget_room(&mut self, channel: &ChannelName) {
-        if self.rooms.remove(channel).is_some()
-            && self.delivering
-            && !channel.as_str().is_empty()
-            && !self.follow.remove(channel)
-        {
+        if self.rooms.remove(channel).is_some() && self.delivering && !self.follow.remove(channel) {
             self.unfollow.insert(channel.clone());
         }
     }
@@ -796,20 +793,21 @@ impl Hub {
         (user, infos): (Option<&Name>, Option<&crate::bus::InfoPair>),
         payload: &PubPayload,
     ) {
-        if !self.delivering || channel.as_str().is_empty() {
+        if !self.delivering {
             return;
         }
-        let Some(data) = publication_data(payload) else {
+        let (data, text) = match payload {
+            PubPayload::Text(text) => (publication_data(payload), Some(text.clone())),
+            PubPayload::Json(data) => (Some(data.clone()), None),
+            PubPayload::Relay(frame) => relay_to_stored(frame),
+        };
+        let Some(data) = data else {
             return;
         };
         if self.broadcasts.len() >= self.config.store_queue {
             self.stats.store_rejected += 1;
             return;
         }
-        let text = match payload {
-            PubPayload::Text(text) => Some(text.clone()),
-            _ => None,
-        };
         self.broadcasts.push_back((
             channel.clone(),
             Stored {
@@ -874,6 +872,7 @@ impl Hub {
             if let Some(room) = self.rooms.get_mut(channel) {
                 room.top += 1;
                 let payload = match &publication.text {
+                    _ if channel.as_str().is_empty() => relay_from_stored(&publication),
                     Some(text) => PubPayload::Text(text.clone()),
                     None => PubPayload::Json(publication.data.clone()),
                 };
@@ -1282,6 +1281,22 @@ impl Hub {
 }
 
 /// A publication as Centrifugo clients see its `data`: a seed line as
+/// A relay frame as another node gets it: its bytes as `data`, and `text`
+/// `Some("")` marking a text frame (`None`: binary), so nothing is copied.
+fn relay_to_stored(frame: &Frame) -> (Option<Bytes>, Option<std::sync::Arc<str>>) {
+    let text = (frame.kind == crate::codec::MessageKind::Text).then(|| std::sync::Arc::from(""));
+    (Some(frame.payload.clone()), text)
+}
+
+/// [`relay_to_stored`] undone.
+fn relay_from_stored(publication: &Stored) -> PubPayload {
+    let data = publication.data.clone();
+    PubPayload::Relay(match publication.text {
+        Some(_) => Frame::text(data),
+        None => Frame::binary(data),
+    })
+}
+
 /// `{"text": line}`, JSON as it came; relay frames have none.
 fn publication_data(payload: &PubPayload) -> Option<Bytes> {
     match payload {
