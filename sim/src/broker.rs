@@ -31,7 +31,13 @@
 //! - **caught-up**: at the end (faults healed, everything delivered), each
 //!   subscriber has seen its channel up to the broker's top;
 //! - **presence-converges**: at the end, each node's view of the other
-//!   nodes' members of each of its channels is the broker's.
+//!   nodes' members of each of its channels is the broker's;
+//! - **relay-once**: relay clients (`/ws`, on any node) get each relay
+//!   frame at most once, byte for byte with its opcode, and only frames
+//!   some relay client sent (across nodes the relay is best effort: a
+//!   partition or a restart may lose frames, as Redis pub/sub does);
+//! - **relay-reaches**: at the end (links healed), a frame from each node
+//!   reaches every relay client on every node.
 //!
 //! [`BrokerFault`] plants bugs in the broker; sim/tests/broker.rs checks
 //! that each is caught.
@@ -61,6 +67,10 @@ pub enum BrokerFault {
     ForgetLeave,
     /// A delivery to a node is lost without a `Resync`.
     LoseDeliverySilently,
+    /// A relay frame (a publication without offset) is delivered twice.
+    BroadcastTwice,
+    /// Publications without offset (the relay's) never leave their node.
+    DropBroadcasts,
 }
 
 /// A rule a run keeps.
@@ -72,6 +82,8 @@ pub enum Rule {
     FailedUnseen,
     CaughtUp,
     PresenceConverges,
+    RelayOnce,
+    RelayReaches,
 }
 
 /// A rule broken: which, at which step, and what was seen.
@@ -83,14 +95,30 @@ pub struct Breach {
 }
 
 impl Rule {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
         Self::Order,
         Self::OffsetsOnce,
         Self::DurableAck,
         Self::FailedUnseen,
         Self::CaughtUp,
         Self::PresenceConverges,
+        Self::RelayOnce,
+        Self::RelayReaches,
     ];
+
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Order => "order",
+            Self::OffsetsOnce => "offsets-once",
+            Self::DurableAck => "durable-ack",
+            Self::FailedUnseen => "failed-unseen",
+            Self::CaughtUp => "caught-up",
+            Self::PresenceConverges => "presence-converges",
+            Self::RelayOnce => "relay-once",
+            Self::RelayReaches => "relay-reaches",
+        }
+    }
 }
 
 impl fmt::Display for Breach {
@@ -118,6 +146,10 @@ pub struct BrokerParams {
     pub partition: Ppm,
     pub restart: Ppm,
     pub max_latency_ms: u64,
+    /// Relay (`/ws`) clients, each on a node of its own draw, and the
+    /// chance per step that each sends a frame.
+    pub relays: usize,
+    pub relay_send: Ppm,
     pub fault: Option<BrokerFault>,
 }
 
@@ -138,6 +170,8 @@ impl BrokerParams {
             partition: Ppm(if partition_heavy { 20_000 } else { 2_000 }),
             restart: Ppm(if partition_heavy { 5_000 } else { 500 }),
             max_latency_ms: rng.between(1, 30),
+            relays: rng.between(2, 5) as usize,
+            relay_send: Ppm(rng.between_u32(10_000, 100_000)),
             fault: None,
         }
     }
@@ -156,6 +190,9 @@ pub struct Report {
     pub partitions: u64,
     pub restarts: u64,
     pub remote_presence_events: u64,
+    pub relay_frames: u64,
+    /// Relay frames received, all relay clients together.
+    pub relay_received: u64,
     /// How often each rule was examined (a rule never examined proves nothing).
     pub examined: BTreeMap<Rule, u64>,
 }
@@ -177,6 +214,14 @@ struct Client {
     subscribing: BTreeMap<u64, String>,
     publishing: BTreeMap<u64, (String, i64)>,
     next_id: u64,
+}
+
+/// A relay (`/ws`) client: it stays on its node.
+struct RelayClient {
+    node: usize,
+    conn: ConnId,
+    /// The frames it got, by id.
+    got: BTreeSet<u64>,
 }
 
 /// The broker's view of one node.
@@ -208,6 +253,11 @@ pub struct BrokerWorld {
     clients: Vec<Client>,
     /// (node, conn) → client.
     owner: BTreeMap<(usize, ConnId), usize>,
+    relays: Vec<RelayClient>,
+    /// (node, conn) → relay client.
+    relay_owner: BTreeMap<(usize, ConnId), usize>,
+    /// Relay frames sent, by id.
+    relay_sent: BTreeMap<u64, Frame>,
     next_conn: u64,
     next_data: i64,
     /// (channel, epoch, offset) → data, as first seen.
@@ -254,6 +304,9 @@ impl BrokerWorld {
             seq: 0,
             clients: Vec::new(),
             owner: BTreeMap::new(),
+            relays: Vec::new(),
+            relay_owner: BTreeMap::new(),
+            relay_sent: BTreeMap::new(),
             next_conn: 1,
             next_data: 1,
             seen: BTreeMap::new(),
@@ -280,6 +333,14 @@ impl BrokerWorld {
                 next_id: 1,
             });
         }
+        for _ in 0..world.params.relays {
+            let node = world.rng.below(world.params.nodes as u64) as usize;
+            world.relays.push(RelayClient {
+                node,
+                conn: ConnId(0),
+                got: BTreeSet::new(),
+            });
+        }
         world
     }
 
@@ -290,6 +351,19 @@ impl BrokerWorld {
     pub fn run(mut self) -> Result<Report, Breach> {
         for c in 0..self.clients.len() {
             self.connect(c)?;
+        }
+        for r in 0..self.relays.len() {
+            let (node, conn) = (self.relays[r].node, ConnId(self.next_conn));
+            self.next_conn += 1;
+            self.relays[r].conn = conn;
+            self.relay_owner.insert((node, conn), r);
+            self.input(
+                node,
+                Input::Open {
+                    conn,
+                    route: Route::Relay,
+                },
+            )?;
         }
         for step in 0..self.params.steps {
             self.step = step;
@@ -303,6 +377,11 @@ impl BrokerWorld {
                     self.move_client(c)?;
                 }
             }
+            for r in 0..self.relays.len() {
+                if self.rng.chance(self.params.relay_send) {
+                    self.relay_send(r)?;
+                }
+            }
             self.deliver_due()?;
         }
         // The end: every partition heals, everything in flight arrives.
@@ -312,6 +391,22 @@ impl BrokerWorld {
                 self.heal(node)?;
             }
         }
+        self.settle()?;
+        // A frame from each node with relay clients, everything healed.
+        let mut last = Vec::new();
+        let mut from_nodes = BTreeSet::new();
+        for r in 0..self.relays.len() {
+            if from_nodes.insert(self.relays[r].node) {
+                last.push(self.relay_send(r)?);
+            }
+        }
+        self.settle()?;
+        self.check_end(&last)?;
+        Ok(self.report)
+    }
+
+    /// Everything in flight arrives.
+    fn settle(&mut self) -> Result<(), Breach> {
         for _ in 0..10_000 {
             if self.flight.is_empty() {
                 break;
@@ -319,8 +414,7 @@ impl BrokerWorld {
             self.now += 50;
             self.deliver_due()?;
         }
-        self.check_end()?;
-        Ok(self.report)
+        Ok(())
     }
 
     fn examined(&mut self, rule: Rule) {
@@ -411,6 +505,60 @@ impl BrokerWorld {
             (node + 1 + self.rng.below(self.params.nodes as u64 - 1) as usize) % self.params.nodes;
         self.report.moves += 1;
         self.connect(c)
+    }
+
+    /// Relay client `r` sends a frame (text or binary, by its id); returns its id.
+    fn relay_send(&mut self, r: usize) -> Result<u64, Breach> {
+        let id = self.relay_sent.len() as u64 + 1;
+        let frame = if id % 2 == 0 {
+            Frame::text(format!("relay {id}"))
+        } else {
+            let mut bytes = vec![0xff];
+            bytes.extend_from_slice(&id.to_be_bytes());
+            Frame::binary(bytes)
+        };
+        self.relay_sent.insert(id, frame.clone());
+        self.report.relay_frames += 1;
+        let (node, conn) = (self.relays[r].node, self.relays[r].conn);
+        self.input(node, Input::Message { conn, frame })?;
+        Ok(id)
+    }
+
+    /// What relay client `r` read: a frame some relay client sent, as sent,
+    /// the first time.
+    fn relay_read(&mut self, r: usize, frame: &Frame) -> Result<(), Breach> {
+        self.examined(Rule::RelayOnce);
+        self.report.relay_received += 1;
+        let id = match frame.kind {
+            hubbub_core::MessageKind::Text => std::str::from_utf8(&frame.payload)
+                .ok()
+                .and_then(|t| t.strip_prefix("relay "))
+                .and_then(|n| n.parse().ok()),
+            hubbub_core::MessageKind::Binary => frame
+                .payload
+                .get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes),
+        };
+        let Some(id) = id.filter(|id| self.relay_sent.get(id) == Some(frame)) else {
+            return Err(self.breach(
+                Rule::RelayOnce,
+                format!(
+                    "relay client {r} on node {} got a frame nobody sent: {frame:?}",
+                    self.relays[r].node
+                ),
+            ));
+        };
+        if !self.relays[r].got.insert(id) {
+            return Err(self.breach(
+                Rule::RelayOnce,
+                format!(
+                    "relay client {r} on node {} got frame {id} twice",
+                    self.relays[r].node
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn send(&mut self, node: usize, conn: ConnId, text: &str) -> Result<(), Breach> {
@@ -651,7 +799,11 @@ impl BrokerWorld {
     fn drain(&mut self, node: usize) -> Result<(), Breach> {
         while let Some(out) = self.nodes[node].poll_output() {
             if let Output::Send { conn, frame, .. } = out {
-                self.read(node, conn, &frame)?;
+                if let Some(&r) = self.relay_owner.get(&(node, conn)) {
+                    self.relay_read(r, &frame)?;
+                } else {
+                    self.read(node, conn, &frame)?;
+                }
             }
         }
         let down = self.links[node].partitioned_until.is_some();
@@ -668,7 +820,13 @@ impl BrokerWorld {
             let snapshot = self.snapshot(&channel, node);
             self.deliver_later(node, &channel, snapshot);
         }
-        while self.nodes[node].poll_broadcast().is_some() {}
+        while let Some((channel, publication)) = self.nodes[node].poll_broadcast() {
+            if down {
+                // Refused by the unreachable engine: the frame stays local.
+                continue;
+            }
+            self.broadcast(node, &channel, &publication);
+        }
         while let Some(change) = self.nodes[node].poll_presence() {
             if down {
                 self.links[node].waiting.push(change);
@@ -761,6 +919,28 @@ impl BrokerWorld {
                     },
                 );
             }
+        }
+    }
+
+    /// A publication without offset (the relay's) to every other node that
+    /// follows its channel: best effort, lost in a partition or a restart.
+    fn broadcast(&mut self, from: usize, channel: &ChannelName, publication: &Stored) {
+        if self.params.fault == Some(BrokerFault::DropBroadcasts) {
+            return;
+        }
+        for to in 0..self.nodes.len() {
+            if to == from || !self.links[to].follows.contains(channel) {
+                continue;
+            }
+            let event = StoreEvent::Delivered {
+                channel: channel.clone(),
+                epoch: 0,
+                publication: publication.clone(),
+            };
+            if self.params.fault == Some(BrokerFault::BroadcastTwice) && self.rng.below(5) == 0 {
+                self.deliver_later(to, channel, event.clone());
+            }
+            self.deliver_later(to, channel, event);
         }
     }
 
@@ -891,7 +1071,22 @@ impl BrokerWorld {
 
     // ---- the end ---------------------------------------------------------
 
-    fn check_end(&mut self) -> Result<(), Breach> {
+    /// The end rules; `last`: the relay frames sent after everything healed.
+    fn check_end(&mut self, last: &[u64]) -> Result<(), Breach> {
+        for r in 0..self.relays.len() {
+            for id in last {
+                self.examined(Rule::RelayReaches);
+                if !self.relays[r].got.contains(id) {
+                    return Err(self.breach(
+                        Rule::RelayReaches,
+                        format!(
+                            "relay client {r} on node {} never got frame {id}",
+                            self.relays[r].node
+                        ),
+                    ));
+                }
+            }
+        }
         for c in 0..self.clients.len() {
             for (channel, sub) in &self.clients[c].subs {
                 if !sub.live {

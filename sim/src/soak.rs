@@ -168,6 +168,7 @@ fn soak_one(
     args: &LongArgs,
     checks: &Checks,
     rules: &mut RuleChecks,
+    broker_rules: &mut BrokerRuleChecks,
 ) -> Result<RunOutcome, ()> {
     if preset.is_broker() {
         let params = crate::broker::BrokerParams::derive(seed, true);
@@ -175,11 +176,16 @@ fn soak_one(
             crate::broker::BrokerWorld::new(params.clone()).run()
         }));
         return match outcome {
-            Ok(Ok(report)) => Ok(RunOutcome {
-                inputs: report.hub_inputs,
-                chats: report.publications,
-                heartbeats: 0,
-            }),
+            Ok(Ok(report)) => {
+                for (rule, n) in &report.examined {
+                    *broker_rules.0.entry(*rule).or_default() += n;
+                }
+                Ok(RunOutcome {
+                    inputs: report.hub_inputs,
+                    chats: report.publications + report.relay_frames,
+                    heartbeats: 0,
+                })
+            }
             Ok(Err(breach)) => {
                 println!("FAILED: {breach}\n  {params:?}");
                 println!(
@@ -274,6 +280,7 @@ pub fn long_main(args: &LongArgs) -> ExitCode {
     };
     let checks = Checks::default();
     let mut rules = RuleChecks::default();
+    let mut broker_rules = BrokerRuleChecks::default();
     let started = Instant::now();
     let (mut inputs, mut chats, mut heartbeats, mut runs) = (0u64, 0u64, 0u64, 0u64);
     println!(
@@ -283,7 +290,7 @@ pub fn long_main(args: &LongArgs) -> ExitCode {
     while inputs < target {
         let this = preset.unwrap_or_else(|| Preset::for_seed(seed));
         let run_started = Instant::now();
-        let Ok(outcome) = soak_one(this, seed, args, &checks, &mut rules) else {
+        let Ok(outcome) = soak_one(this, seed, args, &checks, &mut rules, &mut broker_rules) else {
             println!(
                 "after {runs} runs and {inputs} hub inputs in {:.0}s",
                 started.elapsed().as_secs_f64()
@@ -321,7 +328,25 @@ pub fn long_main(args: &LongArgs) -> ExitCode {
     );
     println!("invariants examined (single hub): {checks}");
     println!("rules examined (cluster): {rules}");
+    println!("rules examined (broker): {broker_rules}");
     ExitCode::SUCCESS
+}
+
+/// How often each rule of the broker model was examined, all runs together.
+#[derive(Default)]
+struct BrokerRuleChecks(std::collections::BTreeMap<crate::broker::Rule, u64>);
+
+impl std::fmt::Display for BrokerRuleChecks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (n, rule) in crate::broker::Rule::ALL.into_iter().enumerate() {
+            if n > 0 {
+                f.write_str(", ")?;
+            }
+            let count = self.0.get(&rule).copied().unwrap_or(0);
+            write!(f, "{} {count}", rule.name())?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ fn seeded_runs_over_several_nodes_keep_every_rule() {
                     total.lost_deliveries += r.lost_deliveries;
                     total.remote_presence_events += r.remote_presence_events;
                     total.hub_inputs += r.hub_inputs;
+                    total.relay_frames += r.relay_frames;
+                    total.relay_received += r.relay_received;
                 }
                 Err(breach) => panic!("{breach}\n  {described}"),
             }
@@ -40,6 +42,11 @@ fn seeded_runs_over_several_nodes_keep_every_rule() {
     assert!(total.partitions > 50 && total.restarts > 10, "{total:?}");
     assert!(total.lost_deliveries > 100, "{total:?}");
     assert!(total.remote_presence_events > 500, "{total:?}");
+    // Relay frames crossed nodes: more received than sent.
+    assert!(
+        total.relay_received > 2 * total.relay_frames && total.relay_frames > 1_000,
+        "{total:?}"
+    );
 }
 
 #[test]
@@ -53,17 +60,29 @@ fn a_seed_replays_exactly() {
 #[test]
 fn bugs_planted_in_the_broker_are_caught() {
     for (fault, rules) in [
-        (BrokerFault::AckWithoutKeeping, &[Rule::DurableAck][..]),
+        // The acknowledged offset is given again to the next publication.
+        (
+            BrokerFault::AckWithoutKeeping,
+            &[Rule::DurableAck, Rule::OffsetsOnce][..],
+        ),
         (
             BrokerFault::ReuseOffsetAfterRestart,
             &[Rule::OffsetsOnce, Rule::Order, Rule::CaughtUp][..],
         ),
         (BrokerFault::ForgetLeave, &[Rule::PresenceConverges][..]),
-        // A lost join or leave, or a publication no later one reveals.
+        // A lost join or leave, a publication no later one reveals, or a
+        // relay frame.
         (
             BrokerFault::LoseDeliverySilently,
-            &[Rule::CaughtUp, Rule::Order, Rule::PresenceConverges][..],
+            &[
+                Rule::CaughtUp,
+                Rule::Order,
+                Rule::PresenceConverges,
+                Rule::RelayReaches,
+            ][..],
         ),
+        (BrokerFault::BroadcastTwice, &[Rule::RelayOnce][..]),
+        (BrokerFault::DropBroadcasts, &[Rule::RelayReaches][..]),
     ] {
         let mut caught = None;
         for seed in 0..20u64 {
