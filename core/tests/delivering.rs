@@ -436,6 +436,56 @@ fn a_channel_without_history_crosses_nodes_without_offsets() {
 }
 
 #[test]
+fn a_leave_and_a_join_waiting_for_a_reread_keep_the_room_and_its_remote_members() {
+    let mut cluster = Cluster::new(2, 1000);
+    cluster.subscribe(1, 2);
+    cluster.subscribe(0, 1);
+    let remote = |cluster: &Cluster| cluster.nodes[0].remote_members("c").count();
+    assert_eq!(remote(&cluster), 1, "node 1's member, seen from node 0");
+    // Node 0 reads the stream again (the engine had lost its subscription);
+    // while it reads, its only member leaves and another client joins.
+    cluster.nodes[0].handle_store(
+        Timestamp::from_millis(1),
+        StoreEvent::Resync {
+            channel: ChannelName::new("c"),
+        },
+    );
+    cluster.drain(0);
+    cluster.input(
+        0,
+        Input::Disconnect {
+            conn: ConnId(1),
+            reason: hubbub_core::CloseReason::PeerClosed,
+        },
+    );
+    cluster.input(
+        0,
+        Input::Open {
+            conn: ConnId(3),
+            route: Route::Centrifuge,
+        },
+    );
+    cluster.send(
+        0,
+        3,
+        "{\"id\":1,\"connect\":{}}\n{\"id\":2,\"subscribe\":{\"channel\":\"c\"}}",
+    );
+    cluster.settle(false);
+    assert_eq!(remote(&cluster), 1, "node 1's member is still known");
+    let epochs: Vec<&Value> = cluster.seen[0]
+        .iter()
+        .filter(|(_, v)| v["id"] == 2)
+        .map(|(_, v)| &v["subscribe"]["epoch"])
+        .collect();
+    assert_eq!(epochs.len(), 2, "both subscribed: {epochs:?}");
+    assert_eq!(epochs[0], epochs[1], "the stream's epoch, not a new one");
+    // A publication through node 0 reaches node 1's member at offset 1.
+    publish(&mut cluster, 0, 3, 9, 5);
+    cluster.settle(false);
+    assert_eq!(cluster.pushes(1, 2), [(1, 5)]);
+}
+
+#[test]
 fn relay_frames_cross_nodes_byte_for_byte_with_their_opcode() {
     let mut cluster = Cluster::new(3, 1000);
     // Relay connections on nodes 0 and 1; none on node 2.

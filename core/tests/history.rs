@@ -156,3 +156,85 @@ fn recovery_needs_the_whole_gap_in_the_window() {
         [json!(1), json!(2)]
     );
 }
+
+/// With a store (SQLite's place): a client subscribes, leaves and another
+/// subscribes while the stream is still being read. The room they find is
+/// the stream's (its epoch and offsets), not one made up in between.
+#[test]
+fn a_leave_and_a_join_waiting_for_the_stream_find_the_streams_room() {
+    let mut hub = Hub::with_external_store(Config {
+        namespaces: Namespaces {
+            default: Arc::new(ChannelOptions {
+                history_size: 10,
+                history_ttl: Duration::from_secs(3600),
+                ..ChannelOptions::default()
+            }),
+            ..Namespaces::default()
+        },
+        ..Config::default()
+    });
+    let mut store = hubbub_core::MemoryStore::new(10);
+    open(&mut hub, 1);
+    let pending: Vec<_> = std::iter::from_fn(|| hub.poll_store()).collect();
+    assert_eq!(pending.len(), 1, "the stream is being read");
+    hub.handle_input(
+        Timestamp::ZERO,
+        Input::Disconnect {
+            conn: ConnId(1),
+            reason: hubbub_core::CloseReason::PeerClosed,
+        },
+    );
+    hub.handle_input(
+        Timestamp::ZERO,
+        Input::Open {
+            conn: ConnId(2),
+            route: Route::Centrifuge,
+        },
+    );
+    send(
+        &mut hub,
+        0,
+        2,
+        "{\"id\":1,\"connect\":{}}\n{\"id\":2,\"subscribe\":{\"channel\":\"c\",\"positioned\":true}}",
+    );
+    let mut replies = Vec::new();
+    for request in pending {
+        let answer = store.execute(request);
+        hub.handle_store(Timestamp::ZERO, answer);
+        while let Some(out) = hub.poll_output() {
+            if let Output::Send { conn, frame, .. } = out {
+                if conn == ConnId(2) {
+                    replies.push(serde_json::from_slice::<Value>(&frame.payload).unwrap());
+                }
+            }
+        }
+    }
+    let (_, epoch) = store.position("c").unwrap();
+    let reply = replies.iter().find(|m| m["id"] == 2).unwrap();
+    assert_eq!(
+        reply["subscribe"]["epoch"],
+        format!("{epoch:016x}"),
+        "{reply}"
+    );
+    // Its publication goes through the stream, at offset 1.
+    send(
+        &mut hub,
+        0,
+        2,
+        r#"{"id":3,"publish":{"channel":"c","data":1}}"#,
+    );
+    let append: Vec<_> = std::iter::from_fn(|| hub.poll_store()).collect();
+    assert_eq!(append.len(), 1, "appended to the stream: {append:?}");
+    let answer = store.execute(append.into_iter().next().unwrap());
+    hub.handle_store(Timestamp::ZERO, answer);
+    let pushes: Vec<Value> = std::iter::from_fn(|| hub.poll_output())
+        .filter_map(|o| match o {
+            Output::Send { frame, .. } => Some(serde_json::from_slice(&frame.payload).unwrap()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        pushes.iter().any(|m| m["push"]["pub"]["offset"] == 1),
+        "{pushes:?}"
+    );
+}

@@ -286,8 +286,10 @@ impl Hub {
     /// (bounded), so a client that comes back recovers at once; the rest
     /// go (a stream is still in the store, and is opened again when used).
     pub(super) fn room_emptied(&mut self, channel: &ChannelName) {
-        if self.loading.contains_key(channel) {
-            // Read again for a join that waits: it is not empty for long.
+        if self.loading.contains_key(channel) || self.settling.as_ref() == Some(channel) {
+            // Read again for a join that waits, or with messages still to
+            // be carried out: it is not empty for long (and is looked at
+            // again after them).
             return;
         }
         let Some(room) = self.rooms.get_mut(channel) else {
@@ -682,6 +684,7 @@ impl Hub {
                     self.reopened(channel, state);
                 }
                 self.apply_early(channel);
+                let outer = self.settling.replace(channel.clone());
                 for msg in waiting {
                     // A join behind its client may read the stream again;
                     // what came after it waits behind it.
@@ -690,6 +693,7 @@ impl Hub {
                         None => self.dispatch_or_reread(msg),
                     }
                 }
+                self.settling = outer;
                 self.room_emptied(channel);
             }
             Err(_) => {
@@ -1280,7 +1284,6 @@ impl Hub {
     }
 }
 
-/// A publication as Centrifugo clients see its `data`: a seed line as
 /// A relay frame as another node gets it: its bytes as `data`, and `text`
 /// `Some("")` marking a text frame (`None`: binary), so nothing is copied.
 fn relay_to_stored(frame: &Frame) -> (Option<Bytes>, Option<std::sync::Arc<str>>) {
@@ -1297,6 +1300,7 @@ fn relay_from_stored(publication: &Stored) -> PubPayload {
     })
 }
 
+/// A publication as Centrifugo clients see its `data`: a seed line as
 /// `{"text": line}`, JSON as it came; relay frames have none.
 fn publication_data(payload: &PubPayload) -> Option<Bytes> {
     match payload {

@@ -401,6 +401,10 @@ pub struct Hub {
     /// first being opened: they join the room before the members waiting
     /// for it (one snapshot per channel loading).
     early_members: BTreeMap<ChannelName, Vec<crate::store::RemoteMember>>,
+    /// The channel whose waiting messages are being carried out after its
+    /// stream was read: a leave among them does not end the room (a join
+    /// behind it would find no room, and its stream unread).
+    settling: Option<ChannelName>,
     /// Joins that made their stream be read again (at most once each).
     reread: BTreeSet<(ChannelName, ConnId)>,
     /// Publications delivered while their channel's stream was being
@@ -460,6 +464,7 @@ impl Hub {
             broadcasts: VecDeque::new(),
             presence_changes: VecDeque::new(),
             early_members: BTreeMap::new(),
+            settling: None,
             reread: BTreeSet::new(),
             early: BTreeMap::new(),
             next_join_seq: 0,
