@@ -486,6 +486,44 @@ fn a_leave_and_a_join_waiting_for_a_reread_keep_the_room_and_its_remote_members(
 }
 
 #[test]
+fn a_leave_waiting_for_a_reread_that_fails_still_leaves() {
+    let mut cluster = Cluster::new(2, 1000);
+    cluster.subscribe(1, 2);
+    cluster.subscribe(0, 1);
+    assert_eq!(cluster.nodes[1].remote_members("c").count(), 1);
+    // Node 0 reads the stream again, and its member leaves meanwhile; the
+    // read fails (the engine is unreachable).
+    cluster.nodes[0].handle_store(
+        Timestamp::from_millis(1),
+        StoreEvent::Resync {
+            channel: ChannelName::new("c"),
+        },
+    );
+    let open = cluster.nodes[0].poll_store().unwrap();
+    cluster.drain(0);
+    cluster.input(
+        0,
+        Input::Disconnect {
+            conn: ConnId(1),
+            reason: hubbub_core::CloseReason::PeerClosed,
+        },
+    );
+    let failed = open.fail(hubbub_core::StoreError::new("unreachable"));
+    cluster.nodes[0].handle_store(Timestamp::from_millis(1), failed);
+    cluster.drain(0);
+    cluster.settle(false);
+    assert_eq!(
+        cluster.nodes[1].remote_members("c").count(),
+        0,
+        "node 1 heard that node 0's member left"
+    );
+    assert!(
+        cluster.follows[0].is_empty(),
+        "node 0 has no room for it any more"
+    );
+}
+
+#[test]
 fn relay_frames_cross_nodes_byte_for_byte_with_their_opcode() {
     let mut cluster = Cluster::new(3, 1000);
     // Relay connections on nodes 0 and 1; none on node 2.

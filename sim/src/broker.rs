@@ -31,7 +31,8 @@
 //! - **caught-up**: at the end (faults healed, everything delivered), each
 //!   subscriber has seen its channel up to the broker's top;
 //! - **presence-converges**: at the end, each node's view of the other
-//!   nodes' members of each of its channels is the broker's;
+//!   nodes' members of each of its channels is the broker's, and the
+//!   broker's members of each node are the clients subscribed there;
 //! - **relay-once**: relay clients (`/ws`, on any node) get each relay
 //!   frame at most once, byte for byte with its opcode, and only frames
 //!   some relay client sent (across nodes the relay is best effort: a
@@ -1104,6 +1105,33 @@ impl BrokerWorld {
                     ));
                 }
             }
+        }
+        // The broker's members of each node are the clients subscribed
+        // there: none left behind by a leave that was lost.
+        let mut subscribed: BTreeMap<(String, u64), usize> = BTreeMap::new();
+        for client in &self.clients {
+            for (channel, sub) in &client.subs {
+                if sub.live {
+                    *subscribed
+                        .entry((channel.clone(), client.node as u64))
+                        .or_default() += 1;
+                }
+            }
+        }
+        let mut recorded: BTreeMap<(String, u64), usize> = BTreeMap::new();
+        for (channel, node, _) in self.members.keys() {
+            if !channel.as_str().is_empty() {
+                *recorded
+                    .entry((channel.as_str().to_owned(), *node))
+                    .or_default() += 1;
+            }
+        }
+        self.examined(Rule::PresenceConverges);
+        if subscribed != recorded {
+            return Err(self.breach(
+                Rule::PresenceConverges,
+                format!("members by (channel, node): clients {subscribed:?}, broker {recorded:?}"),
+            ));
         }
         for node in 0..self.nodes.len() {
             for channel in self.links[node].follows.clone() {

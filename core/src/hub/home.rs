@@ -733,9 +733,17 @@ impl Hub {
                             let reply = centrifuge::error_reply(id, ErrorCode::Internal);
                             self.send_bus(shard, BusMessage::Reply { conn, reply });
                         }
+                        // A leave needs no stream: the member goes (a room
+                        // read again has it; a first read has none).
+                        leave @ BusMessage::Leave { .. } => {
+                            let outer = self.settling.replace(channel.clone());
+                            self.home_dispatch(leave);
+                            self.settling = outer;
+                        }
                         _ => {}
                     }
                 }
+                self.room_emptied(channel);
             }
         }
     }
