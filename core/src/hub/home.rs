@@ -700,6 +700,7 @@ impl Hub {
                 self.stats.store_failures += 1;
                 self.early.remove(channel);
                 self.early_members.remove(channel);
+                let outer = self.settling.replace(channel.clone());
                 for msg in waiting {
                     match msg {
                         BusMessage::Join {
@@ -735,14 +736,11 @@ impl Hub {
                         }
                         // A leave needs no stream: the member goes (a room
                         // read again has it; a first read has none).
-                        leave @ BusMessage::Leave { .. } => {
-                            let outer = self.settling.replace(channel.clone());
-                            self.home_dispatch(leave);
-                            self.settling = outer;
-                        }
+                        leave @ BusMessage::Leave { .. } => self.home_dispatch(leave),
                         _ => {}
                     }
                 }
+                self.settling = outer;
                 self.room_emptied(channel);
             }
         }
