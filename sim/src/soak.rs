@@ -11,6 +11,8 @@
 //! world never does.
 use std::panic::{self, AssertUnwindSafe};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cluster::{Cluster, RuleChecks};
@@ -134,6 +136,11 @@ pub struct LongArgs {
     /// Client actions per cluster run.
     #[arg(long, default_value_t = 20_000)]
     pub actions: u32,
+    /// Chains of seeds run side by side, one thread each (use the cores):
+    /// chain j starts at seed + j and handles its share of `--inputs`, so
+    /// it is the same as `--seed S+j --inputs share` run alone.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: u32,
 }
 
 /// Parses `1e9`, `1_000_000` or `42`.
@@ -269,67 +276,196 @@ pub fn long_main(args: &LongArgs) -> ExitCode {
         };
         let inputs = parse_count(&args.inputs)?;
         let seed = args.seed.as_deref().map(parse_seed).transpose()?;
+        if args.jobs == 0 {
+            return Err("--jobs must be at least 1".to_owned());
+        }
         Ok::<_, String>((preset, inputs, seed.unwrap_or_else(random_seed)))
     })();
-    let (preset, target, mut seed) = match parsed {
+    let (preset, target, seed) = match parsed {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(2);
         }
     };
-    let checks = Checks::default();
-    let mut rules = RuleChecks::default();
-    let mut broker_rules = BrokerRuleChecks::default();
-    let started = Instant::now();
-    let (mut inputs, mut chats, mut heartbeats, mut runs) = (0u64, 0u64, 0u64, 0u64);
+    let jobs = u64::from(args.jobs);
     println!(
-        "soak: preset {}, {target} hub inputs from seed {seed:#018x}",
-        args.preset
+        "soak: preset {}, {target} hub inputs from seed {seed:#018x}{}",
+        args.preset,
+        if jobs > 1 {
+            format!(
+                " in {jobs} chains (seeds {seed:#x} to {:#x}), one thread each",
+                seed.wrapping_add(jobs - 1)
+            )
+        } else {
+            String::new()
+        }
     );
-    while inputs < target {
+    let started = Instant::now();
+    let stop = AtomicBool::new(false);
+    let chains: Vec<Chain> = if jobs == 1 {
+        vec![soak_chain(&Job {
+            label: String::new(),
+            preset,
+            target,
+            seed,
+            args,
+            stop: &stop,
+        })]
+    } else {
+        thread::scope(|scope| {
+            let handles: Vec<_> = (0..jobs)
+                .map(|j| {
+                    // Chain j is what `--seed S+j --inputs share` runs alone,
+                    // so a chain resumes (or reproduces) by itself.
+                    let job = Job {
+                        label: format!("[chain {j}] "),
+                        preset,
+                        target: target / jobs + u64::from(j < target % jobs),
+                        seed: seed.wrapping_add(j),
+                        args,
+                        stop: &stop,
+                    };
+                    scope.spawn(move || soak_chain(&job))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Chain::failed()))
+                .collect()
+        })
+    };
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let mut total = Chain::default();
+    for chain in &chains {
+        total.add(chain);
+    }
+    let Chain {
+        runs,
+        inputs,
+        chats,
+        heartbeats,
+        ..
+    } = total;
+    if !chains.iter().all(|c| c.ok) {
+        println!("after {runs} runs and {inputs} hub inputs in {secs:.0}s");
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "soak ok: {runs} runs, {inputs} hub inputs ({chats} chat lines and publications, {heartbeats} heartbeat calls), 0 violations, {secs:.0}s, {:.0} inputs/s",
+        inputs as f64 / secs
+    );
+    println!("invariants examined (single hub): {}", total.checks);
+    println!("rules examined (cluster): {}", total.rules);
+    println!("rules examined (broker): {}", total.broker_rules);
+    ExitCode::SUCCESS
+}
+
+/// One chain of seeds in a soak.
+struct Job<'a> {
+    /// Prefixes each line the chain prints (empty for a single chain).
+    label: String,
+    preset: Option<Preset>,
+    target: u64,
+    seed: u64,
+    args: &'a LongArgs,
+    /// Set by the first chain that fails, so the others stop after their run.
+    stop: &'a AtomicBool,
+}
+
+/// What a chain did.
+#[derive(Default)]
+struct Chain {
+    ok: bool,
+    runs: u64,
+    inputs: u64,
+    chats: u64,
+    heartbeats: u64,
+    checks: Checks,
+    rules: RuleChecks,
+    broker_rules: BrokerRuleChecks,
+}
+
+impl Chain {
+    /// A chain whose thread panicked outside a run (a run's panic is caught).
+    fn failed() -> Self {
+        Self::default()
+    }
+
+    /// Sums the counts of `other` into `self`.
+    fn add(&mut self, other: &Self) {
+        self.runs += other.runs;
+        self.inputs += other.inputs;
+        self.chats += other.chats;
+        self.heartbeats += other.heartbeats;
+        self.checks.add(&other.checks);
+        self.rules.add(&other.rules);
+        for (rule, n) in &other.broker_rules.0 {
+            *self.broker_rules.0.entry(*rule).or_default() += n;
+        }
+    }
+}
+
+/// Runs seed after seed until the job's share of inputs is handled or a
+/// run fails (here or, through `stop`, in another chain).
+fn soak_chain(job: &Job<'_>) -> Chain {
+    let Job {
+        ref label,
+        preset,
+        target,
+        seed,
+        args,
+        stop,
+    } = *job;
+    let mut seed = seed;
+    let mut chain = Chain::default();
+    while chain.inputs < target {
+        if stop.load(Ordering::Relaxed) {
+            println!("{label}stopped: another chain failed");
+            return chain;
+        }
         let this = preset.unwrap_or_else(|| Preset::for_seed(seed));
         let run_started = Instant::now();
-        let Ok(outcome) = soak_one(this, seed, args, &checks, &mut rules, &mut broker_rules) else {
-            println!(
-                "after {runs} runs and {inputs} hub inputs in {:.0}s",
-                started.elapsed().as_secs_f64()
-            );
-            return ExitCode::FAILURE;
+        let Ok(outcome) = soak_one(
+            this,
+            seed,
+            args,
+            &chain.checks,
+            &mut chain.rules,
+            &mut chain.broker_rules,
+        ) else {
+            stop.store(true, Ordering::Relaxed);
+            println!("{label}FAILED at seed {seed:#018x}");
+            return chain;
         };
-        runs += 1;
-        inputs += outcome.inputs;
-        chats += outcome.chats;
-        heartbeats += outcome.heartbeats;
+        chain.runs += 1;
+        chain.inputs += outcome.inputs;
+        chain.chats += outcome.chats;
+        chain.heartbeats += outcome.heartbeats;
         let secs = run_started.elapsed().as_secs_f64().max(1e-9);
         let next = mix64(seed);
         println!(
-            "run {runs} {this} {seed:#018x}: ok, {} inputs, {} chats, {:.0} inputs/s; total {inputs} ({:.1}%)",
+            "{label}run {} {this} {seed:#018x}: ok, {} inputs, {} chats, {:.0} inputs/s; total {} ({:.1}%)",
+            chain.runs,
             outcome.inputs,
             outcome.chats,
             outcome.inputs as f64 / secs,
-            100.0 * inputs as f64 / target as f64
+            chain.inputs,
+            100.0 * chain.inputs as f64 / target as f64
         );
-        if inputs < target {
+        if chain.inputs < target {
             println!(
-                "  resume: hubbub-sim soak --preset {} --inputs {} --seed {next:#018x} --steps {} --actions {}",
+                "{label}  resume: hubbub-sim soak --preset {} --inputs {} --seed {next:#018x} --steps {} --actions {}",
                 args.preset,
-                target - inputs,
+                target - chain.inputs,
                 args.steps,
                 args.actions
             );
         }
         seed = next;
     }
-    let secs = started.elapsed().as_secs_f64().max(1e-9);
-    println!(
-        "soak ok: {runs} runs, {inputs} hub inputs ({chats} chat lines and publications, {heartbeats} heartbeat calls), 0 violations, {secs:.0}s, {:.0} inputs/s",
-        inputs as f64 / secs
-    );
-    println!("invariants examined (single hub): {checks}");
-    println!("rules examined (cluster): {rules}");
-    println!("rules examined (broker): {broker_rules}");
-    ExitCode::SUCCESS
+    chain.ok = true;
+    chain
 }
 
 /// How often each rule of the broker model was examined, all runs together.
