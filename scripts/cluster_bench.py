@@ -2,7 +2,8 @@
 """Several hubbub nodes on one Redis (`--store redis`) against one node.
 
     scripts/cluster_bench.py [--reps 3] [--nodes 5] [--clients 95000]
-                             [--single-clients 19000] [--only idle,fanout,fanout-big]
+                             [--single-clients 19000] [--relay-clients 1000]
+                             [--only idle,fanout,fanout-big,relay]
                              [--no-build] [--out target/cluster-bench.json]
                              [--node-args '--presence-ttl 30s']
 
@@ -23,6 +24,10 @@ N) and every node's pid (CPU and RSS are sums over the nodes). Runs, each
   fanout-big     N nodes: --clients clients in 487 rooms, one sender per
                  room at 0.2 msg/s (the same deliveries per second, 5× the
                  connections)
+  relay-single   1 node: --relay-clients seed-000 relay clients (`/ws`),
+                 10 of them sending 10 frames/s each (100 frames/s, each to
+                 every client: ~100,000 deliveries/s)
+  relay-cluster  N nodes, the same load: every frame crosses Redis pub/sub
 
 For each: server RSS per node (VmRSS with the clients connected; idle),
 Redis RSS (`INFO memory` used_memory_rss), deliveries per server CPU-second
@@ -177,7 +182,8 @@ class Cluster:
 def run_load(cluster, args, timeout):
     """Runs hubbub-load against every node; samples Redis and the nodes once
     all clients are connected. Returns the report with the samples added."""
-    cmd = [LOAD, "--protocol", "centrifuge", "--json-only",
+    protocol = [] if "--protocol" in args else ["--protocol", "centrifuge"]
+    cmd = [LOAD, *protocol, "--json-only",
            "--url", ",".join(f"ws://127.0.0.1:{p}" for p in cluster.ports),
            "--server-pid", ",".join(str(n.pid) for n in cluster.nodes), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -248,6 +254,8 @@ def runs(opts):
     procs_big = max(2, -(-big // 19000))
     idle = ["--scenario", "idle", "--rooms", "997", "--duration", "3", "--connect-timeout", "150"]
     fan = ["--scenario", "fanout", "--warmup", "1", "--duration", "10", "--connect-timeout", "150"]
+    relay = ["--protocol", "relay", "--clients", str(opts.relay_clients), "--senders", "10", "--rate", "10",
+             "--procs", "2"]
     return [
         ("idle-cluster", "idle", n, [*idle, "--clients", str(big), "--procs", str(procs_big)]),
         ("idle-single", "idle", 1, [*idle, "--clients", str(small), "--procs", "2"]),
@@ -258,6 +266,9 @@ def runs(opts):
         ("fanout-big", "fanout-big", n,
          [*fan, "--clients", str(big), "--rooms", "487", "--senders", "487", "--rate", "0.2",
           "--procs", str(procs_big)]),
+        # The seed-000 relay (`/ws`): every frame to every client of every node.
+        ("relay-single", "relay", 1, [*fan, *relay]),
+        ("relay-cluster", "relay", n, [*fan, *relay]),
     ]
 
 
@@ -288,7 +299,8 @@ def main():
     ap.add_argument("--nodes", type=int, default=5)
     ap.add_argument("--clients", type=int, default=95000)
     ap.add_argument("--single-clients", type=int, default=19000)
-    ap.add_argument("--only", default="", help="comma-separated: idle, fanout, fanout-big")
+    ap.add_argument("--relay-clients", type=int, default=1000)
+    ap.add_argument("--only", default="", help="comma-separated: idle, fanout, fanout-big, relay")
     ap.add_argument("--out", default=os.path.join(ROOT, "target/cluster-bench.json"))
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--node-args", default="", help="more flags for every hubbub node (space-separated)")
