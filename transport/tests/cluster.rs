@@ -1081,6 +1081,53 @@ async fn changes_pub_sub_lost_are_healed_by_the_periodic_read() {
     drop((a, c));
 }
 
+/// A channel whose members did not change is not read again: the read a
+/// node makes when it starts following the channel notes the hash's
+/// version, and the changes after it (heard on pub/sub) move it. Before,
+/// every node read every channel it had just followed whole once more
+/// within a TTL, so a join storm of 95,000 clients over five nodes cost a
+/// second read of every member on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_whose_members_did_not_change_is_not_read_again() {
+    let _turn = SERIAL.lock().await;
+    let redis = Redis::start(false);
+    let ttl = Duration::from_secs(2);
+    let [a, _b, c] = three_nodes_with(&redis, &["--presence-ttl", "2s"]);
+    let snapshots = "hubbub_redis_snapshots_total";
+    let (_ann, _) = seed_join_online(a.addr, "town", "ann").await;
+    let (mut cat, online) = seed_join_online(c.addr, "town", "cat").await;
+    assert_eq!(online, "ann,cat");
+    let (read_a, read_c) = (
+        metric(a.addr, snapshots).await,
+        metric(c.addr, snapshots).await,
+    );
+    // Each node read town once, when its first member joined there.
+    assert_eq!((read_a, read_c), (1, 1));
+    // Two TTLs: every channel's version was looked at twice by each node.
+    tokio::time::sleep(ttl * 2 + Duration::from_millis(500)).await;
+    assert_eq!(
+        metric(a.addr, snapshots).await,
+        read_a,
+        "node a read town again"
+    );
+    assert_eq!(
+        metric(c.addr, snapshots).await,
+        read_c,
+        "node c read town again"
+    );
+    // A change pub/sub did not carry is still read (the version moved).
+    assert_eq!(
+        redis.command("ZADD hubbub:0:nodes 99999999999999 4242"),
+        ":1"
+    );
+    let zed = r#""\x01\x00\x00\x00\x03zed\xff\xff\xff\xff\xff\xff\xff\xff""#;
+    redis.command(&format!("HSET hubbub:{{town}}:presence 4242:77 {zed}"));
+    redis.command("HINCRBY hubbub:{town}:presence v 1");
+    online_until(&mut cat, &["ann", "cat", "zed"], ttl * 2).await;
+    assert_eq!(metric(c.addr, snapshots).await, read_c + 1);
+    drop((a, c));
+}
+
 /// Reads `ws` until `want` says stop, skipping the relay's readiness
 /// probes; returns the data frames read (text or binary, as sent).
 async fn relay_until(ws: &mut Ws, mut want: impl FnMut(&Message) -> bool) -> Vec<Message> {

@@ -141,7 +141,7 @@ impl Engine {
         let values = self.checked_query(&pipe).await?;
         let value = values.first().ok_or("redis: no answer")?;
         parse_snapshot(value, &self.stats)
-            .map(ClusterAnswer::Members)
+            .map(|(_, members)| ClusterAnswer::Members(members))
             .ok_or_else(|| "redis: unexpected answer to a presence read".to_owned())
     }
 
@@ -198,7 +198,7 @@ impl Engine {
             }
             let values = self.checked_query(&pipe).await?;
             for (channel, value) in chunk.iter().zip(&values) {
-                let n = parse_snapshot(value, &self.stats).map_or(0, |m| m.len() as u64);
+                let n = parse_snapshot(value, &self.stats).map_or(0, |(_, m)| m.len() as u64);
                 if n > 0 {
                     channels.insert(channel.as_str().to_owned(), n);
                 }

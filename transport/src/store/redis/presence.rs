@@ -51,7 +51,8 @@ return {new, redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')}
 /// whose liveness ran out are deleted on the way.
 ///
 /// KEYS: presence hash, nodes. ARGV: this node, keep ms (the hash's expiry,
-/// renewed). Returns `{field, member, …}`.
+/// renewed). Returns `{version, {field, member, …}}`: the hash's version
+/// after the deletions (0 without a hash), which the members are as of.
 pub const SNAPSHOT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -78,7 +79,7 @@ for i = 1, #all, 2 do
   end
 end
 if #all > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return out
+return {tonumber(redis.call('HGET', KEYS[1], 'v') or '0'), out}
 ";
 
 /// A local member joined or left: its entry written or deleted, the hash's
@@ -363,12 +364,19 @@ pub(super) fn parse_presence_message(payload: &[u8]) -> Option<(u64, Option<Hear
     ))
 }
 
-/// The members of a [`SNAPSHOT`] answer; entries that cannot be read are
-/// counted and skipped.
-pub(super) fn parse_snapshot(value: &Value, stats: &RedisStats) -> Option<Vec<RemoteMember>> {
-    let Value::Array(items) = value else {
+/// The version and the members of a [`SNAPSHOT`] answer; entries that
+/// cannot be read are counted and skipped.
+pub(super) fn parse_snapshot(
+    value: &Value,
+    stats: &RedisStats,
+) -> Option<(u64, Vec<RemoteMember>)> {
+    let Value::Array(answer) = value else {
         return None;
     };
+    let [version, Value::Array(items)] = answer.as_slice() else {
+        return None;
+    };
+    let version = super::int(version)?;
     let mut members = Vec::with_capacity(items.len() / 2);
     for pair in items.chunks(2) {
         let [Value::BulkString(field), Value::BulkString(member)] = pair else {
@@ -380,7 +388,7 @@ pub(super) fn parse_snapshot(value: &Value, stats: &RedisStats) -> Option<Vec<Re
             None => RedisStats::add(&stats.malformed, 1),
         }
     }
-    Some(members)
+    Some((version, members))
 }
 
 /// A snapshot's two round trips: the time, the nodes' liveness and each
@@ -570,14 +578,20 @@ impl Engine {
             .arg(self.presence.ttl_ms().saturating_mul(3));
     }
 
-    /// Hands a snapshot's members of `channel` to its home.
-    pub(super) fn deliver_snapshot(&self, channel: &ChannelName, value: &Value) {
-        let Some(members) = parse_snapshot(value, &self.stats) else {
+    /// Hands a snapshot's members of `channel` to its home, and notes the
+    /// version they are as of: the changes after it move it one by one, so
+    /// the periodic read skips this hash while no change was missed
+    /// (without it, every channel a node starts following was read whole
+    /// again within a TTL: after a join storm, every member of every
+    /// channel on every node).
+    pub(super) fn deliver_snapshot(&mut self, channel: &ChannelName, value: &Value) {
+        let Some((version, members)) = parse_snapshot(value, &self.stats) else {
             RedisStats::add(&self.stats.errors, 1);
             return;
         };
         RedisStats::add(&self.stats.snapshots, 1);
         if let Some(tx) = self.followed.get(channel).and_then(|s| self.shards.get(*s)) {
+            self.presence.versions.insert(channel.clone(), version);
             let _ = tx.send(StoreEvent::RemoteMembers {
                 channel: channel.clone(),
                 members,
