@@ -1049,6 +1049,22 @@ async fn the_api_on_a_node_without_members_sees_and_acts_on_the_whole_cluster() 
     drop((a, b, c));
 }
 
+/// Node 4242 is alive (its liveness ends far in the future) and gets a
+/// member, zed, in town, written straight into Redis with the version
+/// moved, without telling anyone on pub/sub.
+fn zed_joins_town_behind_pub_sub(redis: &Redis) {
+    assert_eq!(
+        redis.command("ZADD hubbub:0:nodes 99999999999999 4242"),
+        ":1"
+    );
+    let zed = r#""\x01\x00\x00\x00\x03zed\xff\xff\xff\xff\xff\xff\xff\xff""#;
+    assert_eq!(
+        redis.command(&format!("HSET hubbub:{{town}}:presence 4242:77 {zed}")),
+        ":1"
+    );
+    redis.command("HINCRBY hubbub:{town}:presence v 1");
+}
+
 /// Presence changes whose pub/sub message never came (written straight
 /// into Redis here) reach every node by the periodic read: the hash's
 /// version moved, so each node reads it again within the TTL.
@@ -1061,18 +1077,7 @@ async fn changes_pub_sub_lost_are_healed_by_the_periodic_read() {
     let (_ann, _) = seed_join_online(a.addr, "town", "ann").await;
     let (mut cat, online) = seed_join_online(c.addr, "town", "cat").await;
     assert_eq!(online, "ann,cat");
-    // Node 4242 is alive (its liveness ends far in the future) and gets a
-    // member in town, without telling anyone.
-    assert_eq!(
-        redis.command("ZADD hubbub:0:nodes 99999999999999 4242"),
-        ":1"
-    );
-    let zed = r#""\x01\x00\x00\x00\x03zed\xff\xff\xff\xff\xff\xff\xff\xff""#;
-    assert_eq!(
-        redis.command(&format!("HSET hubbub:{{town}}:presence 4242:77 {zed}")),
-        ":1"
-    );
-    redis.command("HINCRBY hubbub:{town}:presence v 1");
+    zed_joins_town_behind_pub_sub(&redis);
     online_until(&mut cat, &["ann", "cat", "zed"], ttl * 2).await;
     // And leaves the same way.
     assert_eq!(redis.command("HDEL hubbub:{town}:presence 4242:77"), ":1");
@@ -1116,13 +1121,7 @@ async fn a_channel_whose_members_did_not_change_is_not_read_again() {
         "node c read town again"
     );
     // A change pub/sub did not carry is still read (the version moved).
-    assert_eq!(
-        redis.command("ZADD hubbub:0:nodes 99999999999999 4242"),
-        ":1"
-    );
-    let zed = r#""\x01\x00\x00\x00\x03zed\xff\xff\xff\xff\xff\xff\xff\xff""#;
-    redis.command(&format!("HSET hubbub:{{town}}:presence 4242:77 {zed}"));
-    redis.command("HINCRBY hubbub:{town}:presence v 1");
+    zed_joins_town_behind_pub_sub(&redis);
     online_until(&mut cat, &["ann", "cat", "zed"], ttl * 2).await;
     assert_eq!(metric(c.addr, snapshots).await, read_c + 1);
     drop((a, c));
