@@ -61,7 +61,59 @@ pub(super) struct Room {
     pub(super) pending: BTreeMap<u64, Stored>,
     /// Members on other nodes (a delivering engine), by (node, client),
     /// each with its place in this home's join order.
-    pub(super) remote: BTreeMap<(u64, ClientId), (u64, RemoteMember)>,
+    pub(super) remote: BTreeMap<RemoteKey, RemoteEntry>,
+}
+
+/// A member on another node, as a [`Room`] files it: the node and the
+/// client id, in that order. The id is held as two `u64` halves so the
+/// key is 8-byte aligned (24 bytes, not the 32 a `u128` field pads to):
+/// a node of a cluster keeps several remote members per local connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct RemoteKey {
+    node: u64,
+    client_high: u64,
+    client_low: u64,
+}
+
+impl RemoteKey {
+    pub(super) fn new(node: u64, client: ClientId) -> Self {
+        Self {
+            node,
+            // Truncation is the point: the two halves of the id.
+            #[allow(clippy::cast_possible_truncation)]
+            client_high: (client.0 >> 64) as u64,
+            #[allow(clippy::cast_possible_truncation)]
+            client_low: client.0 as u64,
+        }
+    }
+
+    pub(super) fn node(self) -> u64 {
+        self.node
+    }
+
+    pub(super) fn client(self) -> ClientId {
+        ClientId(u128::from(self.client_high) << 64 | u128::from(self.client_low))
+    }
+}
+
+/// What a [`Room`] keeps of a member on another node besides its key.
+#[derive(Clone, Debug)]
+pub(super) struct RemoteEntry {
+    /// Its place in this home's join order.
+    pub(super) seq: u64,
+    pub(super) user: Option<Name>,
+    pub(super) infos: crate::bus::Infos,
+}
+
+impl RemoteEntry {
+    pub(super) fn member(&self, key: RemoteKey) -> RemoteMember {
+        RemoteMember {
+            node: key.node(),
+            client: key.client(),
+            user: self.user.clone(),
+            infos: self.infos.clone(),
+        }
+    }
 }
 
 /// The most publications one recovery or one `history` reply carries
@@ -479,7 +531,7 @@ impl Hub {
                 .chain(
                     room.remote
                         .values()
-                        .filter_map(|(seq, m)| Some((*seq, m.user.as_ref()?))),
+                        .filter_map(|m| Some((m.seq, m.user.as_ref()?))),
                 )
                 .collect();
             named.sort_unstable_by_key(|(seq, _)| *seq);
@@ -1099,15 +1151,13 @@ impl Hub {
         let room = self.rooms.get(channel);
         let members = room.into_iter().flat_map(|r| r.members.values());
         // Members on other nodes follow this node's (a delivering engine).
-        let remote = room
-            .into_iter()
-            .flat_map(|r| r.remote.values().map(|(_, m)| m));
+        let remote = room.into_iter().flat_map(|r| r.remote.iter());
         match query {
             Query::PresenceStats => {
                 let users: BTreeSet<&str> = members
                     .clone()
                     .map(|m| m.user.as_ref())
-                    .chain(remote.clone().map(|m| m.user.as_ref()))
+                    .chain(remote.clone().map(|(_, m)| m.user.as_ref()))
                     .map(|user| user.map_or("", Name::as_str))
                     .collect();
                 let clients = (members.count() + remote.count()) as u64;
@@ -1118,9 +1168,12 @@ impl Hub {
             }
             Query::Presence => centrifuge::reply(id, "presence", |r| {
                 r.object("presence", |p| {
-                    let all = members
-                        .map(|m| (self.client_id(m.conn), m.user.as_ref(), m.infos.as_deref()))
-                        .chain(remote.map(|m| (m.client, m.user.as_ref(), m.infos.as_deref())));
+                    let all =
+                        members
+                            .map(|m| (self.client_id(m.conn), m.user.as_ref(), m.infos.as_deref()))
+                            .chain(remote.map(|(key, m)| {
+                                (key.client(), m.user.as_ref(), m.infos.as_deref())
+                            }));
                     for (client, user, infos) in all {
                         let client = client.to_string();
                         p.with(&client, |out| {
@@ -1202,14 +1255,22 @@ impl Hub {
             // Not followed here: nobody here needs it.
             return;
         };
-        let key = (member.node, member.client);
+        let key = RemoteKey::new(member.node, member.client);
         if let Some(known) = room.remote.get_mut(&key) {
-            known.1 = member;
+            known.user = member.user;
+            known.infos = member.infos;
             return;
         }
         self.next_join_seq += 1;
-        let (client, user, infos) = (member.client, member.user.clone(), member.infos.clone());
-        room.remote.insert(key, (seq, member));
+        let RemoteMember {
+            client,
+            user,
+            infos,
+            ..
+        } = member;
+        let entry = RemoteEntry { seq, user, infos };
+        let (user, infos) = (entry.user.clone(), entry.infos.clone());
+        room.remote.insert(key, entry);
         self.announce(channel, client, (user.as_ref(), infos.as_deref()), true);
     }
 
@@ -1218,7 +1279,7 @@ impl Hub {
         let Some(room) = self.rooms.get_mut(channel) else {
             return;
         };
-        let Some((_, gone)) = room.remote.remove(&(node, client)) else {
+        let Some(gone) = room.remote.remove(&RemoteKey::new(node, client)) else {
             return;
         };
         self.announce(
@@ -1240,15 +1301,18 @@ impl Hub {
             }
             return;
         };
-        let now: BTreeSet<(u64, ClientId)> = members.iter().map(|m| (m.node, m.client)).collect();
-        let gone: Vec<(u64, ClientId)> = room
+        let now: BTreeSet<RemoteKey> = members
+            .iter()
+            .map(|m| RemoteKey::new(m.node, m.client))
+            .collect();
+        let gone: Vec<RemoteKey> = room
             .remote
             .keys()
             .filter(|key| !now.contains(key))
             .copied()
             .collect();
-        for (node, client) in gone {
-            self.remote_left(channel, node, client);
+        for key in gone {
+            self.remote_left(channel, key.node(), key.client());
         }
         for member in members {
             self.remote_joined(channel, member);
@@ -1263,8 +1327,8 @@ impl Hub {
             .flat_map(|(channel, room)| {
                 room.remote
                     .keys()
-                    .filter(move |(n, _)| *n == node)
-                    .map(move |(_, client)| (channel.clone(), *client))
+                    .filter(move |key| key.node() == node)
+                    .map(move |key| (channel.clone(), key.client()))
             })
             .collect();
         for (channel, client) in gone {

@@ -687,12 +687,15 @@ impl Hub {
     }
 
     /// `room`'s members on other nodes that this hub knows of (its home's
-    /// view; empty on other shards).
-    pub fn remote_members(&self, room: &str) -> impl Iterator<Item = &crate::store::RemoteMember> {
+    /// view; empty on other shards), by node and client id.
+    pub fn remote_members(
+        &self,
+        room: &str,
+    ) -> impl Iterator<Item = crate::store::RemoteMember> + '_ {
         self.rooms
             .get(room)
             .into_iter()
-            .flat_map(|r| r.remote.values().map(|(_, m)| m))
+            .flat_map(|r| r.remote.iter().map(|(key, m)| m.member(*key)))
     }
 
     /// Publications waiting for the store.
