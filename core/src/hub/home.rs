@@ -193,8 +193,10 @@ impl Hub {
                 .resolve_room(channel.as_str())
                 .clone();
             let epoch = self.new_epoch();
-            self.rooms
-                .insert(channel.clone(), Room::new(options, 0, epoch, Vec::new()));
+            self.rooms.insert(
+                channel.clone(),
+                Box::new(Room::new(options, 0, epoch, Vec::new())),
+            );
             // Other nodes' publications to it (the relay's frames too) come
             // through the engine.
             if self.delivering && !self.unfollow.remove(channel) {
@@ -727,7 +729,7 @@ impl Hub {
                     tail.drain(..keep);
                     let mut room = Room::new(options, state.top, state.epoch, tail);
                     room.trim(self.now);
-                    self.rooms.insert(channel.clone(), room);
+                    self.rooms.insert(channel.clone(), Box::new(room));
                     // Those already there on other nodes joined first.
                     if let Some(members) = self.early_members.remove(channel) {
                         self.remote_snapshot(channel, members);

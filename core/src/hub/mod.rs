@@ -350,7 +350,7 @@ pub struct Hub {
     /// Channels with members on this shard.
     local: BTreeMap<ChannelName, LocalRoom>,
     /// Channels whose home this shard is (with members, or idle streams).
-    rooms: BTreeMap<ChannelName, Room>,
+    rooms: BTreeMap<ChannelName, Box<Room>>,
     /// Homed channels without members whose streams are kept, oldest first.
     idle: BTreeSet<(u64, ChannelName)>,
     next_idle: u64,
@@ -362,9 +362,11 @@ pub struct Hub {
     /// Named users with connections on this shard: how many, and their
     /// publication budget (`user_connection_limit`, `user_publish_rate`).
     users: BTreeMap<Name, session::UserEntry>,
-    /// Users whose home this shard is: their connections on every shard
-    /// (`user_connection_limit` is counted here, exactly).
-    user_homes: BTreeMap<Name, BTreeSet<(ShardId, ConnId)>>,
+    /// Users whose home this shard is: their connections on every shard,
+    /// sorted (`user_connection_limit` is counted here, exactly). A `Vec`
+    /// grown one at a time: most users hold one connection, and a
+    /// one-element `BTreeSet` allocates a whole 192-byte node.
+    user_homes: BTreeMap<Name, Vec<(ShardId, ConnId)>>,
     outputs: VecDeque<Output>,
     /// Messages to other shards.
     bus_out: VecDeque<(ShardId, BusMessage)>,

@@ -719,14 +719,21 @@ impl Hub {
             }
             return false;
         }
-        conns.insert(conn);
+        if let Err(at) = conns.binary_search(&conn) {
+            if conns.capacity() == 0 {
+                conns.reserve_exact(1);
+            }
+            conns.insert(at, conn);
+        }
         true
     }
 
     /// At `user`'s home: `conn` ended (a refused one was never counted).
     pub(super) fn uncount_user_conn(&mut self, user: &Name, conn: (ShardId, ConnId)) {
         if let Some(conns) = self.user_homes.get_mut(user) {
-            conns.remove(&conn);
+            if let Ok(at) = conns.binary_search(&conn) {
+                conns.remove(at);
+            }
             if conns.is_empty() {
                 self.user_homes.remove(user);
             }
