@@ -54,15 +54,28 @@ pub(super) struct Room {
     pub(super) presence_budget: Option<crate::rate::Bucket>,
     /// A snapshot is held back and waits in `Hub::presence_timers`.
     pub(super) presence_held: bool,
+    /// What only some rooms need (a publication waiting for the one
+    /// before it, members on other nodes), boxed: every room pays 8 bytes
+    /// for it, not 48, and an idle room of one member is the common case.
+    delivering: Option<Box<Delivering>>,
+}
+
+/// The part of a [`Room`] that publications out of order and a delivering
+/// engine's other nodes need.
+#[derive(Debug, Default)]
+struct Delivering {
     /// Publications after `top` that came before the one at `top + 1` (a
     /// delivering engine: this home's own append answered before another
     /// node's publication was delivered), by offset; at most
     /// `MAX_PUBLICATIONS`.
-    pub(super) pending: BTreeMap<u64, Stored>,
+    pending: BTreeMap<u64, Stored>,
     /// Members on other nodes (a delivering engine), by (node, client),
     /// each with its place in this home's join order.
-    pub(super) remote: BTreeMap<RemoteKey, RemoteEntry>,
+    remote: BTreeMap<RemoteKey, RemoteEntry>,
 }
+
+/// The remote members of a room without any.
+static NO_REMOTE_MEMBERS: BTreeMap<RemoteKey, RemoteEntry> = BTreeMap::new();
 
 /// A member on another node, as a [`Room`] files it: the node and the
 /// client id, in that order. The id is held as two `u64` halves so the
@@ -140,9 +153,49 @@ impl Room {
             history: tail.into(),
             presence_budget: None,
             presence_held: false,
-            pending: BTreeMap::new(),
-            remote: BTreeMap::new(),
+            delivering: None,
         }
+    }
+
+    /// Members on other nodes, by (node, client).
+    pub(super) fn remote(&self) -> &BTreeMap<RemoteKey, RemoteEntry> {
+        self.delivering
+            .as_ref()
+            .map_or(&NO_REMOTE_MEMBERS, |d| &d.remote)
+    }
+
+    fn delivering_mut(&mut self) -> &mut Delivering {
+        self.delivering.get_or_insert_with(Box::default)
+    }
+
+    fn remove_remote(&mut self, key: RemoteKey) -> Option<RemoteEntry> {
+        self.delivering.as_mut()?.remote.remove(&key)
+    }
+
+    fn pending_len(&self) -> usize {
+        self.delivering.as_ref().map_or(0, |d| d.pending.len())
+    }
+
+    /// Keeps `stored` until the publications before it are out (at most
+    /// `MAX_PUBLICATIONS`; beyond, a gap the clients recover from).
+    fn hold(&mut self, stored: Stored) {
+        if self.pending_len() < MAX_PUBLICATIONS {
+            self.delivering_mut().pending.insert(stored.offset, stored);
+        }
+    }
+
+    fn clear_pending(&mut self) {
+        if let Some(d) = self.delivering.as_mut() {
+            d.pending.clear();
+        }
+    }
+
+    /// The publication at `next` if it is held, dropping those before it
+    /// (already seen).
+    fn take_pending(&mut self, next: u64) -> Option<Stored> {
+        let d = self.delivering.as_mut()?;
+        d.pending = d.pending.split_off(&next);
+        d.pending.remove(&next)
     }
 
     /// Drops what is beyond the window's size or age.
@@ -520,7 +573,7 @@ impl Hub {
             }
             list.push_str(name.as_str());
         };
-        if room.remote.is_empty() {
+        if room.remote().is_empty() {
             room.members
                 .values()
                 .filter_map(|m| m.user.as_ref())
@@ -531,7 +584,7 @@ impl Hub {
                 .iter()
                 .filter_map(|(seq, m)| Some((seq, m.user.as_ref()?)))
                 .chain(
-                    room.remote
+                    room.remote()
                         .values()
                         .filter_map(|m| Some((m.seq, m.user.as_ref()?))),
                 )
@@ -832,14 +885,14 @@ impl Hub {
                 room.epoch = epoch;
                 room.top = 0;
                 room.history.clear();
-                room.pending.clear();
+                room.clear_pending();
             }
             // With one writer this is `top + 1` and goes out at once; with
             // a delivering engine it may already have been delivered (then
             // it is not sent twice), or wait for other nodes' before it.
-            if offset > room.top && room.pending.len() < MAX_PUBLICATIONS {
+            if offset > room.top {
                 stored.offset = offset;
-                room.pending.insert(offset, stored);
+                room.hold(stored);
             }
             self.drain_pending(channel);
         }
@@ -906,8 +959,7 @@ impl Hub {
             };
             let next = room.top + 1;
             // What is at or below the top has been seen.
-            room.pending = room.pending.split_off(&next);
-            let Some(stored) = room.pending.remove(&next) else {
+            let Some(stored) = room.take_pending(next) else {
                 return;
             };
             room.top = next;
@@ -969,9 +1021,7 @@ impl Hub {
         if offset <= room.top {
             return;
         }
-        if room.pending.len() < MAX_PUBLICATIONS {
-            room.pending.insert(offset, publication);
-        }
+        room.hold(publication);
         self.drain_pending(channel);
         if self
             .rooms
@@ -1025,7 +1075,7 @@ impl Hub {
             room.epoch = state.epoch;
             room.top = 0;
             room.history.clear();
-            room.pending.clear();
+            room.clear_pending();
         }
         let floor = state
             .tail
@@ -1040,7 +1090,7 @@ impl Hub {
         // publications must still catch up without waiting for new traffic.
         for p in state.tail {
             if p.offset > room.top {
-                room.pending.insert(p.offset, p);
+                room.delivering_mut().pending.insert(p.offset, p);
             }
         }
         self.drain_pending(channel);
@@ -1053,8 +1103,8 @@ impl Hub {
             return;
         };
         for (epoch, p) in early {
-            if epoch == room.epoch && p.offset > room.top && room.pending.len() < MAX_PUBLICATIONS {
-                room.pending.insert(p.offset, p);
+            if epoch == room.epoch && p.offset > room.top {
+                room.hold(p);
             }
         }
         self.drain_pending(channel);
@@ -1153,7 +1203,7 @@ impl Hub {
         let room = self.rooms.get(channel);
         let members = room.into_iter().flat_map(|r| r.members.values());
         // Members on other nodes follow this node's (a delivering engine).
-        let remote = room.into_iter().flat_map(|r| r.remote.iter());
+        let remote = room.into_iter().flat_map(|r| r.remote().iter());
         match query {
             Query::PresenceStats => {
                 let users: BTreeSet<&str> = members
@@ -1258,7 +1308,7 @@ impl Hub {
             return;
         };
         let key = RemoteKey::new(member.node, member.client);
-        if let Some(known) = room.remote.get_mut(&key) {
+        if let Some(known) = room.delivering_mut().remote.get_mut(&key) {
             known.user = member.user;
             known.infos = member.infos;
             return;
@@ -1272,7 +1322,7 @@ impl Hub {
         } = member;
         let entry = RemoteEntry { seq, user, infos };
         let (user, infos) = (entry.user.clone(), entry.infos.clone());
-        room.remote.insert(key, entry);
+        room.delivering_mut().remote.insert(key, entry);
         self.announce(channel, client, (user.as_ref(), infos.as_deref()), true);
     }
 
@@ -1281,7 +1331,7 @@ impl Hub {
         let Some(room) = self.rooms.get_mut(channel) else {
             return;
         };
-        let Some(gone) = room.remote.remove(&RemoteKey::new(node, client)) else {
+        let Some(gone) = room.remove_remote(RemoteKey::new(node, client)) else {
             return;
         };
         self.announce(
@@ -1308,7 +1358,7 @@ impl Hub {
             .map(|m| RemoteKey::new(m.node, m.client))
             .collect();
         let gone: Vec<RemoteKey> = room
-            .remote
+            .remote()
             .keys()
             .filter(|key| !now.contains(key))
             .copied()
@@ -1327,7 +1377,7 @@ impl Hub {
             .rooms
             .iter()
             .flat_map(|(channel, room)| {
-                room.remote
+                room.remote()
                     .keys()
                     .filter(move |key| key.node() == node)
                     .map(move |key| (channel.clone(), key.client()))

@@ -363,7 +363,8 @@ pub struct Hub {
     /// publication budget (`user_connection_limit`, `user_publish_rate`).
     users: BTreeMap<Name, session::UserEntry>,
     /// Users whose home this shard is: their connections on every shard,
-    /// sorted (`user_connection_limit` is counted here, exactly). A `Vec`
+    /// sorted (`user_connection_limit` is counted here, exactly; with one
+    /// shard `users` counts them and this stays empty). A `Vec`
     /// grown one at a time: most users hold one connection, and a
     /// one-element `BTreeSet` allocates a whole 192-byte node.
     user_homes: BTreeMap<Name, Vec<(ShardId, ConnId)>>,
@@ -697,7 +698,7 @@ impl Hub {
         self.rooms
             .get(room)
             .into_iter()
-            .flat_map(|r| r.remote.iter().map(|(key, m)| m.member(*key)))
+            .flat_map(|r| r.remote().iter().map(|(key, m)| m.member(*key)))
     }
 
     /// Publications waiting for the store.

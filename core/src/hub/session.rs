@@ -712,6 +712,13 @@ impl Hub {
     /// `user_connection_limit`; false, counting nothing, then.
     pub(super) fn count_user_conn(&mut self, user: &Name, conn: (ShardId, ConnId)) -> bool {
         let limit = self.config.user_connection_limit;
+        if self.config.shards <= 1 {
+            // One shard: `users` already counts the user's every connection
+            // exactly, so a second map (one entry per named connection) is
+            // not kept.
+            let held = self.users.get(user).map_or(0, |u| u.conns as usize);
+            return limit == 0 || held < limit;
+        }
         let conns = self.user_homes.entry(user.clone()).or_default();
         if limit > 0 && conns.len() >= limit {
             if conns.is_empty() {
@@ -730,6 +737,9 @@ impl Hub {
 
     /// At `user`'s home: `conn` ended (a refused one was never counted).
     pub(super) fn uncount_user_conn(&mut self, user: &Name, conn: (ShardId, ConnId)) {
+        if self.config.shards <= 1 {
+            return; // counted in `users` (see `count_user_conn`)
+        }
         if let Some(conns) = self.user_homes.get_mut(user) {
             if let Ok(at) = conns.binary_search(&conn) {
                 conns.remove(at);
