@@ -18,6 +18,18 @@ fn room(room: &str, user: &str) -> Route {
     }
 }
 
+/// The defaults without rate limits: every iteration runs at the same
+/// instant, so a budget would be spent after a few hundred and the rest
+/// would measure a refused message instead of the path under test.
+fn unlimited() -> Config {
+    Config {
+        command_rate: None,
+        user_publish_rate: None,
+        presence_rate: None,
+        ..Config::default()
+    }
+}
+
 fn drain(hub: &mut Hub) -> usize {
     let mut n = 0;
     while let Some(o) = hub.poll_output() {
@@ -30,7 +42,7 @@ fn drain(hub: &mut Hub) -> usize {
 fn hub_with_room(members: u64) -> Hub {
     let mut hub = Hub::new(Config {
         max_connections: 1_000_000,
-        ..Config::default()
+        ..unlimited()
     });
     for c in 0..members {
         hub.handle_input(
@@ -49,21 +61,28 @@ fn broadcast(c: &mut Criterion) {
     let mut g = c.benchmark_group("broadcast");
     for members in [10u64, 1_000] {
         let mut hub = hub_with_room(members);
+        let line = || Input::Message {
+            conn: ConnId(0),
+            frame: Frame::text("a typical chat line of some forty bytes"),
+        };
+        // Every line must reach every member, or this measures a refusal.
+        for _ in 0..10_000 {
+            hub.handle_input(Timestamp::ZERO, line());
+            assert_eq!(
+                drain(&mut hub) as u64,
+                members,
+                "a line did not reach the room"
+            );
+        }
         g.throughput(Throughput::Elements(members));
         g.bench_function(format!("room_of_{members}"), |b| {
             b.iter(|| {
-                hub.handle_input(
-                    Timestamp::ZERO,
-                    Input::Message {
-                        conn: ConnId(0),
-                        frame: Frame::text("a typical chat line of some forty bytes"),
-                    },
-                );
+                hub.handle_input(Timestamp::ZERO, line());
                 drain(&mut hub)
             });
         });
     }
-    let mut hub = Hub::new(Config::default());
+    let mut hub = Hub::new(unlimited());
     for c in 0..1_000 {
         hub.handle_input(
             Timestamp::ZERO,
@@ -119,7 +138,7 @@ fn churn(c: &mut Criterion) {
     // Many small rooms: open/close in 1,000 rooms of 2.
     g.bench_function("open_close_1000_pairs", |b| {
         b.iter_batched(
-            || Hub::new(Config::default()),
+            || Hub::new(unlimited()),
             |mut hub| {
                 for c in 0..2_000u64 {
                     hub.handle_input(
@@ -150,7 +169,7 @@ fn churn(c: &mut Criterion) {
 fn heartbeat(c: &mut Criterion) {
     let mut hub = Hub::new(Config {
         max_connections: 1_000_000,
-        ..Config::default()
+        ..unlimited()
     });
     for c in 0..10_000 {
         hub.handle_input(
