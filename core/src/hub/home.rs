@@ -890,11 +890,8 @@ impl Hub {
             // With one writer this is `top + 1` and goes out at once; with
             // a delivering engine it may already have been delivered (then
             // it is not sent twice), or wait for other nodes' before it.
-            if offset > room.top {
-                stored.offset = offset;
-                room.hold(stored);
-            }
-            self.drain_pending(channel);
+            stored.offset = offset;
+            self.drain_pending(channel, Some(stored));
         }
         self.publish_answer(channel, from, reply, Ok(Some((offset, epoch))));
     }
@@ -951,16 +948,29 @@ impl Hub {
     /// Takes the publications at `top + 1`, `top + 2`… out of the room's
     /// pending ones, in order: each enters the window and goes out to
     /// every member, once.
-    fn drain_pending(&mut self, channel: &ChannelName) {
+    ///
+    /// `arrived` (a publication with its offset) is the one that made the
+    /// call: when it is the next, as it always is with one writer, it goes
+    /// out without passing through the held ones' map.
+    fn drain_pending(&mut self, channel: &ChannelName, mut arrived: Option<Stored>) {
         let now = self.now;
         loop {
             let Some(room) = self.rooms.get_mut(channel) else {
                 return;
             };
             let next = room.top + 1;
-            // What is at or below the top has been seen.
-            let Some(stored) = room.take_pending(next) else {
-                return;
+            let stored = match arrived.take() {
+                Some(stored) if stored.offset == next => stored,
+                later => {
+                    // What is at or below the top has been seen.
+                    if let Some(stored) = later.filter(|s| s.offset > next) {
+                        room.hold(stored);
+                    }
+                    let Some(stored) = room.take_pending(next) else {
+                        return;
+                    };
+                    stored
+                }
             };
             room.top = next;
             room.history.push_back(stored.clone());
@@ -1021,8 +1031,7 @@ impl Hub {
         if offset <= room.top {
             return;
         }
-        room.hold(publication);
-        self.drain_pending(channel);
+        self.drain_pending(channel, Some(publication));
         if self
             .rooms
             .get(channel)
@@ -1093,7 +1102,7 @@ impl Hub {
                 room.delivering_mut().pending.insert(p.offset, p);
             }
         }
-        self.drain_pending(channel);
+        self.drain_pending(channel, None);
     }
 
     /// Applies what was delivered while `channel`'s stream was read.
@@ -1107,7 +1116,7 @@ impl Hub {
                 room.hold(p);
             }
         }
-        self.drain_pending(channel);
+        self.drain_pending(channel, None);
     }
 
     /// Answers a publication's publisher: a client's command, or the server API.
