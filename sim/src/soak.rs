@@ -143,15 +143,22 @@ pub struct LongArgs {
     pub jobs: u32,
 }
 
-/// Parses `1e9`, `1_000_000` or `42`.
+/// Parses `1e9`, `1.5e8`, `1_000_000` or `42`.
 ///
 /// # Errors
 /// A message for the user.
 pub fn parse_count(s: &str) -> Result<u64, String> {
     let t = s.replace('_', "");
     if let Some((m, e)) = t.split_once(['e', 'E']) {
-        let m: u64 = m.parse().map_err(|e| format!("bad count {s:?}: {e}"))?;
-        let e: u32 = e.parse().map_err(|e| format!("bad count {s:?}: {e}"))?;
+        let bad = |why: &dyn std::fmt::Display| format!("bad count {s:?}: {why}");
+        let (whole, fraction) = m.split_once('.').unwrap_or((m, ""));
+        let e: u32 = e.parse().map_err(|e| bad(&e))?;
+        // `1.5e8` is 15 × 10⁷: the fraction's digits join the mantissa.
+        let digits = u32::try_from(fraction.len()).map_err(|e| bad(&e))?;
+        let Some(e) = e.checked_sub(digits) else {
+            return Err(bad(&"not a whole number"));
+        };
+        let m: u64 = format!("{whole}{fraction}").parse().map_err(|e| bad(&e))?;
         return 10u64
             .checked_pow(e)
             .and_then(|p| p.checked_mul(m))
@@ -494,6 +501,10 @@ mod tests {
         assert_eq!(parse_count("1e9"), Ok(1_000_000_000));
         assert_eq!(parse_count("2E3"), Ok(2_000));
         assert_eq!(parse_count("1_000"), Ok(1_000));
+        assert_eq!(parse_count("1.5e8"), Ok(150_000_000));
+        assert_eq!(parse_count("2.25e2"), Ok(225));
+        assert!(parse_count("1.25e1").is_err(), "12.5 is not a count");
+        assert!(parse_count("1.e3").is_ok_and(|n| n == 1_000));
         assert!(parse_count("1e30").is_err());
         assert!(parse_count("x").is_err());
     }
