@@ -12,14 +12,8 @@
 
 use hubbub_core::{Config, ConnId, Hub, Input, Name, Route, Timestamp};
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
+mod rss;
+use rss::rss_bytes;
 
 fn main() {
     let mut args = std::env::args().skip(1);

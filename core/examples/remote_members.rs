@@ -18,14 +18,8 @@ use hubbub_core::{
     StoreEvent, Timestamp,
 };
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
+mod rss;
+use rss::rss_bytes;
 
 /// Runs the hub's store requests on `store` and drops its outputs.
 fn settle(hub: &mut Hub, store: &mut MemoryStore) {
