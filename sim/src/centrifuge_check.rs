@@ -17,14 +17,15 @@
 //!
 //! Planted bugs (tests/centrifuge.rs) check that each rule can fail.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::rc::Rc;
 
-use bytes::Bytes;
 use hubbub_core::centrifuge::Command;
 use hubbub_core::{ConnId, Hub, Output};
-use serde_json::Value;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 
 /// One rule of the Centrifugo protocol the checker enforces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -117,17 +118,85 @@ pub struct Checker {
     remote_channels: BTreeSet<String>,
 }
 
-/// A step's parsed messages, one per distinct frame: a broadcast is one
-/// shared buffer for all its recipients, so it is parsed (and its wire
-/// format judged) once per step instead of once per recipient.
-#[derive(Default)]
-struct Parsed {
-    frames: Vec<(Bytes, Rc<Value>)>,
+/// What the checker reads of a server message: a reply (`id`, with
+/// `error` or one result) or a push. Decoded straight into these types,
+/// borrowing from the frame, instead of into a `serde_json::Value` tree:
+/// every field the rules need is typed, the rest is skipped (but still
+/// has to be valid JSON).
+#[derive(Debug, Deserialize)]
+struct Message<'a> {
+    id: Option<u32>,
+    error: Option<IgnoredAny>,
+    subscribe: Option<SubscribeResult>,
+    #[serde(borrow)]
+    presence: Option<PresenceResult<'a>>,
+    presence_stats: Option<PresenceStatsResult>,
+    #[serde(borrow)]
+    push: Option<Push<'a>>,
 }
 
-impl Parsed {
-    fn get(&mut self, conn: ConnId, payload: &Bytes) -> Result<Rc<Value>, Breach> {
-        if let Some((_, msg)) = self.frames.iter().find(|(b, _)| b == payload) {
+#[derive(Debug, Deserialize)]
+struct SubscribeResult {
+    /// Present when the channel is positioned (recoverable or recovering).
+    epoch: Option<IgnoredAny>,
+    offset: Option<u64>,
+    #[serde(default)]
+    publications: Vec<Positioned>,
+}
+
+/// A publication, as far as the rules look at it: its offset.
+#[derive(Debug, Deserialize)]
+struct Positioned {
+    offset: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PresenceResult<'a> {
+    #[serde(borrow, default)]
+    presence: BTreeMap<Cow<'a, str>, IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PresenceStatsResult {
+    #[serde(default)]
+    num_clients: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Push<'a> {
+    #[serde(borrow, default)]
+    channel: Cow<'a, str>,
+    #[serde(rename = "pub")]
+    publication: Option<Positioned>,
+    #[serde(borrow)]
+    join: Option<JoinLeave<'a>>,
+    #[serde(borrow)]
+    leave: Option<JoinLeave<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct JoinLeave<'a> {
+    #[serde(borrow)]
+    info: ClientInfo<'a>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ClientInfo<'a> {
+    #[serde(borrow, default)]
+    client: Cow<'a, str>,
+}
+
+/// A step's decoded messages, one per distinct frame: a broadcast is one
+/// shared buffer for all its recipients, so it is decoded (and its wire
+/// format judged) once per step instead of once per recipient.
+#[derive(Default)]
+struct Parsed<'a> {
+    frames: Vec<(&'a [u8], Rc<Message<'a>>)>,
+}
+
+impl<'a> Parsed<'a> {
+    fn get(&mut self, conn: ConnId, payload: &'a [u8]) -> Result<Rc<Message<'a>>, Breach> {
+        if let Some((_, msg)) = self.frames.iter().find(|(b, _)| *b == payload) {
             return Ok(Rc::clone(msg));
         }
         let text = std::str::from_utf8(payload)
@@ -138,10 +207,17 @@ impl Parsed {
                 format!("{conn}: raw newline in {text:?}"),
             ));
         }
-        let msg: Value = serde_json::from_str(text)
+        // A derived struct would also take a JSON array: insist on an object.
+        if !text.starts_with('{') {
+            return Err(breach(
+                Rule::WireFormat,
+                format!("{conn}: not a JSON object: {text:?}"),
+            ));
+        }
+        let msg: Message<'a> = serde_json::from_str(text)
             .map_err(|e| breach(Rule::WireFormat, format!("{conn}: {e}: {text:?}")))?;
         let msg = Rc::new(msg);
-        self.frames.push((payload.clone(), Rc::clone(&msg)));
+        self.frames.push((payload, Rc::clone(&msg)));
         Ok(msg)
     }
 }
@@ -273,16 +349,20 @@ impl Checker {
         self.check_join_leave(hub)
     }
 
-    fn message(hub: &Hub, conn: ConnId, view: &mut ConnView, msg: &Value) -> Result<(), Breach> {
-        if let Some(id) = msg.get("id").and_then(Value::as_u64) {
-            let id = u32::try_from(id).unwrap_or(u32::MAX);
+    fn message(
+        hub: &Hub,
+        conn: ConnId,
+        view: &mut ConnView,
+        msg: &Message<'_>,
+    ) -> Result<(), Breach> {
+        if let Some(id) = msg.id {
             let Some(kind) = view.pending.remove(&id) else {
                 return Err(breach(
                     Rule::OneReply,
-                    format!("{conn} got a reply to {id}, which is not pending: {msg}"),
+                    format!("{conn} got a reply to {id}, which is not pending: {msg:?}"),
                 ));
             };
-            let ok = msg.get("error").is_none();
+            let ok = msg.error.is_none();
             match kind {
                 Kind::Subscribe(channel) => {
                     let asked = view.subscribing.remove(&channel);
@@ -290,19 +370,22 @@ impl Checker {
                         let Some((_, join_leave)) = asked else {
                             return Err(breach(
                                 Rule::OneReply,
-                                format!("{conn}: unexpected subscribe reply {msg}"),
+                                format!("{conn}: unexpected subscribe reply {msg:?}"),
                             ));
                         };
-                        let result = &msg["subscribe"];
-                        let mut last_offset = result
-                            .get("epoch")
-                            .map(|_| result["offset"].as_u64().unwrap_or(0));
+                        let Some(result) = &msg.subscribe else {
+                            return Err(breach(
+                                Rule::OneReply,
+                                format!("{conn}: a subscribe reply without its result: {msg:?}"),
+                            ));
+                        };
+                        let mut last_offset =
+                            result.epoch.as_ref().map(|_| result.offset.unwrap_or(0));
                         // A recovered subscribe echoes the client's position
                         // and carries what it missed: live pushes continue
                         // after the last of those.
-                        for p in result["publications"].as_array().into_iter().flatten() {
-                            let offset = p["offset"].as_u64();
-                            match (last_offset, offset) {
+                        for p in &result.publications {
+                            match (last_offset, p.offset) {
                                 (Some(last), Some(o)) if o != last + 1 => {
                                     return Err(breach(
                                         Rule::Offsets,
@@ -325,17 +408,18 @@ impl Checker {
                     view.subscribed.remove(&channel);
                 }
                 Kind::Presence(channel) if ok => {
-                    let got: BTreeSet<String> = msg["presence"]["presence"]
-                        .as_object()
-                        .map(|m| m.keys().cloned().collect())
-                        .unwrap_or_default();
+                    let got: BTreeSet<&str> = msg
+                        .presence
+                        .iter()
+                        .flat_map(|p| p.presence.keys().map(AsRef::as_ref))
+                        .collect();
                     // With a delivering engine, the members on other nodes too.
                     let want: BTreeSet<String> = hub
                         .room_members(&channel)
                         .map(|c| hub.client_id(c).to_string())
                         .chain(hub.remote_members(&channel).map(|m| m.client.to_string()))
                         .collect();
-                    if got != want {
+                    if !got.iter().copied().eq(want.iter().map(String::as_str)) {
                         return Err(breach(
                             Rule::Presence,
                             format!("{conn}: presence of {channel:?} is {got:?}, members {want:?}"),
@@ -343,7 +427,7 @@ impl Checker {
                     }
                 }
                 Kind::PresenceStats(channel) if ok => {
-                    let got = msg["presence_stats"]["num_clients"].as_u64().unwrap_or(0);
+                    let got = msg.presence_stats.as_ref().map_or(0, |s| s.num_clients);
                     let want = (hub.room_members(&channel).count()
                         + hub.remote_members(&channel).count())
                         as u64;
@@ -360,19 +444,18 @@ impl Checker {
             }
             return Ok(());
         }
-        let Some(push) = msg.get("push") else {
+        let Some(push) = &msg.push else {
             return Ok(()); // a ping
         };
-        let channel = push["channel"].as_str().unwrap_or("").to_owned();
-        let Some(sub) = view.subscribed.get_mut(&channel) else {
+        let channel: &str = &push.channel;
+        let Some(sub) = view.subscribed.get_mut(channel) else {
             return Err(breach(
                 Rule::ReplyBeforePush,
-                format!("{conn} got a push for {channel:?} without a subscribe reply: {msg}"),
+                format!("{conn} got a push for {channel:?} without a subscribe reply: {msg:?}"),
             ));
         };
-        if let Some(publication) = push.get("pub") {
-            let offset = publication["offset"].as_u64();
-            match (sub.last_offset, offset) {
+        if let Some(publication) = &push.publication {
+            match (sub.last_offset, publication.offset) {
                 (Some(last), Some(o)) if o != last + 1 => {
                     return Err(breach(
                         Rule::Offsets,
@@ -381,9 +464,11 @@ impl Checker {
                 }
                 (_, o) => sub.last_offset = o,
             }
-        } else if let Some(kind) = ["join", "leave"]
-            .into_iter()
-            .find(|k| push.get(*k).is_some())
+        } else if let Some((kind, event)) = push
+            .join
+            .as_ref()
+            .map(|j| ("join", j))
+            .or_else(|| push.leave.as_ref().map(|l| ("leave", l)))
         {
             if !sub.join_leave {
                 return Err(breach(
@@ -391,16 +476,14 @@ impl Checker {
                     format!("{conn} got a {kind} on {channel:?} it did not ask for"),
                 ));
             }
-            let client = push[kind]["info"]["client"]
-                .as_str()
-                .unwrap_or("")
-                .to_owned();
             let list = if kind == "join" {
                 &mut view.joins
             } else {
                 &mut view.leaves
             };
-            list.entry(channel).or_default().push(client);
+            list.entry(channel.to_owned())
+                .or_default()
+                .push(event.info.client.clone().into_owned());
         }
         Ok(())
     }
