@@ -222,10 +222,16 @@ struct Driver {
     api_waiting: std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<bytes::Bytes>>,
     /// `--record-inputs`: every input, and a hash of every output.
     recorder: Option<crate::record::Recorder>,
+    /// A heartbeat deadline has passed, and this many connection events
+    /// that were queued when it was seen are still to be handled first.
+    timeout_waits_for: Option<usize>,
 }
 
 impl Driver {
     fn handle(&mut self, event: Event) {
+        if let Some(waiting) = &mut self.timeout_waits_for {
+            *waiting = waiting.saturating_sub(1);
+        }
         let now = self.clock.now();
         match event {
             Event::Open {
@@ -265,16 +271,28 @@ impl Driver {
         self.drain(now);
     }
 
-    /// Runs the heartbeat if it is due by the clock (not by the timer).
-    fn maybe_timeout(&mut self) {
+    /// Runs the heartbeat if it is due by the clock (not by the timer),
+    /// but only after the `queued` connection events that were waiting when
+    /// it fell due: a pong a reader passed on before the deadline is judged
+    /// before the deadline is, however far behind a storm has put the task.
+    /// Those events are still handled batch by batch (the writers get their
+    /// turn), and the count is fixed when the deadline is first seen, so
+    /// events that arrive later cannot put the heartbeat off.
+    fn maybe_timeout(&mut self, queued: usize) {
         let now = self.clock.now();
-        if self.hub.poll_timeout().is_some_and(|at| at <= now) {
-            if let Some(r) = &mut self.recorder {
-                r.timeout(now);
-            }
-            self.hub.handle_timeout(now);
-            self.drain(now);
+        if self.hub.poll_timeout().is_none_or(|at| at > now) {
+            self.timeout_waits_for = None;
+            return;
         }
+        if *self.timeout_waits_for.get_or_insert(queued) > 0 {
+            return;
+        }
+        self.timeout_waits_for = None;
+        if let Some(r) = &mut self.recorder {
+            r.timeout(now);
+        }
+        self.hub.handle_timeout(now);
+        self.drain(now);
     }
 
     /// The store engine's answer.
@@ -460,6 +478,7 @@ pub async fn run(
         store,
         api_waiting: std::collections::BTreeMap::new(),
         recorder,
+        timeout_waits_for: None,
     };
     let sleep = tokio::time::sleep_until(far_future(Instant::now()));
     tokio::pin!(sleep);
@@ -515,12 +534,13 @@ pub async fn run(
                     }
                 }
             }
-            () = &mut sleep, if deadline.is_some() => {
+            // Not while queued events go first: they keep the task busy.
+            () = &mut sleep, if deadline.is_some() && driver.timeout_waits_for.is_none() => {
                 // The timer firing only means "look at the clock".
                 armed = None;
             }
         }
-        driver.maybe_timeout();
+        driver.maybe_timeout(events.len());
         let idle = events.is_empty()
             && inbox.is_empty()
             && store_events
@@ -645,6 +665,66 @@ mod tests {
             .expect("hub ends")
             .expect("hub ran");
         assert_eq!(metrics.hub(), last);
+    }
+
+    /// A pong that a reader queued before the heartbeat deadline counts,
+    /// even when the clock has passed the deadline by the time the hub
+    /// task gets to it: here it waits behind more than a batch of other
+    /// events (a storm), and the task looks at the clock after each batch.
+    #[tokio::test(start_paused = true)]
+    async fn a_pong_queued_before_the_deadline_beats_it() {
+        let config = Config {
+            ping_interval: Duration::from_secs(1),
+            pong_timeout: Duration::from_secs(2),
+            ..Config::default()
+        };
+        for round in 0..4 {
+            let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+            let gauge = Arc::new(WriterGauge::default());
+            let task = tokio::spawn(run(
+                config.clone(),
+                Clock::new(Instant::now()),
+                gauge.clone(),
+                Arc::new(Metrics::new()),
+                rx,
+                ShardLinks::single(),
+                None,
+                None,
+            ));
+            let conn = ConnId(1);
+            tx.send(Event::Open {
+                conn,
+                route: Route::Relay,
+                outbox: Arc::new(Outbox::new(8, gauge)),
+            })
+            .await
+            .expect("hub alive");
+            // The hub pings at 1 s; the deadline is 2 s after the open.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            // Other connections' events, then the pong, all queued before
+            // the deadline; the hub task does not run again until the
+            // clock is past it. (A pong from an unknown connection is a
+            // no-op for the hub.)
+            for _ in 0..2 * MAX_BATCH {
+                tx.try_send(Event::Input(Input::Pong { conn: ConnId(99) }))
+                    .expect("room in the queue");
+            }
+            tx.try_send(Event::Input(Input::Pong { conn }))
+                .expect("room in the queue");
+            tokio::time::advance(Duration::from_millis(1000)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(tx);
+            let stats = tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .expect("hub ends")
+                .expect("hub ran");
+            assert_eq!(
+                stats.closes_for(CloseReason::HeartbeatTimeout),
+                0,
+                "round {round}: closed for a pong that came in time"
+            );
+            assert_eq!(stats.connections, 1, "round {round}: still open at the end");
+        }
     }
 
     #[tokio::test]
