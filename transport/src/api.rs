@@ -29,7 +29,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::oneshot;
 
 use crate::http::Body;
-use crate::hub_task::Event;
+use crate::hub_task::{ApiEvent, Event};
 use crate::state::Shared;
 
 /// Largest request body accepted (413 beyond).
@@ -141,11 +141,11 @@ pub async fn respond(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<B
         body: body.clone(),
         uptime,
     });
-    let event = Event::Api {
+    let event = Event::Api(Box::new(ApiEvent {
         request: ApiRequest { id, command },
         recorded,
         reply: tx,
-    };
+    }));
     let answer = tokio::time::timeout(API_TIMEOUT, async {
         shared.hub.send(event).await.ok()?;
         rx.await.ok()
@@ -228,7 +228,7 @@ pub async fn run_forwarded(shared: &Arc<Shared>, method: &str, body: &[u8]) {
     fill_uptime(&mut command, uptime);
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = oneshot::channel();
-    let event = Event::Api {
+    let event = Event::Api(Box::new(ApiEvent {
         request: ApiRequest { id, command },
         recorded: shared.config.record.is_some().then(|| ApiCall {
             id,
@@ -237,7 +237,7 @@ pub async fn run_forwarded(shared: &Arc<Shared>, method: &str, body: &[u8]) {
             uptime,
         }),
         reply: tx,
-    };
+    }));
     let _ = tokio::time::timeout(API_TIMEOUT, async {
         shared.hub.send(event).await.ok()?;
         rx.await.ok()
@@ -251,7 +251,7 @@ pub async fn local_node_info(shared: &Arc<Shared>) -> Option<Bytes> {
     let command = hubbub_core::ApiCommand::Info { uptime };
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = oneshot::channel();
-    let event = Event::Api {
+    let event = Event::Api(Box::new(ApiEvent {
         request: ApiRequest { id, command },
         recorded: shared.config.record.is_some().then(|| ApiCall {
             id,
@@ -260,7 +260,7 @@ pub async fn local_node_info(shared: &Arc<Shared>) -> Option<Bytes> {
             uptime,
         }),
         reply: tx,
-    };
+    }));
     let body = tokio::time::timeout(API_TIMEOUT, async {
         shared.hub.send(event).await.ok()?;
         rx.await.ok()

@@ -172,52 +172,58 @@ async fn start<R, W>(
 
 /// The writer task: writes until the connection closes, gives the reader a
 /// short linger to see the client's close reply, logs the close.
-async fn write_until_closed<W>(
+// Not an `async fn` on purpose: its arguments would be stored twice.
+#[allow(clippy::manual_async_fn)]
+fn write_until_closed<W>(
     shared: Arc<Shared>,
     conn: ConnId,
     outbox: Arc<Outbox>,
     write: W,
     mut reader: JoinHandle<()>,
     guards: Guards,
-) where
+) -> impl std::future::Future<Output = ()>
+where
     W: AsyncWrite + Unpin,
 {
-    let opened = Instant::now();
-    let end = writer::run(
-        write,
-        conn,
-        &outbox,
-        shared.config.write_timeout,
-        shared.config.write_coalesce.as_ref(),
-        &shared.hub,
-    )
-    .await;
-    match end {
-        WriterEnd::Closed(_) => {
-            if tokio::time::timeout(CLOSE_LINGER, &mut reader)
-                .await
-                .is_err()
-            {
-                reader.abort();
+    // An `async move` block, not an `async fn`: see `reader::run`.
+    async move {
+        let opened = Instant::now();
+        let end = writer::run(
+            write,
+            conn,
+            &outbox,
+            shared.config.write_timeout,
+            shared.config.write_coalesce.as_ref(),
+            &shared.hub,
+        )
+        .await;
+        match end {
+            WriterEnd::Closed(_) => {
+                if tokio::time::timeout(CLOSE_LINGER, &mut reader)
+                    .await
+                    .is_err()
+                {
+                    reader.abort();
+                }
             }
+            WriterEnd::Failed(_) => reader.abort(),
         }
-        WriterEnd::Failed(_) => reader.abort(),
+        let reason = end.reason();
+        // `suppressed`: connection lines left out since the last one logged
+        // (at most `LINES_PER_SECOND` a second are logged one by one).
+        if let LogLine::Log { suppressed } = log_budget::CONNECTIONS.line() {
+            info!(
+                conn = conn.0,
+                reason = %reason,
+                code = reason.code_for(outbox.codec()).0,
+                clean = matches!(end, WriterEnd::Closed(_)),
+                duration_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
+                suppressed,
+                "connection closed"
+            );
+        }
+        drop(guards);
     }
-    let reason = end.reason();
-    // `suppressed`: connection lines left out since the last one logged
-    // (at most `LINES_PER_SECOND` a second are logged one by one).
-    if let LogLine::Log { suppressed } = log_budget::CONNECTIONS.line() {
-        info!(
-            conn = conn.0,
-            reason = %reason,
-            code = reason.code_for(outbox.codec()).0,
-            clean = matches!(end, WriterEnd::Closed(_)),
-            duration_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
-            suppressed,
-            "connection closed"
-        );
-    }
-    drop(guards);
 }
 
 fn describe(route: &Route) -> String {

@@ -133,13 +133,19 @@ pub enum Event {
     },
     /// Anything else the hub must hear (message, pong, disconnect, shutdown).
     Input(Input),
-    /// A server API request; the reply body goes to `reply`.
-    Api {
-        request: hubbub_core::ApiRequest,
-        /// The request as it came, when the hub records its inputs.
-        recorded: Option<hubbub_core::record::ApiCall>,
-        reply: tokio::sync::oneshot::Sender<bytes::Bytes>,
-    },
+    /// A server API request. Boxed: it is three times the size of the
+    /// other events, and every reader and writer task holds an event in
+    /// its state while it waits for room in the hub's queue.
+    Api(Box<ApiEvent>),
+}
+
+/// A server API request; the reply body goes to `reply`.
+#[derive(Debug)]
+pub struct ApiEvent {
+    pub request: hubbub_core::ApiRequest,
+    /// The request as it came, when the hub records its inputs.
+    pub recorded: Option<hubbub_core::record::ApiCall>,
+    pub reply: tokio::sync::oneshot::Sender<bytes::Bytes>,
 }
 
 /// Converts between the tokio clock and the hub's millisecond timestamps:
@@ -253,11 +259,12 @@ impl Driver {
                 }
                 self.hub.handle_input(now, input);
             }
-            Event::Api {
-                request,
-                recorded,
-                reply,
-            } => {
+            Event::Api(api) => {
+                let ApiEvent {
+                    request,
+                    recorded,
+                    reply,
+                } = *api;
                 if let Some(r) = &mut self.recorder {
                     match &recorded {
                         Some(call) => r.api(now, call),

@@ -33,23 +33,31 @@ const CONGESTION_WAIT: std::time::Duration = std::time::Duration::from_millis(1)
 use crate::outbox::Outbox;
 
 /// Reads until the connection ends, then tells the hub why.
-pub async fn run<R>(
+///
+/// An `async move` block rather than an `async fn`, with the stream
+/// wrapped before it: an `async fn` keeps each argument and the local it
+/// is moved into side by side for the connection's whole life, and this
+/// future is allocated once per connection (see ARCHITECTURE.md, memory).
+pub fn run<R>(
     stream: R,
     conn: ConnId,
     max_message_bytes: usize,
     outbox: Arc<Outbox>,
     hub: mpsc::Sender<Event>,
-) where
+) -> impl std::future::Future<Output = ()>
+where
     R: AsyncRead + WaitReadable + Unpin,
 {
     let mut stream = FrameBounded::new(stream);
-    let Some(reason) = read_messages(&mut stream, conn, max_message_bytes, &outbox, &hub).await
-    else {
-        return; // the hub is gone
-    };
-    let _ = send_to_hub(&hub, Event::Input(Input::Disconnect { conn, reason })).await;
-    if reason != CloseReason::PeerClosed {
-        drain(&mut stream).await;
+    async move {
+        let Some(reason) = read_messages(&mut stream, conn, max_message_bytes, &outbox, &hub).await
+        else {
+            return; // the hub is gone
+        };
+        let _ = send_to_hub(&hub, Event::Input(Input::Disconnect { conn, reason })).await;
+        if reason != CloseReason::PeerClosed {
+            drain(&mut stream).await;
+        }
     }
 }
 
@@ -212,17 +220,28 @@ where
 
 /// Sends `event` to the hub task, waiting only while its channel is full.
 ///
-/// The waiting path is boxed: an inline `Sender::send` future would add a
-/// few hundred bytes to the state of every connection's task, idle or not.
+/// The event is offered at once, when this is called; the future only
+/// waits for room when the channel is full, and that wait is boxed. So
+/// what every reader and writer task keeps in its state for this call is
+/// a few words, not the event and an inline `Sender::send` future (a few
+/// hundred bytes per connection, idle or not).
 ///
 /// # Errors
 /// The hub task is gone (the server is stopping).
-pub async fn send_to_hub(hub: &mpsc::Sender<Event>, event: Event) -> Result<(), HubGone> {
-    match hub.try_send(event) {
-        Ok(()) => Ok(()),
+pub fn send_to_hub(
+    hub: &mpsc::Sender<Event>,
+    event: Event,
+) -> impl std::future::Future<Output = Result<(), HubGone>> + '_ {
+    let waiting = match hub.try_send(event) {
+        Ok(()) => Ok(None),
         Err(mpsc::error::TrySendError::Closed(_)) => Err(HubGone),
-        Err(mpsc::error::TrySendError::Full(event)) => {
-            Box::pin(hub.send(event)).await.map_err(|_| HubGone)
+        Err(mpsc::error::TrySendError::Full(event)) => Ok(Some(Box::pin(hub.send(event)))),
+    };
+    async move {
+        match waiting {
+            Ok(None) => Ok(()),
+            Ok(Some(send)) => send.await.map_err(|_| HubGone),
+            Err(gone) => Err(gone),
         }
     }
 }

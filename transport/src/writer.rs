@@ -15,6 +15,7 @@
 //! write half is shut down.
 
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::time::Duration;
 
 use hubbub_core::{centrifuge, CloseReason, Codec, ConnId, Frame, Input};
@@ -62,68 +63,87 @@ pub fn flushes_queue(reason: CloseReason) -> bool {
 /// `coalesce`, a writer woken for new work waits that long before taking
 /// it, so what arrives meanwhile leaves in the same write (fewer syscalls,
 /// that much more latency).
-pub async fn run<W>(
+// Not an `async fn` on purpose: its arguments would be stored twice.
+#[allow(clippy::manual_async_fn)]
+pub fn run<'a, W>(
     mut sink: W,
     conn: ConnId,
-    outbox: &Outbox,
+    outbox: &'a Outbox,
     write_timeout: Duration,
-    coalesce: Option<&Duration>,
-    hub: &mpsc::Sender<Event>,
-) -> WriterEnd
+    coalesce: Option<&'a Duration>,
+    hub: &'a mpsc::Sender<Event>,
+) -> impl std::future::Future<Output = WriterEnd> + 'a
 where
-    W: AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin + 'a,
 {
-    let mut work = Work::default();
-    let mut batch = Batch::new();
-    let end = loop {
-        if !outbox.take(&mut work) {
-            // Going idle: hand the buffers back rather than keep them for
-            // a connection that may stay quiet for hours (idle memory is
-            // the cost of a chat server; a malloc per burst is not).
-            work.data.shrink_to_fit();
-            work.pongs.shrink_to_fit();
-            batch = Batch::new();
-            outbox.wait().await;
-            if let Some(delay) = coalesce {
-                // Boxed: an idle writer's state stays small.
-                Box::pin(tokio::time::sleep(*delay)).await;
-            }
-            continue;
-        }
-        batch.clear();
-        let close = encode(&work, outbox.codec(), &mut batch);
-        let written = tokio::time::timeout(write_timeout, async {
-            write_batch(&mut sink, &batch).await?;
-            outbox.wrote(batch.len());
-            if close.is_some() {
-                sink.shutdown().await?;
-            }
-            io::Result::Ok(())
-        })
-        .await;
-        let failure = match written {
-            Ok(Ok(())) => None,
-            Ok(Err(_)) => Some(CloseReason::PeerClosed),
-            Err(_elapsed) => Some(CloseReason::WriteTimeout),
-        };
-        match (failure, close) {
-            (None, None) => {}
-            (None, Some(reason)) => break WriterEnd::Closed(reason),
-            (Some(failure), close) => {
-                if close.is_none() {
-                    // The hub still counts the connection as open.
-                    let disconnect = Event::Input(Input::Disconnect {
-                        conn,
-                        reason: failure,
-                    });
-                    let _ = crate::reader::send_to_hub(hub, disconnect).await;
+    // An `async move` block, not an `async fn`: see `reader::run`.
+    async move {
+        let mut work = Work::default();
+        let mut batch = Batch::new();
+        // The write deadline's timer, boxed and kept for a burst: inline,
+        // a `Sleep` (112 bytes) would sit in every connection's task,
+        // idle or not; a fresh `timeout` per batch would put it there.
+        let mut stall: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let end = loop {
+            if !outbox.take(&mut work) {
+                // Going idle: hand the buffers back rather than keep them for
+                // a connection that may stay quiet for hours (idle memory is
+                // the cost of a chat server; a malloc per burst is not).
+                work.data.shrink_to_fit();
+                work.pongs.shrink_to_fit();
+                batch = Batch::new();
+                stall = None;
+                outbox.wait().await;
+                if let Some(delay) = coalesce {
+                    // Boxed: an idle writer's state stays small.
+                    Box::pin(tokio::time::sleep(*delay)).await;
                 }
-                break WriterEnd::Failed(close.unwrap_or(failure));
+                continue;
             }
-        }
-    };
-    outbox.finish();
-    end
+            batch.clear();
+            let close = encode(&work, outbox.codec(), &mut batch);
+            let deadline = tokio::time::Instant::now() + write_timeout;
+            let stall = match &mut stall {
+                Some(timer) => {
+                    timer.as_mut().reset(deadline);
+                    timer
+                }
+                None => stall.insert(Box::pin(tokio::time::sleep_until(deadline))),
+            };
+            let write = async {
+                write_batch(&mut sink, &batch).await?;
+                outbox.wrote(batch.len());
+                if close.is_some() {
+                    sink.shutdown().await?;
+                }
+                io::Result::Ok(())
+            };
+            let failure = tokio::select! {
+                // The write first: one that is done when the deadline is
+                // also due counts as done.
+                biased;
+                written = write => written.err().map(|_| CloseReason::PeerClosed),
+                () = stall.as_mut() => Some(CloseReason::WriteTimeout),
+            };
+            match (failure, close) {
+                (None, None) => {}
+                (None, Some(reason)) => break WriterEnd::Closed(reason),
+                (Some(failure), close) => {
+                    if close.is_none() {
+                        // The hub still counts the connection as open.
+                        let disconnect = Event::Input(Input::Disconnect {
+                            conn,
+                            reason: failure,
+                        });
+                        let _ = crate::reader::send_to_hub(hub, disconnect).await;
+                    }
+                    break WriterEnd::Failed(close.unwrap_or(failure));
+                }
+            }
+        };
+        outbox.finish();
+        end
+    }
 }
 
 /// Encodes one batch: control frames first (they are small and
