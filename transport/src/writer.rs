@@ -14,8 +14,10 @@
 //! instead of ours; either way exactly one close frame is written. Then the
 //! write half is shut down.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use hubbub_core::{centrifuge, CloseReason, Codec, ConnId, Frame, Input};
@@ -80,10 +82,6 @@ where
     async move {
         let mut work = Work::default();
         let mut batch = Batch::new();
-        // The write deadline's timer, boxed and kept for a burst: inline,
-        // a `Sleep` (112 bytes) would sit in every connection's task,
-        // idle or not; a fresh `timeout` per batch would put it there.
-        let mut stall: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let end = loop {
             if !outbox.take(&mut work) {
                 // Going idle: hand the buffers back rather than keep them for
@@ -92,7 +90,6 @@ where
                 work.data.shrink_to_fit();
                 work.pongs.shrink_to_fit();
                 batch = Batch::new();
-                stall = None;
                 outbox.wait().await;
                 if let Some(delay) = coalesce {
                     // Boxed: an idle writer's state stays small.
@@ -102,28 +99,19 @@ where
             }
             batch.clear();
             let close = encode(&work, outbox.codec(), &mut batch);
-            let deadline = tokio::time::Instant::now() + write_timeout;
-            let stall = match &mut stall {
-                Some(timer) => {
-                    timer.as_mut().reset(deadline);
-                    timer
-                }
-                None => stall.insert(Box::pin(tokio::time::sleep_until(deadline))),
-            };
-            let write = async {
-                write_batch(&mut sink, &batch).await?;
-                outbox.wrote(batch.len());
-                if close.is_some() {
-                    sink.shutdown().await?;
-                }
-                io::Result::Ok(())
-            };
-            let failure = tokio::select! {
-                // The write first: one that is done when the deadline is
-                // also due counts as done.
-                biased;
-                written = write => written.err().map(|_| CloseReason::PeerClosed),
-                () = stall.as_mut() => Some(CloseReason::WriteTimeout),
+            // In a block of its own, so the pinned write is gone before the
+            // `send_to_hub` below: a local alive across two awaits gets a
+            // slot of its own in the task's state, idle or not.
+            let failure = {
+                let write = std::pin::pin!(async {
+                    write_batch(&mut sink, &batch).await?;
+                    outbox.wrote(batch.len());
+                    if close.is_some() {
+                        sink.shutdown().await?;
+                    }
+                    io::Result::Ok(())
+                });
+                within_write_timeout(write, write_timeout).await
             };
             match (failure, close) {
                 (None, None) => {}
@@ -144,6 +132,33 @@ where
         outbox.finish();
         end
     }
+}
+
+/// Runs `write` under the write deadline: `None` when it succeeded,
+/// otherwise why the connection ends. Unlike `tokio::time::timeout`, the
+/// timer is made (boxed) only when the write has to wait: most writes are
+/// done at their first poll, so they neither read the clock nor touch the
+/// timer wheel, and the writer's task state, kept for the connection's
+/// whole life, does not carry an inline `Sleep` (112 bytes).
+fn within_write_timeout<'a, F>(
+    mut write: Pin<&'a mut F>,
+    limit: Duration,
+) -> impl Future<Output = Option<CloseReason>> + 'a
+where
+    F: Future<Output = io::Result<()>>,
+{
+    let mut stall: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(written) = write.as_mut().poll(cx) {
+            // Done, even if the deadline passed meanwhile (as `timeout`).
+            return Poll::Ready(written.err().map(|_| CloseReason::PeerClosed));
+        }
+        let timer = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        timer
+            .as_mut()
+            .poll(cx)
+            .map(|()| Some(CloseReason::WriteTimeout))
+    })
 }
 
 /// Encodes one batch: control frames first (they are small and
